@@ -1,0 +1,45 @@
+"""Notebooks: committed without outputs, and each runs top to bottom in the smoke profile."""
+import json
+from pathlib import Path
+
+import pytest
+
+import helpers as H
+
+NOTEBOOKS = sorted((H.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_notebooks_exist_in_order():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names[:3] == ["00_data", "01_sft_masked", "02_sft_unmasked"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(path):
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs") and not cell.get("execution_count"), f"{path.name} has outputs"
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    return {"OUTPUT_DIR": str(out), "PROFILE": "smoke", "TQDM_DISABLE": "1"}
+
+
+def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
+    """All notebooks in order (each loads the previous stage's output by name), writing only under OUTPUT_DIR."""
+    for key, value in smoke_env.items():
+        monkeypatch.setenv(key, value)
+    before = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
+              and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
+    for path in NOTEBOOKS:
+        H.run_notebook(path, timeout=600)
+    out = Path(smoke_env["OUTPUT_DIR"])
+    assert (out / "checkpoints" / "smoke" / "sft_masked" / "model.safetensors").exists()
+    assert (out / "assets" / "smoke" / "Comparison.png").exists()
+    assert list((out / "evaluation_results" / "smoke" / "sft_comparison").glob("*/summary/summary_*.xlsx"))
+    after = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
+             and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
+    assert after - before == set(), f"smoke run wrote into the repo: {sorted(after - before)[:5]}"

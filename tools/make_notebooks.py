@@ -1,0 +1,255 @@
+"""Writes notebooks/*.ipynb from the cell lists below (clean: no outputs). Edit here, then run:
+
+    .venv/bin/python tools/make_notebooks.py
+"""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SETUP = '''import os, sys, inspect
+sys.path.insert(0, os.path.abspath(".."))   # helpers.py lives at the repository root
+import helpers as H
+
+PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
+cfg = H.get_config(PROFILE)
+SEED = {seed}
+H.seed_everything(SEED)
+print(f"profile={{cfg.profile}}  seed={{SEED}}  outputs under {{H.output_root()}}")'''
+
+
+def md(text):
+    return new_markdown_cell(text.strip())
+
+
+def code(text):
+    return new_code_cell(text.strip())
+
+
+NOTEBOOKS = {}
+
+NOTEBOOKS["00_data"] = [
+    md("""
+# 00 · Data and the base model
+
+**Purpose.** Build (tiny, smoke) or download (qwen) every dataset of the pipeline, build the base model every
+stage starts from, and look at exactly which tokens carry loss in masked and unmasked SFT.
+
+**Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
+**Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
+**Run time.** tiny ≈ 3 min on 2 CPU cores · smoke ≈ 15 s · qwen: download time.
+"""),
+    code(SETUP.format(seed="cfg.data.seed")),
+    md("""
+## 1. Datasets
+
+Three record types feed the pipeline: **conversations** (SFT), **preference pairs** (prompt / chosen / rejected,
+for DPO and the reward model) and **verifiable prompts** (Countdown: `target`, `nums`, scored by a rule).
+In the `qwen` profile they come from smol-smoltalk, ultrafeedback_binarized, cog_behav_all_strategies (WarmStart),
+Countdown-Tasks-3to4 and alpaca-cleaned. In `tiny`, a small offline world with exact answers stands in for them:
+instruction tasks (sums, maxima, letters of words, …), preference pairs (chosen = correct, rejected = a plausible
+wrong answer), Countdown tasks proven solvable by a solver, and WarmStart completions written by that solver.
+Every split is fixed and disjoint: a test prompt never appears in training. Each dataset gets a manifest with its
+source, split sizes, filters, dropped rows and a content hash.
+"""),
+    code('''
+import json, pandas as pd
+folders = H.prepare_data(cfg)
+manifests = {name: json.loads((folder / "manifest.json").read_text()) for name, folder in folders.items()}
+pd.DataFrame([{"dataset": n, **m["splits"], "dropped": sum(m["dropped"].values()), "hash": m["content_hash"],
+               "source": m["source"]} for n, m in manifests.items()])
+'''),
+    code('''
+for name in ["instructions" if cfg.profile != "qwen" else "smoltalk", "warmstart"]:
+    row = H.load_split(cfg, name, "train")[0]
+    print(f"--- {name}:"); print(json.dumps(row["messages"], indent=1)[:800])
+print("--- preference pair:", H.load_split(cfg, "preferences" if cfg.profile != "qwen" else "ultrafeedback", "train")[0])
+print("--- countdown task:", H.load_split(cfg, "countdown", "test")[0])
+'''),
+    md("""
+## 2. Countdown: prompt, solver and reward live together
+
+The TinyZero prompt asks for reasoning in `<think>` and the expression in `<answer>`. The reward is tiered:
+**0** without an `<answer>`, **0.1** for a present but wrong answer, **1** when every number is used exactly once
+and the value equals the target. Model output is untrusted input: the expression is parsed with `ast` and only
+`+ − × ÷`, parentheses and non-negative integers are evaluated — never `eval`.
+"""),
+    code('''
+task = H.load_split(cfg, "countdown", "test")[0]
+completion = H.countdown_completion(task["nums"], task["target"])
+print(H.countdown_prompt(task["nums"], task["target"])[1]["content"], "\\n")
+for text in [completion, "I don't know", "<answer> 1 + 2 </answer>", "<answer> __import__('os') </answer>"]:
+    print(f"{H.countdown_reward(text, task['target'], task['nums']):.1f}  ←  {text!r}")
+'''),
+    md("""
+## 3. The base model
+
+`tiny`: a byte-level BPE tokenizer is trained on the tiny world (Qwen's special tokens `<|endoftext|>`,
+`<|im_start|>`, `<|im_end|>` and its ChatML template), then a Qwen2-architecture model of a few million parameters
+is pre-trained briefly on *plain text* of the world — its facts, never the chat format, never a test prompt.
+It plays the untouched base model `Qwen/Qwen2.5-0.5B`, which `qwen` saves as it is.
+"""),
+    code('''
+initial = H.build_initial_model(cfg)
+tokenizer, model = H.load_tokenizer(initial), H.load_model(initial)
+print(f"{initial}: {H.count_parameters(model):,} parameters, vocabulary {len(tokenizer)}, "
+      f"eos={tokenizer.eos_token!r}, pad={tokenizer.pad_token!r}")
+'''),
+    code('''
+import matplotlib.pyplot as plt
+names = ["instructions" if cfg.profile != "qwen" else "smoltalk", "warmstart"]
+fig, axes = plt.subplots(1, len(names), figsize=(11, 3.5))
+for ax, name in zip(axes, names):
+    lengths = [len(tokenizer(H.render_chat(tokenizer, r["messages"]))["input_ids"]) for r in H.load_split(cfg, name, "train")[:2000]]
+    ax.hist(lengths, bins=40); ax.set(title=f"{name}: tokens per conversation", xlabel="tokens", ylabel="rows")
+plt.tight_layout(); plt.show()
+'''),
+    md(r"""
+## 4. Which tokens carry loss: masked vs unmasked
+
+SFT minimises $\mathcal{L} = -\frac{1}{\sum_t w_t}\sum_t w_t \log p_\theta(x_t \mid x_{<t})$.
+**Masked**: $w_t = 1$ on the assistant's tokens (its text and the closing `<|im_end|>`, so it learns to stop) and
+$0$ on everything up to and including `<|im_start|>assistant\n` — `labels[:len(prompt_ids)] = -100`.
+**Unmasked**: $w_t = 1$ everywhere. In between, the *prompt-loss weight* sets $w_t$ on prompt tokens.
+One render path builds all three; only the argument differs:
+"""),
+    code('print(inspect.getsource(H.build_sft_example))'),
+    code('''
+messages = H.load_split(cfg, "instructions" if cfg.profile != "qwen" else "smoltalk", "train")[0]["messages"]
+for weight in (0.0, 1.0, 0.1):
+    example = H.build_sft_example(tokenizer, messages, 256, prompt_loss_weight=weight)
+    print(f"prompt_loss_weight={weight}: [trained] tokens"); print(H.show_mask(tokenizer, example), "\\n")
+'''),
+    md("The same example with the real Qwen2.5 tokenizer (when `../shared/qwen2.5-tokenizer` is present):"),
+    code('''
+from pathlib import Path
+qwen_dir = Path(H.REPO_ROOT).parent / "shared" / "qwen2.5-tokenizer"
+if qwen_dir.exists():
+    qwen_tok = H.load_tokenizer(qwen_dir)
+    example = H.build_sft_example(qwen_tok, messages, 256)
+    print(H.show_mask(qwen_tok, example))
+    print("ids:", example["input_ids"][:6], "…", example["input_ids"][-4:])
+else:
+    print("real Qwen tokenizer not found; skipped")
+'''),
+]
+
+NOTEBOOKS["01_sft_masked"] = [
+    md("""
+# 01 · SFT with loss on the response only ("masked")
+
+**Purpose.** Fine-tune the base model on conversations with the loss on the assistant's tokens only.
+**Inputs.** `checkpoints/<profile>/initial`, `data/<profile>/…` (run `00_data` first).
+**Outputs.** `checkpoints/<profile>/sft_masked/`, `tensorboard_events/<profile>/sft_masked/`.
+**Run time.** tiny ≈ 1.5 min on 2 CPU cores · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
+
+`02_sft_unmasked` runs the very same training with one argument changed; its second half compares them fairly.
+"""),
+    code(SETUP.format(seed="cfg.sft.seed")),
+    md(r"""
+## The loss
+
+$\mathcal{L}(\theta) = \dfrac{\sum_t w_t\,\mathrm{CE}(\text{logits}_t, x_{t+1})}{\sum_t w_t}$, with $w_t = 1$ on
+response tokens and the prompt-loss weight (here **0**) elsewhere. The sum runs over *all* micro-batches of an
+optimizer step and is divided once by their total trained tokens — so gradient accumulation gives the same gradient
+as one big batch.
+"""),
+    code('print(inspect.getsource(H.sft_loss))'),
+    md("""
+## Train
+
+The one training loop (`H.train`): AdamW, warmup + cosine, clipping, dynamic padding with length-grouped batches,
+periodic held-out evaluation, TensorBoard (`make tensorboard`), and atomic resumable checkpoints. The run's config
+is saved next to the checkpoint (`run_config.json`).
+"""),
+    code('''
+print(cfg.sft)
+result = H.run_sft(cfg, "sft_masked", prompt_loss_weight=0.0)
+'''),
+    code('''
+import matplotlib.pyplot as plt
+history = result["history"]
+plt.plot([h["step"] for h in history], [h["eval/response_loss"] for h in history], marker="o")
+plt.xlabel("step"); plt.ylabel("held-out response-only loss"); plt.title("masked SFT"); plt.show()
+'''),
+    md("## Did it learn? The base model against the masked SFT model, on held-out data"),
+    code('''
+table = H.evaluate_checkpoints(cfg, ["initial", "sft_masked"])
+print(table.to_string(index=False))
+base, sft = table.iloc[0], table.iloc[1]
+quality = "exact_match" if "exact_match" in table else "rouge_l"
+print(f"\\nheld-out response-only loss: base {base.response_loss:.3f} → masked SFT {sft.response_loss:.3f}")
+print(f"held-out {quality}: base {base[quality]:.3f} → masked SFT {sft[quality]:.3f}")
+'''),
+]
+
+NOTEBOOKS["02_sft_unmasked"] = [
+    md("""
+# 02 · SFT with loss on the whole sequence ("unmasked"), and the fair comparison
+
+**Purpose.** Train exactly like `01_sft_masked` but with the loss on every token; then compare both runs on the
+same held-out measures, and sweep the prompt-loss weight over several seeds to tell a real difference from noise.
+**Inputs.** `checkpoints/<profile>/initial`, `checkpoints/<profile>/sft_masked` (run `00`, `01` first).
+**Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Comparison.png`, `assets/Dataset_results.xlsx`,
+`evaluation_results/<profile>/sft_comparison/…` and `…/sft_sweep/…` (csv/md/txt/xlsx).
+**Run time.** tiny ≈ 6 min on 2 CPU cores (1.5 min training + the sweep) · smoke ≈ 30 s · qwen ≈ 1 h per run.
+"""),
+    code(SETUP.format(seed="cfg.sft.seed")),
+    md("Identical settings to `01`, except `prompt_loss_weight=1.0`:"),
+    code('result = H.run_sft(cfg, "sft_unmasked", prompt_loss_weight=1.0)'),
+    md("""
+## A fair comparison
+
+The two training curves are **not** comparable: the masked loss averages response tokens only, the unmasked one
+averages every token (prompts are easier or harder to predict than answers). So both models are measured on the
+**same** held-out data with the **same** measures: response-only loss and perplexity, whole-sequence loss, and the
+quality of generated answers (exact match on the instruction tasks, the rule-based Countdown score).
+"""),
+    code('''
+stamp = H.timestamp()
+final = H.evaluate_checkpoints(cfg, ["initial", "sft_masked", "sft_unmasked"])
+histories = {name: H.load_history(H.out_path("checkpoints", cfg, name)) for name in ["sft_masked", "sft_unmasked"]}
+H.plot_sft_comparison(histories, final, H.assets_dir(cfg) / "Comparison.png")
+H.write_dataset_results(final, H.assets_dir(cfg) / "Dataset_results.xlsx")
+paths = H.write_summary(final, cfg, "sft_comparison", stamp)
+print(final.to_string(index=False)); print("\\nwritten:", *paths.values(), sep="\\n  ")
+'''),
+    code('''
+from IPython.display import Image, display
+display(Image(filename=str(H.assets_dir(cfg) / "Comparison.png")))
+'''),
+    md("""
+## Beyond masked vs unmasked: the prompt-loss weight as a knob, and seed noise
+
+The weight is continuous: 0 is masked, 1 unmasked; Huerta-Enochian & Ko (2024) found small values such as 0.01–0.1
+best for short completions. Each setting is trained with several seeds (shorter runs, `cfg.sft.sweep_steps`), so
+a difference between settings is reported only when it exceeds the spread across seeds.
+"""),
+    code('''
+runs, summary = H.run_prompt_weight_sweep(cfg)
+H.write_summary(runs, cfg, "sft_sweep", stamp)
+H.write_summary(summary, cfg, "sft_sweep_mean_std", stamp)
+print(summary.to_string(index=False))
+'''),
+    code('''
+weights = list(cfg.sft.sweep_weights)
+for metric in ["response_loss", "exact_match" if "exact_match" in runs else "rouge_l", "countdown_reward"]:
+    for w in weights[1:]:
+        print(H.seed_noise_verdict(runs, metric, weights[0], w))
+'''),
+]
+
+
+def main():
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                "language": "python"}})
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
