@@ -241,9 +241,232 @@ for metric in ["response_loss", "exact_match" if "exact_match" in runs else "rou
 '''),
 ]
 
+NOTEBOOKS["03_dpo"] = [
+    md("""
+# 03 · Preference learning: DPO, on-policy Countdown pairs, and a reward model
+
+**Purpose.** Teach the SFT model to prefer the chosen answer of a pair over the rejected one with Direct Preference
+Optimization, and train a Bradley–Terry reward model for RLOO's instruction track and the evaluation's judge.
+**Inputs.** `checkpoints/<profile>/sft_masked` (run `00`, `01` first), preference pairs, Countdown prompts.
+**Outputs.** `checkpoints/<profile>/dpo/`, `checkpoints/<profile>/reward_model/`,
+`evaluation_results/<profile>/dpo/…` (csv/md/txt/xlsx), TensorBoard under `tensorboard_events/<profile>/dpo/`.
+**Run time.** tiny ≈ 2 min on 2 CPU cores · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
+"""),
+    code(SETUP.format(seed="cfg.dpo.seed")),
+    md(r"""
+## The DPO loss (Rafailov et al. 2023)
+
+$$\mathcal{L}_\text{DPO} = -\log\sigma\Big(\beta\big[(\log\pi_\theta(y_w|x) - \log\pi_\text{ref}(y_w|x)) -
+(\log\pi_\theta(y_l|x) - \log\pi_\text{ref}(y_l|x))\big]\Big)$$
+
+$\log\pi(y|x)$ sums the log-probabilities of the **response tokens only** — the same mask as masked SFT. The
+implicit reward of a response is $\beta(\log\pi_\theta - \log\pi_\text{ref})$. The reference is the SFT model; its
+log-probs are computed **once** before training, so training holds a single model in memory.
+"""),
+    code('print(inspect.getsource(H.dpo_loss))'),
+    code('''
+import math, torch
+loss, _, _ = H.dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.1)
+print(f"equal log-probs: loss = {loss.item():.4f} = log 2 = {math.log(2):.4f}")
+'''),
+    md("""
+## On-policy Countdown pairs
+
+As the course project does: sample two completions per Countdown prompt from the SFT model (temperature > 0),
+label the better one *chosen* with the rule-based reward, and drop ties. They join the preference pairs.
+"""),
+    code('''
+print(cfg.dpo)
+result = H.run_dpo(cfg, reference="sft_masked")
+print("on-policy Countdown pairs:", result["onpolicy"])
+print("held-out preference accuracy before DPO (SFT model, its own log-probs):", result["before"]["logp_accuracy"])
+print("held-out preference accuracy after DPO (implicit reward):", result["after"]["reward_accuracy"])
+'''),
+    md("## Did DPO keep what SFT taught? The same held-out measures for both"),
+    code('''
+table = H.evaluate_checkpoints(cfg, ["sft_masked", "dpo"])
+table["preference_accuracy"] = [result["before"]["logp_accuracy"], result["after"]["reward_accuracy"]]
+quality = "exact_match" if "exact_match" in table else "rouge_l"
+print(table.to_string(index=False))
+print(f"\\n{quality}: SFT {table[quality][0]:.3f} → DPO {table[quality][1]:.3f} "
+      f"({100 * (table[quality][1] - table[quality][0]):+.1f} points)")
+'''),
+    md(r"""
+## The reward model (Bradley–Terry)
+
+A scalar head on the SFT model, trained so that $\max\ \mathbb{E}\,\log\sigma\big(r(x,y_w) - r(x,y_l)\big)$.
+"""),
+    code('print(inspect.getsource(H.bradley_terry_loss))'),
+    code('''
+print(cfg.reward)
+rm = H.run_reward_model(cfg, start="sft_masked")
+print(f"reward model held-out pairwise accuracy: {rm['accuracy']:.3f}  (saved to {rm['dir']})")
+'''),
+    code('''
+table["reward_model_accuracy"] = [None, rm["accuracy"]]
+paths = H.write_summary(table, cfg, "dpo")
+print("written:", *paths.values(), sep="\\n  ")
+'''),
+]
+
+NOTEBOOKS["04_rloo"] = [
+    md("""
+# 04 · RLOO: reinforcement learning with a rule-based Countdown reward (and a reward-model track)
+
+**Purpose.** Improve Countdown accuracy beyond supervised imitation: sample k answers per prompt, score them with
+the verifier, and push up the ones better than their siblings (REINFORCE Leave-One-Out). A short second track
+uses the reward model on instruction prompts.
+**Inputs.** `checkpoints/<profile>/sft_masked` (WarmStart SFT), `checkpoints/<profile>/reward_model` (from `03`).
+**Outputs.** `checkpoints/<profile>/rloo/`, `checkpoints/<profile>/rloo_instructions/`,
+`evaluation_results/<profile>/rloo/…`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
+**Run time.** tiny ≈ 4 min on 2 CPU cores · smoke ≈ 15 s · qwen: hours on one GPU.
+"""),
+    code(SETUP.format(seed="cfg.rloo.seed")),
+    md("""
+## The reward: model output is untrusted input
+
+Tiered as TinyZero defines it — **0** no `<answer>`, **0.1** an answer that is invalid, reuses or misses a number,
+or misses the target, **1** a correct equation. The *last* `<answer>` counts wherever it is. The expression is
+parsed with `ast`, and only `+ − × ÷`, parentheses and non-negative integers are evaluated: never `eval`.
+"""),
+    code('print(inspect.getsource(H.countdown_reward))'),
+    code('''
+for text in ["<answer> (3 + 4) * 2 </answer> Done.", "<answer> 9**9**9**9 </answer>",
+             "<answer> __import__('os').system('ls') </answer>", "<think> hmm </think>"]:
+    print(f"{H.countdown_reward(text, 14, [3, 4, 2]):.1f}  ←  {text!r}")
+'''),
+    md(r"""
+## The leave-one-out advantage (Ahmadian et al. 2024)
+
+For each prompt, $k$ samples $y_1..y_k$ with rewards $r_i$:
+$A_i = r_i - \frac{1}{k-1}\sum_{j\neq i} r_j$, and the loss is $-\frac{1}{N}\sum_i A_i \log\pi_\theta(y_i|x)$ over
+response tokens. Equal rewards give zero advantage: a group where every sample fails (or succeeds) teaches
+nothing. An optional KL penalty to the SFT model is folded into the reward: $r_i - \beta_{KL}(\log\pi_\theta - \log\pi_\text{ref})$.
+"""),
+    code('''
+import torch
+print(inspect.getsource(H.rloo_advantages))
+print(H.rloo_advantages(torch.tensor([[1.0, 0.0, 0.1], [0.1, 0.1, 0.1]])))
+'''),
+    md("## Before: the SFT model on the held-out Countdown test set (greedy)"),
+    code('''
+sft_dir = H.out_path("checkpoints", cfg, "sft_masked")
+tokenizer, sft_model = H.load_tokenizer(sft_dir), H.load_model(sft_dir)
+before = H.countdown_accuracy(sft_model, tokenizer, cfg)
+print(before)
+'''),
+    md("## Countdown track: RLOO with the rule-based reward"),
+    code('''
+print(cfg.rloo)
+result = H.run_rloo(cfg, track="countdown", start="sft_masked")
+after = H.countdown_accuracy(result["model"], tokenizer, cfg)
+print(f"Countdown accuracy (greedy, {cfg.eval.countdown_rows} held-out tasks): "
+      f"SFT {before['countdown_accuracy']:.3f} → RLOO {after['countdown_accuracy']:.3f} "
+      f"({100 * (after['countdown_accuracy'] - before['countdown_accuracy']):+.1f} points)")
+'''),
+    md("## Instruction track: RLOO with the reward model (short)"),
+    code('''
+import pandas as pd
+instr = H.run_rloo(cfg, track="instructions", start="sft_masked")
+rows = [{"model": "sft_masked", **before}, {"model": "rloo", **after}]
+table = pd.DataFrame(rows)
+# the instruction track's held-out reward-model score, before (SFT) and after its RLOO run
+table["instruction_track_rm_score"] = [instr["history"][0].get("eval/reward_model_score"),
+                                       instr["history"][-1].get("eval/reward_model_score")]
+paths = H.write_summary(table, cfg, "rloo")
+print(table.to_string(index=False)); print("written:", *paths.values(), sep="\\n  ")
+'''),
+]
+
+NOTEBOOKS["05_evaluation"] = [
+    md("""
+# 05 · Evaluation: every stage side by side
+
+**Purpose.** Measure every checkpoint of the profile — `initial`, `sft_masked`, `sft_unmasked`, `dpo`, `rloo` and
+`final` (the best by `cfg.eval.final_rule`) — on the same held-out sets, save every response, write the summaries,
+the figures and the report.
+**Inputs.** Whichever checkpoints exist under `checkpoints/<profile>/` (run `00`–`04` first for all of them).
+**Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
+`outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
+`report/report.md`.
+**Run time.** tiny ≈ 2 min on 2 CPU cores · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
+"""),
+    code(SETUP.format(seed="cfg.eval.seed")),
+    md(r"""
+## The measures
+
+- **Countdown**: greedy accuracy and mean reward; sampled (temperature 0.6, top_p 0.95, top_k 20) accuracy and
+  reward; **pass@k** — the unbiased estimator $1 - \binom{n-c}{k}/\binom{n}{k}$ for $c$ correct among $n$ samples;
+  **best-of-n** by the verifier.
+- **Instruction following**: exact match (tiny) or ROUGE-L (qwen), greedy; **best-of-n** with the reward model
+  choosing among n samples (the rejection-sampling idea); in qwen also the **win rate** against
+  Qwen2.5-0.5B-Instruct judged by the reward model.
+- Held-out **response-only loss / perplexity** and **whole-sequence loss**.
+"""),
+    code('print(inspect.getsource(H.pass_at_k)); print(inspect.getsource(H.best_of_n))'),
+    code('''
+stamp = H.timestamp()
+table, final = H.evaluate_all_stages(cfg)
+paths = H.write_summary(table, cfg, "stages", stamp)
+print(table.T.to_string())
+print(f"\\nfinal = {final}"); print("written:", *paths.values(), sep="\\n  ")
+'''),
+    code('''
+from IPython.display import Image, display
+display(Image(filename=str(H.plot_stage_metrics(table, H.assets_dir(cfg) / "stage_metrics.png"))))
+display(Image(filename=str(H.plot_learning_curves(cfg, H.assets_dir(cfg) / "learning_curves.png"))))
+'''),
+    md("## A few saved responses"),
+    code('''
+import json
+for name in ["sft_masked", "rloo"]:
+    path = H.out_path("outputs", cfg, name, "responses.jsonl")
+    if path.exists():
+        rows = [json.loads(line) for line in path.open()][:3]
+        print(f"--- {name}"); [print(json.dumps(r)[:300]) for r in rows]
+'''),
+    md("## The report"),
+    code('''
+report = H.write_report(cfg, table, final)
+print(report.read_text())
+'''),
+]
+
+NOTEBOOKS["06_chat"] = [
+    md("""
+# 06 · Chat with what you trained
+
+**Purpose.** Talk to any checkpoint: pick it from the dropdown (or give the path of any Hugging Face model
+directory), set a system prompt, temperature, top_p and the answer length; tokens stream in as they are generated.
+Stop interrupts generation, Clear starts over. Then compare two checkpoints on the same prompt.
+**Inputs.** `checkpoints/<profile>/…`. **Outputs.** none.
+**Run time.** seconds. From a terminal: `python helpers.py chat --model checkpoints/tiny/sft_masked` (or add a
+prompt in quotes for a single answer).
+"""),
+    code(SETUP.format(seed="0")),
+    code('''
+widget, controls = H.build_chat_widget(cfg)
+widget
+'''),
+    md("The widget's logic lives in `H.ChatSession`; here one exchange is driven programmatically, as a user would:"),
+    code('''
+controls["message"].value = "What is 3 + 4?"
+controls["do_send"]()
+print(controls["status"].value)
+print(controls["session"].history)
+'''),
+    md("## Side by side: the same prompt, two checkpoints"),
+    code('''
+for prompt in ["What is the last letter of garden?", "Which number is the largest: 3, 8, 5?"]:
+    print(prompt, H.side_by_side(cfg, prompt, names=("sft_masked", "sft_unmasked")))
+'''),
+]
+
 
 def main():
     for name, cells in NOTEBOOKS.items():
+        for i, cell in enumerate(cells):
+            cell["id"] = f"{name}-{i:02d}"      # stable ids: regenerating gives no diff noise
         nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                 "language": "python"}})
         path = ROOT / "notebooks" / f"{name}.ipynb"
