@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((H.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 def test_notebooks_exist_in_order():
     names = [p.stem for p in NOTEBOOKS]
-    assert names[:3] == ["00_data", "01_sft_masked", "02_sft_unmasked"]
+    assert names == ["00_data", "01_sft_masked", "02_sft_unmasked", "03_dpo", "04_rloo", "05_evaluation", "06_chat"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -40,6 +40,11 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
     assert (out / "checkpoints" / "smoke" / "sft_masked" / "model.safetensors").exists()
     assert (out / "assets" / "smoke" / "Comparison.png").exists()
     assert list((out / "evaluation_results" / "smoke" / "sft_comparison").glob("*/summary/summary_*.xlsx"))
+    for stage in ("dpo", "reward_model", "rloo", "final"):
+        assert (out / "checkpoints" / "smoke" / stage / "config.json").exists(), stage
+    assert list((out / "evaluation_results" / "smoke" / "stages").glob("*/summary/summary_*.csv"))
+    assert (out / "outputs" / "smoke" / "rloo" / "responses.jsonl").exists()
+    assert (out / "report" / "report_smoke.md").exists()
     after = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
              and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
     assert after - before == set(), f"smoke run wrote into the repo: {sorted(after - before)[:5]}"

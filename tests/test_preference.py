@@ -95,7 +95,7 @@ def test_reward_model_learns_its_pairs(setup, tmp_path):
     H.save_model(H.build_tiny_model(tokenizer, cfg.model, seed=0), base, tokenizer)
     rm_tok, rm = H.load_reward_model(base)
     pairs = pairs[:16]
-    train_cfg = H.replace_config(cfg.reward, max_steps=40, batch_size=8, lr=3e-3, save_every=100, eval_every=100)
+    train_cfg = H.replace_config(cfg.reward, max_steps=100, batch_size=8, lr=3e-3, save_every=1000, eval_every=1000)
     H.train(rm, rm_tok, pairs, train_cfg, H.bradley_terry_loss, H.pair_collate(rm_tok.pad_token_id),
             tmp_path / "rm", resume=False)
     assert H.reward_model_accuracy(rm, pairs, rm_tok.pad_token_id) >= 0.9

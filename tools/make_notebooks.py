@@ -136,6 +136,29 @@ else:
 '''),
 ]
 
+NOTEBOOKS["00_data"] += [
+    md("""
+## 5. Domain vocabulary: words the tokenizer has never seen
+
+Invented or domain words ("mediventricular", "neurogenix", "X-23S") split into many tokens. Adding them as tokens
+makes each one token; its new embedding row starts at the mean of the trained rows (Qwen's table has spare,
+never-trained rows, so a new token may need no resize at all — and still needs initialising). Measured on a copy:
+the saved tokenizer and model are not changed here.
+"""),
+    code('''
+import copy, pandas as pd
+words = list(cfg.new_tokens)
+print(pd.DataFrame(H.token_fragmentation(tokenizer, words)).to_string(index=False))
+tok_copy, model_copy = copy.deepcopy(tokenizer), copy.deepcopy(model)
+rows_before = model_copy.get_input_embeddings().weight.shape[0]
+added = H.add_new_tokens(tok_copy, model_copy, words)
+print(f"\\nadded {added} tokens; embedding rows {rows_before} -> {model_copy.get_input_embeddings().weight.shape[0]}")
+print(pd.DataFrame(H.token_fragmentation(tok_copy, words)).to_string(index=False))
+if qwen_dir.exists():
+    print("\\nreal Qwen tokenizer:"); print(pd.DataFrame(H.token_fragmentation(qwen_tok, words)).to_string(index=False))
+'''),
+]
+
 NOTEBOOKS["01_sft_masked"] = [
     md("""
 # 01 · SFT with loss on the response only ("masked")
@@ -262,6 +285,9 @@ $$\mathcal{L}_\text{DPO} = -\log\sigma\Big(\beta\big[(\log\pi_\theta(y_w|x) - \l
 $\log\pi(y|x)$ sums the log-probabilities of the **response tokens only** — the same mask as masked SFT. The
 implicit reward of a response is $\beta(\log\pi_\theta - \log\pi_\text{ref})$. The reference is the SFT model; its
 log-probs are computed **once** before training, so training holds a single model in memory.
+On the tiny model, plain DPO pushed the likelihood of *both* answers down and cost 10 points of exact match, so
+`cfg.dpo.sft_weight` adds $\\alpha\\cdot$NLL of the chosen answer (the RPO variant, Pang et al. 2024); set it to 0
+for plain DPO.
 """),
     code('print(inspect.getsource(H.dpo_loss))'),
     code('''
