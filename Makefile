@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks tensorboard bench-sft clean
+.PHONY: setup setup-dev demo test notebooks tensorboard bench-sft bench-dpo bench-generate clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ tensorboard: setup
 
 bench-sft: setup
 	$(PY) benchmarks/bench_sft.py
+
+bench-dpo: setup
+	$(PY) benchmarks/bench_dpo.py
+
+bench-generate: setup
+	$(PY) benchmarks/bench_generate.py
 
 clean:
 	rm -rf data checkpoints outputs

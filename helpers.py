@@ -1202,6 +1202,8 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
             seconds = time.perf_counter() - started
             scalars = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
                        "train/trained_units": total_units, **dict(metric_sums)}
+            if "labels" in micro_batches[0]:
+                scalars["train/trained_tokens"] = sum(float((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
             if "attention_mask" in micro_batches[0]:
                 real = sum(float(b["attention_mask"].sum()) for b in micro_batches)
                 cells = sum(b["attention_mask"].numel() for b in micro_batches)
@@ -1507,25 +1509,29 @@ def evaluate_checkpoints(cfg: Config, names: list[str], save_responses: bool = T
 
 
 def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> Path:
-    """Left: held-out response-only loss of each run against steps. Right: final metrics side by side."""
+    """Left: held-out response-only loss of each run against steps. Then the final losses and scores side by side."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (curve, losses, scores) = plt.subplots(1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     for name, history in histories.items():
-        left.plot([h["step"] for h in history], [h["eval/response_loss"] for h in history], marker="o", label=name)
-    left.set(xlabel="optimizer step", ylabel="held-out response-only loss (nats/token)",
-             title="Same held-out measure for both runs\n(their *training* losses average different tokens: "
-                   "not comparable)")
-    left.legend()
-    metrics = [c for c in final.columns if c not in ("model", "response_ppl")]
-    width = 0.8 / len(final)
-    for i, row in enumerate(final.itertuples(index=False)):
-        right.bar([j + i * width for j in range(len(metrics))], [getattr(row, m) for m in metrics], width,
-                  label=row.model)
-    right.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=20)
-    right.set(title="Final held-out metrics (loss: lower is better; accuracy/reward: higher)")
-    right.legend()
+        curve.plot([h["step"] for h in history], [h["eval/response_loss"] for h in history], marker="o", label=name)
+    curve.set(xlabel="optimizer step", ylabel="held-out response-only loss (nats/token)",
+              title="Same held-out measure for both runs\n(their *training* losses average different tokens: "
+                    "not comparable)")
+    curve.legend()
+    groups = [(losses, ["response_loss", "sequence_loss"], "held-out losses (lower is better)"),
+              (scores, [c for c in ("exact_match", "rouge_l", "countdown_reward", "countdown_accuracy")
+                        if c in final.columns], "held-out scores (higher is better)")]
+    for ax, metrics, title in groups:
+        width = 0.8 / len(final)
+        for i, row in enumerate(final.itertuples(index=False)):
+            values = [final.iloc[i][m] for m in metrics]
+            bars = ax.bar([j + i * width for j in range(len(metrics))], values, width, label=row.model)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=15)
+        ax.set(title=title)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
