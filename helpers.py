@@ -111,7 +111,7 @@ class SFTConfig(TrainConfig):
 class DPOConfig(TrainConfig):
     beta: float = 0.1                 # strength of the pull towards the reference (Rafailov et al. 2023)
     lr: float = 5e-4                  # DPO moves a trained model: a smaller step than SFT
-    max_steps: int = 400
+    max_steps: int = 600              # tiny: held-out preference accuracy was 0.88 at 400 steps, 0.90 at 600
     warmup_steps: int = 10
     onpolicy_countdown_prompts: int = 256  # Countdown prompts sampled twice for on-policy pairs (0 = none)
     sample_temperature: float = 1.0   # sampling temperature for the on-policy pairs
@@ -1427,8 +1427,9 @@ def rouge_l(response: str, reference: str) -> float:
 
 
 def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = None,
-                   progress: bool = False) -> dict:
-    """Held-out response-only loss / perplexity, whole-sequence loss, instruction quality, Countdown score."""
+                   progress: bool = False, records: list | None = None) -> dict:
+    """Held-out response-only loss / perplexity, whole-sequence loss, instruction quality, Countdown score.
+    The greedy responses go to `responses_path` (jsonl) and/or are appended to `records`."""
     held = heldout_loss_examples(cfg, tokenizer)
     pad = tokenizer.pad_token_id
     response_loss = evaluate_loss(model, held["response"], pad)
@@ -1448,12 +1449,14 @@ def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = 
     rewards = [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(cd_answers, tasks)]
     metrics["countdown_reward"] = sum(rewards) / len(rewards)
     metrics["countdown_accuracy"] = sum(r == 1.0 for r in rewards) / len(rewards)
+    greedy = ([{"task": "instruction", "prompt": p, "response": a, "reference": r, metric: s, "greedy": True}
+               for p, a, r, s in zip(prompts, answers, references, scores)]
+              + [{"task": "countdown", "nums": t["nums"], "target": t["target"], "response": a, "reward": w,
+                  "greedy": True} for t, a, w in zip(tasks, cd_answers, rewards)])
+    if records is not None:
+        records.extend(greedy)
     if responses_path is not None:
-        write_jsonl(responses_path,
-                    [{"task": "instruction", "prompt": p, "response": a, "reference": r, metric: s, "greedy": True}
-                     for p, a, r, s in zip(prompts, answers, references, scores)]
-                    + [{"task": "countdown", "nums": t["nums"], "target": t["target"], "response": a, "reward": w,
-                        "greedy": True} for t, a, w in zip(tasks, cd_answers, rewards)])
+        write_jsonl(responses_path, greedy)
     return metrics
 
 
@@ -1508,6 +1511,27 @@ def evaluate_checkpoints(cfg: Config, names: list[str], save_responses: bool = T
     return pd.DataFrame(rows)
 
 
+def grouped_bars(ax, table, metrics, labels: bool = True) -> None:
+    """One group of bars per metric, one bar per row (model) of `table`."""
+    width = 0.8 / len(table)
+    for i, row in enumerate(table.itertuples(index=False)):
+        bars = ax.bar([j + i * width for j in range(len(metrics))], [table.iloc[i][m] for m in metrics], width,
+                      label=row.model)
+        if labels:
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=15)
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> Path:
     """Left: held-out response-only loss of each run against steps. Then the final losses and scores side by side."""
     import matplotlib
@@ -1524,19 +1548,9 @@ def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> 
               (scores, [c for c in ("exact_match", "rouge_l", "countdown_reward", "countdown_accuracy")
                         if c in final.columns], "held-out scores (higher is better)")]
     for ax, metrics, title in groups:
-        width = 0.8 / len(final)
-        for i, row in enumerate(final.itertuples(index=False)):
-            values = [final.iloc[i][m] for m in metrics]
-            bars = ax.bar([j + i * width for j in range(len(metrics))], values, width, label=row.model)
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=15)
+        grouped_bars(ax, final, metrics)
         ax.set(title=title)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 DATASET_METRICS = {"instructions": ["response_loss", "response_ppl", "sequence_loss", "exact_match", "rouge_l"],
@@ -1803,7 +1817,14 @@ def reward_model_accuracy(model, pairs: list[dict], pad_token_id: int, batch_siz
 
 
 def load_reward_model(path):
+    """A sequence-classification model (scalar head) from a full model dir; a LoRA SFT dir is merged first."""
     from transformers import AutoModelForSequenceClassification
+    path = Path(str(path))
+    if (path / "adapter_config.json").exists():      # e.g. qwen's LoRA SFT checkpoint: merge once, next to it
+        merged = path.with_name(path.name + "_merged")
+        if not (merged / "config.json").exists():
+            save_model(load_model(path), merged, load_tokenizer(path), merge=True)
+        path = merged
     tokenizer = load_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id      # the head reads the last non-padding token
@@ -2038,7 +2059,7 @@ def sample_many(model, tokenizer, prompts, n: int, cfg: Config, seed: int) -> li
 def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, reference_model=None) -> dict:
     """Every held-out measure of one checkpoint; responses go to outputs/<profile>/<name>/responses.jsonl."""
     e, seed, records = cfg.eval, cfg.eval.seed, []
-    metrics = evaluate_model(model, tokenizer, cfg)                         # losses, greedy quality, greedy Countdown
+    metrics = evaluate_model(model, tokenizer, cfg, records=records)       # losses, greedy quality, greedy Countdown
     settings = {"temperature": e.temperature, "top_p": e.top_p, "top_k": e.top_k, "seed": seed}
     # Countdown, sampled: mean reward, accuracy, pass@k and verifier best-of-n
     tasks = load_split(cfg, "countdown", "test")[:e.sampled_rows]
@@ -2127,19 +2148,10 @@ def plot_stage_metrics(table, path: Path, metrics=("exact_match", "countdown_acc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     metrics = [m for m in metrics if m in table.columns]
-    fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / len(table)
-    for i, row in enumerate(table.itertuples(index=False)):
-        ax.bar([j + i * width for j in range(len(metrics))], [table.iloc[i][m] for m in metrics], width,
-               label=row.model)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    grouped_bars(ax, table, metrics, labels=False)
     ax.set(ylabel="held-out score (higher is better)", title="Every stage on the same held-out sets")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(cfg: Config, path: Path) -> Path:
@@ -2159,11 +2171,7 @@ def plot_learning_curves(cfg: Config, path: Path) -> Path:
                 ax.plot(*zip(*curves[tag]), label=tag, marker="." if len(curves[tag]) < 20 else None)
         ax.set(title=stage, xlabel="step")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def report_path(cfg: Config) -> Path:
@@ -2479,6 +2487,51 @@ def lora_config_for_new_tokens(lora_cfg: dict, tokenizer, words):
     from peft import LoraConfig
     ids = tokenizer.convert_tokens_to_ids(list(words))
     return LoraConfig(**{**lora_cfg, "trainable_token_indices": {"embed_tokens": ids}})
+
+
+DOMAIN_FACTS = ("the middle heart chamber", "the nerve growth drug", "the test device")   # one per new token
+
+
+def new_token_conversations(words, template: str) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": template.format(key=key)},
+                          {"role": "assistant", "content": word}]} for word, key in zip(words, DOMAIN_FACTS)]
+
+
+def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
+    """Add cfg.new_tokens to the tiny base model, LoRA-train on a few conversations that answer with them (the new
+    rows trainable), then check on held-out phrasings that the model produces each word as its single new token —
+    and that save → merge → reload keeps that behaviour."""
+    import tempfile
+    from peft import get_peft_model
+    words = list(cfg.new_tokens)[:len(DOMAIN_FACTS)]
+    seed_everything(seed)
+    base = out_path("checkpoints", cfg, "initial")
+    tokenizer, model = load_tokenizer(base), load_model(base)
+    added = add_new_tokens(tokenizer, model, words)
+    lora = lora_config_for_new_tokens(dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                           task_type="CAUSAL_LM"), tokenizer, words)
+    model = get_peft_model(model, lora)
+    train_rows = (new_token_conversations(words, "What is the name of {key}?")
+                  + new_token_conversations(words, "Tell me the term for {key}."))
+    test_rows = new_token_conversations(words, "Which word means {key}?")
+    examples = [build_sft_example(tokenizer, r["messages"], 64) for r in train_rows] * 8
+    answer = lambda m: generate_responses(m, tokenizer, [r["messages"][:1] for r in test_rows], max_new_tokens=4,
+                                          progress=False)
+    before = answer(model)
+    train_cfg = replace_config(cfg.sft, max_steps=steps, batch_size=8, lr=5e-3, warmup_steps=5, eval_every=10**9,
+                               save_every=10**9, log_every=10**9)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(tokenizer.pad_token_id),
+              Path(tmp) / "run", resume=False, desc="new tokens")
+        after = answer(model)
+        merged_dir = save_model(model, Path(tmp) / "merged", tokenizer, merge=True)
+        reloaded_tok, reloaded = load_tokenizer(merged_dir), load_model(merged_dir)
+        reloaded_answers = generate_responses(reloaded, reloaded_tok, [r["messages"][:1] for r in test_rows],
+                                              max_new_tokens=4, progress=False)
+    single = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in words]
+    return {"added": added, "words": words, "single_token": single, "before": before, "after": after,
+            "after_merge_and_reload": reloaded_answers,
+            "correct_after": sum(a == w for a, w in zip(after, words)) / len(words)}
 
 
 # ════════════════════════════════════════════════════════════════════════════════════════════════

@@ -103,3 +103,18 @@ def test_reward_model_learns_its_pairs(setup, tmp_path):
     _, again = H.load_reward_model(tmp_path / "rm")
     batch = {k: v for k, v in H.pair_collate(rm_tok.pad_token_id)(pairs[:4]).items()}
     assert torch.allclose(H.reward_scores(rm.eval(), batch), H.reward_scores(again.eval(), batch), atol=1e-5)
+
+
+def test_reward_model_from_a_lora_sft_checkpoint(setup, tmp_path):
+    """qwen's SFT checkpoints are LoRA adapters: the reward model merges them once, then adds its head."""
+    cfg, tokenizer, pairs = setup
+    base = tmp_path / "base"
+    H.save_model(H.build_tiny_model(tokenizer, cfg.model, seed=0), base, tokenizer)
+    lora = H.load_model(base, lora_cfg=dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    H.save_model(lora, tmp_path / "sft", tokenizer)
+    assert (tmp_path / "sft" / "adapter_config.json").exists()
+    rm_tok, rm = H.load_reward_model(tmp_path / "sft")
+    assert (tmp_path / "sft_merged" / "config.json").exists()
+    batch = H.pair_collate(rm_tok.pad_token_id)(pairs[:2])
+    assert H.reward_scores(rm, batch).shape == (4,)

@@ -190,3 +190,15 @@ def test_lora_with_new_tokens_round_trips_through_save_and_merge(tok, tmp_path):
     with torch.no_grad():
         assert (final(ids).logits - logits).abs().max() <= 1e-5
     assert H.load_tokenizer(tmp_path / "B")("neurogenix")["input_ids"] == [new_ids[1]]
+
+
+def test_tiny_model_learns_to_produce_new_tokens(tmp_path, monkeypatch):
+    """The 00_data demonstration on the smoke profile: new words become single tokens, and the merged, saved and
+    reloaded model answers exactly as the LoRA model did (tied embeddings)."""
+    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path))
+    cfg = H.get_config("smoke")
+    H.prepare_data(cfg)
+    H.build_initial_model(cfg, log=False)
+    demo = H.demo_new_tokens(cfg, steps=40)
+    assert demo["added"] == 3 and all(demo["single_token"])
+    assert demo["after_merge_and_reload"] == demo["after"]

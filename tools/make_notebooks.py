@@ -159,6 +159,19 @@ if qwen_dir.exists():
 '''),
 ]
 
+NOTEBOOKS["00_data"] += [
+    md("""
+Does the model learn to *produce* the new words? A short LoRA run whose new embedding rows are trainable
+(`trainable_token_indices`) on a few conversations that answer with them, checked on phrasings it never saw —
+then merged, saved and reloaded (the tied-embedding case where a naive merge would break the output head):
+"""),
+    code('''
+demo = H.demo_new_tokens(cfg)
+for key in ["added", "single_token", "before", "after", "after_merge_and_reload", "correct_after"]:
+    print(f"{key:>24}: {demo[key]}")
+'''),
+]
+
 NOTEBOOKS["01_sft_masked"] = [
     md("""
 # 01 · SFT with loss on the response only ("masked")
