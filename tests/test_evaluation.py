@@ -1,5 +1,4 @@
 """Evaluation of every stage: pass@k, best-of-n, the summary files, batched generation, the final-checkpoint rule."""
-import math
 
 import pandas as pd
 import pytest
