@@ -1063,8 +1063,11 @@ def _save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, 
     tmp = stage_dir.with_name(stage_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp, tokenizer, extra={"run_config.json": run_config})
-    torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, tmp / "training_state.pt")
+    rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+               tmp / "training_state.pt")
     old = stage_dir.with_name(stage_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if stage_dir.exists():
@@ -1139,6 +1142,8 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
         random.setstate(saved["python_rng"])
+        if "cuda_rng" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         state = {k: saved[k] for k in state}
         print(f"resuming {desc} from step {state['step']} ({saved['dir']})")
 
@@ -1609,7 +1614,8 @@ def sequence_logps(model, batch) -> torch.Tensor:
     """log π(y|x) per row: log-probs of the trained (response) tokens summed — the same mask as SFT."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
-    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # gather − logsumexp: no second vocabulary-sized copy (log_softmax would make one; 151,936 columns on Qwen)
+    token_logps = torch.gather(logits, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * (labels != -100)).sum(-1)
 
 
@@ -1753,9 +1759,12 @@ def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log:
     start = out_path("checkpoints", cfg, reference)
     tokenizer = load_tokenizer(start)
     model = load_model(start).to(device())
+    fresh_adapters = False
     if cfg.model.lora is not None and not hasattr(model, "disable_adapter"):
         from peft import get_peft_model
-        model = get_peft_model(model, as_lora_config(cfg.model.lora))
+        model, fresh_adapters = get_peft_model(model, as_lora_config(cfg.model.lora)), True
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     pad = tokenizer.pad_token_id
     rows = preference_data(cfg, "train")
     onpolicy_stats = {}
@@ -1767,7 +1776,9 @@ def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log:
     train_pairs, skips = build_pair_dataset(tokenizer, rows, dcfg.max_length, "dpo train")
     test_pairs, test_skips = build_pair_dataset(tokenizer, preference_data(cfg, "test"), dcfg.max_length, "dpo test")
     print(skips.report(), "|", test_skips.report(), "| on-policy Countdown:", onpolicy_stats)
-    use_adapters = dcfg.reference_from_disabled_adapters and hasattr(model, "disable_adapter")
+    # adapters off = the reference only for adapters created here; a LoRA SFT checkpoint's trained adapters
+    # ARE the SFT model, so then the model as loaded is the reference
+    use_adapters = dcfg.reference_from_disabled_adapters and fresh_adapters
     add_reference_logps(model, train_pairs, pad, disable_adapters=use_adapters)
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
     before = preference_accuracy(model, test_pairs, pad)
@@ -1988,6 +1999,8 @@ def run_rloo(cfg: Config, track: str = "countdown", start: str = "sft_masked", s
     seed_everything(rcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     reference = None
     if rcfg.kl_coef > 0:
         reference = load_model(start_dir).to(device()).eval()
@@ -2114,7 +2127,8 @@ def choose_final(table, rule: str) -> str:
 def evaluate_all_stages(cfg: Config, stages=STAGES):
     """One row per existing checkpoint of the profile (and `final`), one column per metric."""
     import pandas as pd
-    found = [s for s in stages if (out_path("checkpoints", cfg, s) / "config.json").exists()]
+    found = [s for s in stages if any((out_path("checkpoints", cfg, s) / f).exists()
+                                      for f in ("config.json", "adapter_config.json"))]
     reward_model = reference_model = None
     rm_dir = out_path("checkpoints", cfg, "reward_model")
     if (rm_dir / "config.json").exists():
