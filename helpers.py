@@ -1430,6 +1430,14 @@ def rouge_l(response: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def greedy_countdown(model, tokenizer, cfg: Config, rows: int | None = None):
+    """Greedy answers to the fixed held-out Countdown tasks and their rule-based rewards: (tasks, answers, rewards)."""
+    tasks = load_split(cfg, "countdown", "test")[:rows or cfg.eval.countdown_rows]
+    answers = generate_responses(model, tokenizer, [countdown_prompt(t["nums"], t["target"]) for t in tasks],
+                                 cfg.eval.batch_size, cfg.eval.max_new_tokens, progress=False)
+    return tasks, answers, [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(answers, tasks)]
+
+
 def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = None,
                    progress: bool = False, records: list | None = None) -> dict:
     """Held-out response-only loss / perplexity, whole-sequence loss, instruction quality, Countdown score.
@@ -1447,10 +1455,7 @@ def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = 
     scorer, metric = (rouge_l, "rouge_l") if cfg.profile == "qwen" else (exact_match, "exact_match")
     scores = [scorer(a, r) for a, r in zip(answers, references)]
     metrics[metric] = sum(scores) / len(scores)
-    tasks = load_split(cfg, "countdown", "test")[:cfg.eval.countdown_rows]
-    cd_answers = generate_responses(model, tokenizer, [countdown_prompt(t["nums"], t["target"]) for t in tasks],
-                                    cfg.eval.batch_size, cfg.eval.max_new_tokens, progress=progress)
-    rewards = [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(cd_answers, tasks)]
+    tasks, cd_answers, rewards = greedy_countdown(model, tokenizer, cfg)
     metrics["countdown_reward"] = sum(rewards) / len(rewards)
     metrics["countdown_accuracy"] = sum(r == 1.0 for r in rewards) / len(rewards)
     greedy = ([{"task": "instruction", "prompt": p, "response": a, "reference": r, metric: s, "greedy": True}
@@ -1982,10 +1987,7 @@ def rloo_collate(k: int):
 
 def countdown_accuracy(model, tokenizer, cfg: Config, rows: int | None = None) -> dict:
     """Greedy Countdown accuracy and mean reward on the fixed held-out test set."""
-    tasks = load_split(cfg, "countdown", "test")[:rows or cfg.eval.countdown_rows]
-    answers = generate_responses(model, tokenizer, [countdown_prompt(t["nums"], t["target"]) for t in tasks],
-                                 cfg.eval.batch_size, cfg.eval.max_new_tokens, progress=False)
-    rewards = [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(answers, tasks)]
+    _, _, rewards = greedy_countdown(model, tokenizer, cfg, rows)
     return {"countdown_accuracy": sum(r == 1.0 for r in rewards) / len(rewards),
             "countdown_reward": sum(rewards) / len(rewards)}
 
@@ -2068,8 +2070,11 @@ def sample_many(model, tokenizer, prompts, n: int, cfg: Config, seed: int) -> li
     return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, reference_model=None) -> dict:
-    """Every held-out measure of one checkpoint; responses go to outputs/<profile>/<name>/responses.jsonl."""
+def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, reference_model=None,
+                   cache: dict | None = None) -> dict:
+    """Every held-out measure of one checkpoint; responses go to outputs/<profile>/<name>/responses.jsonl.
+    `cache` keeps what is the same for every checkpoint (the win-rate opponent's scored answers)."""
+    cache = {} if cache is None else cache
     e, seed, records = cfg.eval, cfg.eval.seed, []
     metrics = evaluate_model(model, tokenizer, cfg, records=records)       # losses, greedy quality, greedy Countdown
     settings = {"temperature": e.temperature, "top_p": e.top_p, "top_k": e.top_k, "seed": seed}
@@ -2106,12 +2111,15 @@ def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, 
             records += [{"task": "instruction", "prompt": p, "response": s, "reward_model_score": sc,
                          scorer.__name__: q, **settings} for s, sc, q in zip(row, row_s, row_q)]
         if reference_model is not None:     # win rate against a reference model, judged by the reward model
-            mine = generate_responses(model, tokenizer, prompts, e.batch_size, e.max_new_tokens, progress=False)
-            theirs = generate_responses(reference_model, tokenizer, prompts, e.batch_size, e.max_new_tokens,
-                                        progress=False)
-            a, b = score_responses(reward_model, tokenizer, prompts, mine), score_responses(reward_model, tokenizer,
-                                                                                          prompts, theirs)
-            metrics["win_rate"] = sum(x > y for x, y in zip(a, b)) / len(prompts)
+            greedy = [r["response"] for r in records if r["task"] == "instruction" and r.get("greedy")]
+            mine = greedy[:len(prompts)] if len(greedy) >= len(prompts) else generate_responses(
+                model, tokenizer, prompts, e.batch_size, e.max_new_tokens, progress=False)
+            if "opponent_scores" not in cache:
+                theirs = generate_responses(reference_model, tokenizer, prompts, e.batch_size, e.max_new_tokens,
+                                            progress=False)
+                cache["opponent_scores"] = score_responses(reward_model, tokenizer, prompts, theirs)
+            mine_scores = score_responses(reward_model, tokenizer, prompts, mine)
+            metrics["win_rate"] = sum(x > y for x, y in zip(mine_scores, cache["opponent_scores"])) / len(prompts)
     write_jsonl(out_path("outputs", cfg, name, "responses.jsonl"), records)
     return metrics
 
@@ -2135,11 +2143,12 @@ def evaluate_all_stages(cfg: Config, stages=STAGES):
         reward_model = load_reward_model(cfg.eval.judge or rm_dir)[1].to(device())
     if cfg.eval.reference_model:
         reference_model = load_model(cfg.eval.reference_model).to(device())
-    rows = []
+    rows, cache = [], {}
     for name in found:
         folder = out_path("checkpoints", cfg, name)
         tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
-        rows.append({"model": name, **evaluate_stage(model, tokenizer, cfg, name, reward_model, reference_model)})
+        rows.append({"model": name, **evaluate_stage(model, tokenizer, cfg, name, reward_model, reference_model,
+                                                     cache)})
         print(f"evaluated {name}")
     table = pd.DataFrame(rows)
     quality = "rouge_l" if cfg.profile == "qwen" else "exact_match"

@@ -190,3 +190,17 @@ def test_choose_final_picks_the_max_and_the_later_row_on_ties():
     assert H.choose_final(table.iloc[:4], "mean_quality") == "sft_unmasked"   # tie 0.30 / 0.30 → later
     with pytest.raises(ValueError, match="no_such_metric"):
         H.choose_final(table, "no_such_metric")
+
+
+def test_win_rate_against_a_reference_model(tmp_path, monkeypatch):
+    """Win rate judged by the reward model: a model against itself never wins (ties count as losses)."""
+    import shutil
+    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path))
+    cfg = H.get_config("smoke")
+    H.prepare_data(cfg)
+    initial = H.build_initial_model(cfg, log=False)
+    shutil.copytree(initial, H.out_path("checkpoints", cfg, "sft_masked"))
+    H.run_reward_model(cfg, log=False)
+    cfg.eval.reference_model = str(initial)
+    table, _ = H.evaluate_all_stages(cfg, stages=("initial", "sft_masked"))
+    assert list(table["win_rate"][:2]) == [0.0, 0.0]     # both are the reference model itself
