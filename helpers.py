@@ -47,8 +47,8 @@ class DataConfig:
     instruction_test: int = 200       # tiny: held-out instruction tasks, disjoint prompts
     countdown_train: int = 2000       # Countdown prompts for RLOO / on-policy DPO
     countdown_test: int = 200         # fixed held-out Countdown test set (>= 200 for a readable accuracy)
-    countdown_numbers: int = 3        # how many numbers each Countdown task gives
-    countdown_max_value: int = 9      # small values keep the tiny Countdown learnable on a CPU
+    countdown_numbers: int = 2        # tiny: 3 numbers were beyond a 1.8M-parameter model (README log)
+    countdown_max_value: int = 30     # 2 numbers <= 30: 1364 distinct tasks (by sorted numbers and target)
     warmstart_rows: int = 1500        # solver-written completions for WarmStart SFT
     preference_train: int = 1500      # tiny: (chosen = correct, rejected = plausible wrong) pairs
     preference_test: int = 100
@@ -98,6 +98,7 @@ class PretrainConfig(TrainConfig):
 
 @dataclass
 class SFTConfig(TrainConfig):
+    max_steps: int = 600              # tiny: at 300 steps the model wrote the Countdown format but copied no numbers
     prompt_loss_weight: float = 0.0   # 0 = masked (response only), 1 = unmasked (whole sequence)
     countdown_share: float = 0.5      # fraction of the SFT mixture taken from WarmStart Countdown rows
     sweep_weights: tuple = (0.0, 0.01, 0.1, 1.0)  # the prompt-loss-weight sweep of the comparison
@@ -128,17 +129,17 @@ class RewardConfig(TrainConfig):
 
 @dataclass
 class RLOOConfig(TrainConfig):
-    k: int = 4                        # samples per prompt; the leave-one-out baseline needs k >= 2
-    batch_size: int = 8               # prompts per micro-batch (× k samples)
-    lr: float = 3e-4
-    max_steps: int = 30               # tiny: CPU budget of the demo (see the README on what RLOO reached)
+    k: int = 8                        # samples per prompt; the leave-one-out baseline needs k >= 2
+    batch_size: int = 16              # prompts per micro-batch (× k samples); fewer left most groups all-wrong
+    lr: float = 3e-4                  # tiny: 1e-3 collapsed Countdown accuracy to ~0 within 25 steps
+    max_steps: int = 100              # tiny: ~3 min on 2 CPU cores
     warmup_steps: int = 5
-    temperature: float = 1.0          # sampling temperature during training
+    temperature: float = 0.6          # tiny: at 1.0 only 3% of samples were correct (greedy: 12%); too little signal
     max_new_tokens: int = 64          # room for a Countdown <think> … </think> <answer> … </answer>
     kl_coef: float = 0.05             # KL penalty to the reference, folded into the reward
     table_every: int = 10             # steps between TensorBoard text tables of sampled completions
     instruction_steps: int = 10       # the (short) instruction-following track with the reward model
-    eval_every: int = 10
+    eval_every: int = 25
 
 
 @dataclass
@@ -214,7 +215,7 @@ def _qwen() -> Config:
                         save_every=200, onpolicy_countdown_prompts=2000, reference_from_disabled_adapters=True)
     cfg.reward = RewardConfig(batch_size=8, grad_accum=4, lr=1e-5, max_steps=1000, max_length=1024,
                               eval_every=200, save_every=200)
-    cfg.rloo = RLOOConfig(batch_size=8, k=4, lr=1e-6, max_steps=500, max_new_tokens=512, eval_every=100,
+    cfg.rloo = RLOOConfig(batch_size=8, k=4, lr=1e-6, temperature=1.0, max_steps=500, max_new_tokens=512, eval_every=100,
                           save_every=100, instruction_steps=200)
     return cfg
 
@@ -373,7 +374,6 @@ def solve_countdown(nums, target):
                 if i == j:
                     continue
                 (a, ea, sa), (b, eb, sb) = items[i], items[j]
-                rest = [items[k] for k in range(len(items)) if k not in (i, j)]
                 for op in "+-*/":
                     if op in "+*" and i > j:
                         continue      # commutative: one order is enough
@@ -383,7 +383,10 @@ def solve_countdown(nums, target):
                     wrap = lambda e, simple: e if simple else f"({e})"
                     expr = f"{wrap(ea, len(sa) == 0)} {op} {wrap(eb, len(sb) == 0)}"
                     step = f"{_fmt(a)} {op} {_fmt(b)} = {_fmt(value)}"
-                    found = search(rest + [(value, expr, sa + sb + [step])])
+                    # the result takes the place of its first operand: answers keep the prompt's order,
+                    # which a small model copies far more easily than a shuffled one
+                    merged = (value, expr, sa + sb + [step])
+                    found = search([merged if k == i else items[k] for k in range(len(items)) if k != j])
                     if found:
                         return found
         return None
@@ -499,14 +502,25 @@ def build_tiny_world(cfg: DataConfig) -> dict[str, dict[str, list]]:
     # Countdown: a fixed held-out test set, then disjoint training tasks
     # a training task may not be a reordering of a test task (same numbers, same target)
     test_rows, test_keys, train_rows, train_seen = [], set(), [], set()
+    attempts = 0
+
+    def draw():
+        nonlocal attempts
+        attempts += 1
+        if attempts > 100 * (cfg.countdown_test + cfg.countdown_train):   # a small space of tasks runs dry
+            raise ValueError(f"cannot draw countdown_test={cfg.countdown_test} + countdown_train="
+                             f"{cfg.countdown_train} distinct Countdown tasks from {cfg.countdown_numbers} numbers "
+                             f"<= {cfg.countdown_max_value}: lower the counts or raise countdown_max_value")
+        return make_countdown_task(rng, cfg.countdown_numbers, cfg.countdown_max_value)
+
     while len(test_rows) < cfg.countdown_test:
-        task = make_countdown_task(rng, cfg.countdown_numbers, cfg.countdown_max_value)
+        task = draw()
         key = (tuple(sorted(task["nums"])), task["target"])
         if key not in test_keys:
             test_keys.add(key)
             test_rows.append(task)
     while len(train_rows) < cfg.countdown_train:
-        task = make_countdown_task(rng, cfg.countdown_numbers, cfg.countdown_max_value)
+        task = draw()
         ordered = (tuple(task["nums"]), task["target"])
         if (tuple(sorted(task["nums"])), task["target"]) not in test_keys and ordered not in train_seen:
             train_seen.add(ordered)
@@ -1936,6 +1950,33 @@ def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, t
     return samples
 
 
+def shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
+    """log π(y|x) of every sample, the prompt run once per group of k (its KV cache repeated k times).
+
+    The same numbers as `sequence_logps` on the concatenated sequences, for far fewer tokens: a tiny Countdown
+    prompt is ~125 tokens and its answer ~27, so k = 8 samples cost 341 instead of 1,216 token positions.
+    Prompts are left-padded (RoPE scores depend only on distances, so the shift changes nothing).
+    """
+    dev = next(model.parameters()).device
+    prompts = [s["prompt_ids"] for s in samples[::k]]
+    width = max(map(len, prompts))
+    prompt_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)
+    responses = [s["response_ids"] for s in samples]
+    length = max(map(len, responses))
+    response_ids = torch.tensor([r + [pad_id] * (length - len(r)) for r in responses], device=dev)
+    response_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in responses], device=dev)
+    logits = model(input_ids=response_ids, past_key_values=cache,
+                   attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1)).logits
+    # the prompt's last position predicts the first response token; response position t predicts t + 1
+    logits = torch.cat([out.logits[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], 1).float()
+    token_logps = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return (token_logps * response_mask).sum(-1)
+
+
 def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=None):
     """The RLOO step as a loss for the one training loop: sample, reward, leave-one-out advantage,
     loss = −mean_i A_i · log π(y_i|x) (response tokens only). Optional KL penalty folded into the reward."""
@@ -1951,15 +1992,19 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         rep_tasks = [t for t in tasks for _ in range(rcfg.k)]
         rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
                                dtype=torch.float32)
-        examples = [{"input_ids": s["prompt_ids"] + s["response_ids"],
-                     "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
-                     "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
-        seqs = {key: v.to(next(model.parameters()).device) for key, v in collate(examples, pad).items()}
-        logps = sequence_logps(model, seqs)
+        if getattr(model, "is_gradient_checkpointing", False):   # checkpointing turns the KV cache off
+            examples = [{"input_ids": s["prompt_ids"] + s["response_ids"],
+                         "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
+                         "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
+            seqs = {key: v.to(next(model.parameters()).device) for key, v in collate(examples, pad).items()}
+            logps_of = lambda m: sequence_logps(m, seqs)
+        else:
+            logps_of = lambda m: shared_prompt_logps(m, samples, rcfg.k, pad)
+        logps = logps_of(model)
         shaped, kl = rewards.clone(), torch.zeros_like(rewards)
         if reference is not None and rcfg.kl_coef > 0:
             with torch.no_grad():
-                kl = (logps.detach() - sequence_logps(reference, seqs)).float().cpu()
+                kl = (logps.detach() - logps_of(reference)).float().cpu()
             shaped = rewards - rcfg.kl_coef * kl
         advantages = rloo_advantages(shaped.view(len(tasks), rcfg.k)).flatten().to(logps.device)
         loss_sum = -(advantages * logps).sum()

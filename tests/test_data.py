@@ -277,6 +277,12 @@ def test_tiny_world_countdown_disjoint_solvable_and_warmstart_scores_one(smoke_w
         assert helpers.countdown_reward(row["messages"][-1]["content"], row["target"], row["nums"]) == 1.0
 
 
+def test_tiny_world_asking_for_more_countdown_tasks_than_exist_is_a_clear_error():
+    data = helpers.replace_config(helpers.get_config("smoke").data, countdown_numbers=2, countdown_max_value=3)
+    with pytest.raises(ValueError, match="countdown_max_value"):
+        helpers.build_tiny_world(data)
+
+
 def test_tiny_profile_countdown_test_not_a_permutation_of_train():
     w = helpers.build_tiny_world(helpers.get_config("tiny").data)
     key = lambda t: (tuple(sorted(t["nums"])), t["target"])
@@ -303,7 +309,7 @@ def test_get_config_overrides_do_not_leak():
     assert helpers.get_config("smoke", sft__max_steps=3).sft.max_steps == 3
     assert helpers.get_config("smoke", data__seed=5).data.seed == 5
     assert helpers.get_config("smoke").sft.max_steps == 6 and helpers.get_config("smoke").data.seed == 0
-    assert helpers.get_config("tiny").sft.max_steps == 300
+    assert helpers.get_config("tiny").sft.max_steps == helpers.SFTConfig().max_steps
 
 
 def test_profile_env_var_picks_the_profile(monkeypatch):

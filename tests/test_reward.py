@@ -201,10 +201,17 @@ def test_solver_steps_narrate_integer_arithmetic():
     assert expression == "(8 + 9) - 5"
     assert steps == ["8 + 9 = 17", "17 - 5 = 12"]
     expression, steps = solve_countdown([2, 3, 5, 7], 1)
-    assert steps[-1] == "-1 - -2 = 1"                    # negative intermediates are narrated as they are
+    assert steps[-1] == "-6 + 7 = 1"                     # negative intermediates are narrated as they are
     for step in steps:
         left, right = step.split(" = ")
         assert _fraction_value(left) == Fraction(right)
+
+
+@pytest.mark.parametrize("nums, target, expression", [([17, 2], 34, "17 * 2"), ([3, 7], 4, "7 - 3"),
+                                                      ([9, 1, 5], 45, "(9 * 1) * 5"), ([6, 3, 4], 36, "(6 + 3) * 4")])
+def test_solver_keeps_the_prompt_order_where_it_can(nums, target, expression):
+    """WarmStart answers copy the numbers in the order the prompt gives them: easier for a small model to learn."""
+    assert solve_countdown(nums, target)[0] == expression
 
 
 @pytest.mark.parametrize("nums, target", [([1, 1, 1], 100), ([2, 2], 5), ([9], 8), ([], 3)])
