@@ -2274,7 +2274,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
     by = {r["model"]: r for r in stages.to_dict("records")}
     notes = []
     for a, b, metric in [("initial", "sft_masked", quality), ("sft_masked", "dpo", quality),
-                         ("sft_masked", "rloo", "countdown_accuracy"), ("sft_masked", "sft_unmasked", quality)]:
+                         ("sft_masked", "dpo", "countdown_accuracy"), ("sft_masked", "rloo", "countdown_accuracy"), ("sft_masked", "sft_unmasked", quality)]:
         if a in by and b in by and metric in by[a]:
             delta = by[b][metric] - by[a][metric]
             word = "improved" if delta > 0 else ("did not change" if delta == 0 else "got worse")

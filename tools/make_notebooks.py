@@ -39,7 +39,7 @@ stage starts from, and look at exactly which tokens carry loss in masked and unm
 
 **Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
 **Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
-**Run time.** tiny ≈ 3 min on 2 CPU cores · smoke ≈ 15 s · qwen: download time.
+**Run time.** tiny ≈ 2 min on 2 CPU cores · smoke ≈ 15 s · qwen: download time.
 """),
     code(SETUP.format(seed="cfg.data.seed")),
     md("""
@@ -230,7 +230,7 @@ same held-out measures, and sweep the prompt-loss weight over several seeds to t
 **Inputs.** `checkpoints/<profile>/initial`, `checkpoints/<profile>/sft_masked` (run `00`, `01` first).
 **Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Comparison.png`, `assets/Dataset_results.xlsx`,
 `evaluation_results/<profile>/sft_comparison/…` and `…/sft_sweep/…` (csv/md/txt/xlsx).
-**Run time.** tiny ≈ 6 min on 2 CPU cores (1.5 min training + the sweep) · smoke ≈ 30 s · qwen ≈ 1 h per run.
+**Run time.** tiny ≈ 4 min on 2 CPU cores (1.5 min training + the sweep) · smoke ≈ 30 s · qwen ≈ 1 h per run.
 """),
     code(SETUP.format(seed="cfg.sft.seed")),
     md("Identical settings to `01`, except `prompt_loss_weight=1.0`:"),
@@ -358,7 +358,7 @@ uses the reward model on instruction prompts.
 **Inputs.** `checkpoints/<profile>/sft_masked` (WarmStart SFT), `checkpoints/<profile>/reward_model` (from `03`).
 **Outputs.** `checkpoints/<profile>/rloo/`, `checkpoints/<profile>/rloo_instructions/`,
 `evaluation_results/<profile>/rloo/…`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-**Run time.** tiny ≈ 4 min on 2 CPU cores · smoke ≈ 15 s · qwen: hours on one GPU.
+**Run time.** tiny ≈ 3.5 min on 2 CPU cores · smoke ≈ 15 s · qwen: hours on one GPU.
 
 In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model: after SFT it wrote the
 format but almost never a right equation, so every sampled group scored alike and RLOO had nothing to learn from;
@@ -447,7 +447,7 @@ the figures and the report.
 **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
 `report/report.md`.
-**Run time.** tiny ≈ 2 min on 2 CPU cores · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
+**Run time.** tiny ≈ 1 min on 2 CPU cores · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
 """),
     code(SETUP.format(seed="cfg.eval.seed")),
     md(r"""
