@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks tensorboard bench-sft bench-dpo bench-generate clean
+.PHONY: setup setup-dev demo test notebooks tensorboard bench-sft bench-dpo bench-generate bench-rloo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-dpo: setup
 
 bench-generate: setup
 	$(PY) benchmarks/bench_generate.py
+
+bench-rloo: setup
+	$(PY) benchmarks/bench_rloo.py
 
 clean:
 	rm -rf data checkpoints outputs

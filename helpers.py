@@ -1992,7 +1992,7 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         rep_tasks = [t for t in tasks for _ in range(rcfg.k)]
         rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
                                dtype=torch.float32)
-        if getattr(model, "is_gradient_checkpointing", False):   # checkpointing turns the KV cache off
+        if cfg.model.gradient_checkpointing:     # checkpointing turns the KV cache off: score full sequences
             examples = [{"input_ids": s["prompt_ids"] + s["response_ids"],
                          "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
                          "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]

@@ -77,3 +77,19 @@ def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient(tiny_tok
     assert torch.allclose(full, shared, atol=1e-4)
     for p, g in zip(model.parameters(), full_grads):
         assert torch.allclose(p.grad, g, atol=1e-5)
+
+
+def test_rloo_loss_is_the_same_on_the_full_sequence_path(tiny_tokenizer):
+    """With gradient checkpointing (no KV cache) RLOO scores full sequences; same samples, same loss."""
+    cfg = H.get_config("smoke")
+    model = H.build_tiny_model(tiny_tokenizer, cfg.model, seed=0)
+    tasks = [{"prompt": [{"role": "user", "content": f"What is {i} + 2?"}], "answer": str(i + 2)} for i in range(3)]
+    reward_fn = lambda prompts, completions, rows: [float(len(c) % 3) for c in completions]
+    losses = []
+    for checkpointing in (False, True):
+        run_cfg = H.replace_config_cfg(cfg, model=H.replace_config(cfg.model, gradient_checkpointing=checkpointing))
+        torch.manual_seed(0)
+        loss, _ = H.make_rloo_loss(run_cfg, tiny_tokenizer, reward_fn, reference=model)(model, {"tasks": tasks})
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    assert losses[0] != 0.0
