@@ -215,8 +215,8 @@ def _qwen() -> Config:
                         save_every=200, onpolicy_countdown_prompts=2000, reference_from_disabled_adapters=True)
     cfg.reward = RewardConfig(batch_size=8, grad_accum=4, lr=1e-5, max_steps=1000, max_length=1024,
                               eval_every=200, save_every=200)
-    cfg.rloo = RLOOConfig(batch_size=8, k=4, lr=1e-6, temperature=1.0, max_steps=500, max_new_tokens=512, eval_every=100,
-                          save_every=100, instruction_steps=200)
+    cfg.rloo = RLOOConfig(batch_size=8, k=4, lr=1e-6, temperature=1.0, max_steps=500, max_new_tokens=512,
+                          eval_every=100, save_every=100, instruction_steps=200)
     return cfg
 
 
@@ -2274,7 +2274,8 @@ def write_report(cfg: Config, stages, final: str) -> Path:
     by = {r["model"]: r for r in stages.to_dict("records")}
     notes = []
     for a, b, metric in [("initial", "sft_masked", quality), ("sft_masked", "dpo", quality),
-                         ("sft_masked", "dpo", "countdown_accuracy"), ("sft_masked", "rloo", "countdown_accuracy"), ("sft_masked", "sft_unmasked", quality)]:
+                         ("sft_masked", "dpo", "countdown_accuracy"), ("sft_masked", "rloo", "countdown_accuracy"),
+                         ("sft_masked", "sft_unmasked", quality)]:
         if a in by and b in by and metric in by[a]:
             delta = by[b][metric] - by[a][metric]
             word = "improved" if delta > 0 else ("did not change" if delta == 0 else "got worse")

@@ -58,7 +58,8 @@ def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient(tiny_tok
     """Running each prompt once and repeating its KV cache k times must not change log π(y|x) or its gradient."""
     cfg = H.get_config("smoke")
     model = H.build_tiny_model(tiny_tokenizer, cfg.model, seed=0)
-    prompts = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Which number is the largest: 4, 7, 1?"}]]
+    prompts = [[{"role": "user", "content": "What is 2 + 3?"}],
+               [{"role": "user", "content": "Which number is the largest: 4, 7, 1?"}]]
     torch.manual_seed(0)
     samples = H.sample_completions(model, tiny_tokenizer, prompts, k=3, max_new_tokens=8, temperature=1.0)
     for i, s in enumerate(samples):                                   # responses of different lengths: right padding
