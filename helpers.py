@@ -139,7 +139,7 @@ class RLOOConfig(TrainConfig):
     kl_coef: float = 0.05             # KL penalty to the reference, folded into the reward
     table_every: int = 10             # steps between TensorBoard text tables of sampled completions
     instruction_steps: int = 10       # the (short) instruction-following track with the reward model
-    eval_every: int = 25
+    eval_every: int = 50              # greedy evaluations of 200 tasks cost ~5 s each on the CPU
 
 
 @dataclass
@@ -404,7 +404,9 @@ def countdown_completion(nums, target) -> str | None:
     if solved is None:
         return None
     expression, steps = solved
-    return f"<think> {', '.join(steps)} </think>\n<answer> {expression} </answer>"
+    # the reasoning restates the task in the pre-training text's words ("Numbers [..] make ..:"), so SFT builds
+    # on what the base model already does in that phrasing instead of learning to copy the numbers afresh
+    return f"<think> Numbers {list(nums)} make {target}: {', '.join(steps)} </think>\n<answer> {expression} </answer>"
 
 
 # ════════════════════════════════════════════════════════════════════════════════════════════════

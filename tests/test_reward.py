@@ -221,7 +221,8 @@ def test_solver_returns_none_for_impossible_tasks(nums, target):
 
 def test_countdown_completion_matches_solver_and_scores_one():
     completion = helpers.countdown_completion([8, 9, 5], 12)
-    assert completion == "<think> 8 + 9 = 17, 17 - 5 = 12 </think>\n<answer> (8 + 9) - 5 </answer>"
+    assert completion == ("<think> Numbers [8, 9, 5] make 12: 8 + 9 = 17, 17 - 5 = 12 </think>\n"
+                          "<answer> (8 + 9) - 5 </answer>")
     assert countdown_reward(completion, 12, [8, 9, 5]) == 1.0
     assert helpers.countdown_completion([1, 1, 1], 100) is None
 
