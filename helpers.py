@@ -404,9 +404,13 @@ def countdown_completion(nums, target) -> str | None:
     if solved is None:
         return None
     expression, steps = solved
-    # the reasoning restates the task in the pre-training text's words ("Numbers [..] make ..:"), so SFT builds
-    # on what the base model already does in that phrasing instead of learning to copy the numbers afresh
-    return f"<think> Numbers {list(nums)} make {target}: {', '.join(steps)} </think>\n<answer> {expression} </answer>"
+    return f"<think> {countdown_reasoning(nums, target, steps)} </think>\n<answer> {expression} </answer>"
+
+
+def countdown_reasoning(nums, target, steps) -> str:
+    """"Numbers [17, 2] make 34: 17 * 2 = 34" — one phrasing for the tiny world's pre-training text and the WarmStart
+    <think>, so SFT builds on what the base model already does in it instead of learning to copy numbers afresh."""
+    return f"Numbers {list(nums)} make {target}: {', '.join(steps)}"
 
 
 # ════════════════════════════════════════════════════════════════════════════════════════════════
@@ -539,7 +543,7 @@ def build_tiny_world(cfg: DataConfig) -> dict[str, dict[str, list]]:
         pretrain.append({"text": f"Question: {t['prompt']}\nAnswer: {t['answer']}\n"})
     for t in countdown["train"]:
         _, steps = solve_countdown(t["nums"], t["target"])
-        pretrain.append({"text": f"Numbers {t['nums']} make {t['target']}: {', '.join(steps)}.\n"})
+        pretrain.append({"text": countdown_reasoning(t["nums"], t["target"], steps) + ".\n"})
     rng.shuffle(pretrain)
     return {"instructions": instructions, "preferences": preferences, "countdown": countdown,
             "warmstart": warmstart, "pretrain": {"train": pretrain[:cfg.pretrain_rows]}}
@@ -1952,6 +1956,13 @@ def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, t
     return samples
 
 
+def sample_rows(samples: list[dict]) -> list[dict]:
+    """Sampled completions as prompt + response rows with the response-only mask, for `collate`."""
+    return [{"input_ids": s["prompt_ids"] + s["response_ids"],
+             "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
+             "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
+
+
 def shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
     """log π(y|x) of every sample, the prompt run once per group of k (its KV cache repeated k times).
 
@@ -1995,10 +2006,8 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
                                dtype=torch.float32)
         if cfg.model.gradient_checkpointing:     # checkpointing turns the KV cache off: score full sequences
-            examples = [{"input_ids": s["prompt_ids"] + s["response_ids"],
-                         "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
-                         "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
-            seqs = {key: v.to(next(model.parameters()).device) for key, v in collate(examples, pad).items()}
+            dev = next(model.parameters()).device
+            seqs = {key: v.to(dev) for key, v in collate(sample_rows(samples), pad).items()}
             logps_of = lambda m: sequence_logps(m, seqs)
         else:
             logps_of = lambda m: shared_prompt_logps(m, samples, rcfg.k, pad)

@@ -36,9 +36,7 @@ def main(n_prompts: int = 16, k: int = 8):
     torch.manual_seed(0)
     samples = H.sample_completions(model, tokenizer, prompts, k, max_new_tokens=28, temperature=1.0)
     pad = tokenizer.pad_token_id
-    rows = H.collate([{"input_ids": s["prompt_ids"] + s["response_ids"],
-                       "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
-                       "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples], pad)
+    rows = H.collate(H.sample_rows(samples), pad)
     full_s, full = timed(lambda: H.sequence_logps(model, rows))
     shared_s, shared = timed(lambda: H.shared_prompt_logps(model, samples, k, pad))
     print(f"{n_prompts} prompts x k={k}: full sequences {full_s:.2f} s, shared prompt {shared_s:.2f} s (forward + backward)")

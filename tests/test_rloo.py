@@ -65,11 +65,8 @@ def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient(tiny_tok
     for i, s in enumerate(samples):                                   # responses of different lengths: right padding
         s["response_ids"] = s["response_ids"][:3 + i % 4]
     assert len({len(s["prompt_ids"]) for s in samples}) == 2          # prompts of different lengths: left padding
-    examples = [{"input_ids": s["prompt_ids"] + s["response_ids"],
-                 "attention_mask": [1] * (len(s["prompt_ids"]) + len(s["response_ids"])),
-                 "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
     weights = torch.linspace(-1, 1, len(samples))
-    full = H.sequence_logps(model, H.collate(examples, tiny_tokenizer.pad_token_id))
+    full = H.sequence_logps(model, H.collate(H.sample_rows(samples), tiny_tokenizer.pad_token_id))
     (weights * full).sum().backward()
     full_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
