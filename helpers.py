@@ -1644,6 +1644,74 @@ def sequence_logps(model, batch) -> torch.Tensor:
     return (token_logps * (labels != -100)).sum(-1)
 
 
+# The prompt once: chosen and rejected (DPO, reward model) or the k samples of RLOO share their prompt, so it is
+# run once and its KV cache repeated — the same numbers as the concatenated sequences, for far fewer positions.
+def can_share_prompt(model) -> bool:
+    """Gradient checkpointing turns the KV cache off; such a model scores the full sequences instead."""
+    return not getattr(model, "is_activation_checkpointing", False)
+
+
+def shared_prompt_forward(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Each prompt run once, its KV cache repeated for its k = len(responses) / len(prompts) responses, which run
+    on top. Returns (prompt outputs, response outputs, response ids, response mask).
+
+    Prompts are left-padded (RoPE scores depend only on distances, so the shift changes nothing), responses
+    right-padded. Works for a causal LM (logits at every position) and for a sequence-classification model,
+    whose head then reads the last response token.
+    """
+    k, dev = len(responses) // len(prompts), next(model.parameters()).device
+    width, length = max(map(len, prompts)), max(map(len, responses))
+    prompt_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    cache = prompt_out.past_key_values
+    cache.batch_repeat_interleave(k)
+    response_ids = torch.tensor([r + [pad_id] * (length - len(r)) for r in responses], device=dev)
+    response_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in responses], device=dev)
+    response_out = model(input_ids=response_ids, past_key_values=cache,
+                         attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1))
+    return prompt_out, response_out, response_ids, response_mask
+
+
+def shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
+    """log π(y|x) of every sample ({"prompt_ids", "response_ids"}, optional 0/1 "trained" per response token),
+    the prompt run once per group of k — the same numbers as `sequence_logps` on the concatenated sequences.
+
+    A tiny Countdown prompt is ~125 tokens and its answer ~27, so k = 8 samples cost 341 instead of 1,216 positions.
+    """
+    prompt_out, out, response_ids, response_mask = shared_prompt_forward(
+        model, [s["prompt_ids"] for s in samples[::k]], [s["response_ids"] for s in samples], pad_id)
+    # the prompt's last position predicts the first response token; response position t predicts t + 1
+    logits = torch.cat([prompt_out.logits[:, -1:].repeat_interleave(k, 0), out.logits[:, :-1]], 1).float()
+    token_logps = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    trained = torch.tensor([s.get("trained", [1] * len(s["response_ids"])) + [0] * (response_ids.shape[1] - len(
+        s["response_ids"])) for s in samples], device=response_mask.device) * response_mask
+    return (token_logps * trained).sum(-1)
+
+
+def pair_samples(pairs: list[dict]) -> list[dict]:
+    """Each tokenized pair as two samples (chosen, rejected) sharing one prompt: the tokens before the first trained
+    one and before the two differ, so no trained token is left out of the response."""
+    samples = []
+    for pair in pairs:
+        c, r = pair["chosen"], pair["rejected"]
+        first_trained = next(i for i, label in enumerate(c["labels"]) if label != -100)
+        common = next((i for i, (a, b) in enumerate(zip(c["input_ids"], r["input_ids"])) if a != b),
+                      min(len(c["input_ids"]), len(r["input_ids"])))
+        split = max(1, min(first_trained, common, len(c["input_ids"]) - 1, len(r["input_ids"]) - 1))
+        samples += [{"prompt_ids": e["input_ids"][:split], "response_ids": e["input_ids"][split:],
+                     "trained": [int(label != -100) for label in e["labels"][split:]]} for e in (c, r)]
+    return samples
+
+
+def pair_sequence_logps(model, batch) -> torch.Tensor:
+    """`sequence_logps` of a pair batch (chosen rows, then rejected rows), each pair's prompt run once."""
+    if not can_share_prompt(model):
+        return sequence_logps(model, batch)
+    logps = shared_prompt_logps(model, pair_samples(batch["pairs"]), 2, batch["pad_token_id"])
+    return torch.cat([logps[0::2], logps[1::2]])
+
+
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
     """Rafailov et al. 2023, sigmoid loss:
         L = −log σ( β[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))] )
@@ -1690,6 +1758,7 @@ def pair_collate(pad_token_id: int):
             batch["ref_chosen_logps"] = torch.tensor([p["ref_chosen_logps"] for p in pairs])
             batch["ref_rejected_logps"] = torch.tensor([p["ref_rejected_logps"] for p in pairs])
         batch["normalizer"] = torch.tensor(float(len(pairs)))
+        batch["pairs"], batch["pad_token_id"] = pairs, pad_token_id     # for the shared-prompt path
         return batch
     return collate_fn
 
@@ -1701,9 +1770,9 @@ def pair_logps(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32
     model.eval()
     collate_fn, dev, chosen, rejected = pair_collate(pad_token_id), next(model.parameters()).device, [], []
     for i in range(0, len(pairs), batch_size):
-        batch = {k: v.to(dev) for k, v in collate_fn(pairs[i:i + batch_size]).items()}
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
         with autocast_context():
-            logps = sequence_logps(model, batch).float().cpu()
+            logps = pair_sequence_logps(model, batch).float().cpu()
         n = len(pairs[i:i + batch_size])
         chosen += logps[:n].tolist()
         rejected += logps[n:].tolist()
@@ -1730,7 +1799,7 @@ def make_dpo_loss(beta: float, sft_weight: float = 0.0):
     variant (Pang et al. 2024), which stops DPO from pushing the chosen answer's likelihood down with the rest."""
     def loss_fn(model, batch):
         n = batch["ref_chosen_logps"].shape[0]
-        logps = sequence_logps(model, batch)
+        logps = pair_sequence_logps(model, batch)
         loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:n], logps[n:], batch["ref_chosen_logps"],
                                                           batch["ref_rejected_logps"], beta)
         if sft_weight > 0:
@@ -1828,10 +1897,21 @@ def reward_scores(model, batch) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
 
 
+def pair_reward_scores(model, batch) -> torch.Tensor:
+    """`reward_scores` of a pair batch (chosen rows, then rejected rows), each pair's prompt run once."""
+    if not can_share_prompt(model):
+        return reward_scores(model, batch)
+    samples = pair_samples(batch["pairs"])
+    _, out, _, _ = shared_prompt_forward(model, [s["prompt_ids"] for s in samples[::2]],
+                                         [s["response_ids"] for s in samples], batch["pad_token_id"])
+    scores = out.logits[:, 0].float()
+    return torch.cat([scores[0::2], scores[1::2]])
+
+
 def bradley_terry_loss(model, batch):
     """−log σ(r(x, y_w) − r(x, y_l)), summed over the batch's pairs."""
     n = int(batch["normalizer"])
-    scores = reward_scores(model, batch)
+    scores = pair_reward_scores(model, batch)
     margins = scores[:n] - scores[n:]
     return -F.logsigmoid(margins).sum(), {"reward_model/accuracy": (margins > 0).float().mean(),
                                           "reward_model/margin": margins.detach().mean()}
@@ -1843,8 +1923,8 @@ def reward_model_accuracy(model, pairs: list[dict], pad_token_id: int, batch_siz
     model.eval()
     collate_fn, dev, wins = pair_collate(pad_token_id), next(model.parameters()).device, 0
     for i in range(0, len(pairs), batch_size):
-        batch = {k: v.to(dev) for k, v in collate_fn(pairs[i:i + batch_size]).items()}
-        scores = reward_scores(model, batch)
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
+        scores = pair_reward_scores(model, batch)
         n = int(batch["normalizer"])
         wins += int((scores[:n] > scores[n:]).sum())
     model.train(was_training)
@@ -1963,33 +2043,6 @@ def sample_rows(samples: list[dict]) -> list[dict]:
              "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
 
 
-def shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
-    """log π(y|x) of every sample, the prompt run once per group of k (its KV cache repeated k times).
-
-    The same numbers as `sequence_logps` on the concatenated sequences, for far fewer tokens: a tiny Countdown
-    prompt is ~125 tokens and its answer ~27, so k = 8 samples cost 341 instead of 1,216 token positions.
-    Prompts are left-padded (RoPE scores depend only on distances, so the shift changes nothing).
-    """
-    dev = next(model.parameters()).device
-    prompts = [s["prompt_ids"] for s in samples[::k]]
-    width = max(map(len, prompts))
-    prompt_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
-    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(k)
-    responses = [s["response_ids"] for s in samples]
-    length = max(map(len, responses))
-    response_ids = torch.tensor([r + [pad_id] * (length - len(r)) for r in responses], device=dev)
-    response_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in responses], device=dev)
-    logits = model(input_ids=response_ids, past_key_values=cache,
-                   attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1)).logits
-    # the prompt's last position predicts the first response token; response position t predicts t + 1
-    logits = torch.cat([out.logits[:, -1:].repeat_interleave(k, 0), logits[:, :-1]], 1).float()
-    token_logps = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logps * response_mask).sum(-1)
-
-
 def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=None):
     """The RLOO step as a loss for the one training loop: sample, reward, leave-one-out advantage,
     loss = −mean_i A_i · log π(y_i|x) (response tokens only). Optional KL penalty folded into the reward."""
@@ -2005,7 +2058,7 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         rep_tasks = [t for t in tasks for _ in range(rcfg.k)]
         rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
                                dtype=torch.float32)
-        if cfg.model.gradient_checkpointing:     # checkpointing turns the KV cache off: score full sequences
+        if not can_share_prompt(model):
             dev = next(model.parameters()).device
             seqs = {key: v.to(dev) for key, v in collate(sample_rows(samples), pad).items()}
             logps_of = lambda m: sequence_logps(m, seqs)

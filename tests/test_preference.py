@@ -57,6 +57,55 @@ def test_pair_dropping_is_counted(setup):
     assert tokenizer.decode(trained) == "5<|im_end|>"
 
 
+def shared_prompt_pairs(tokenizer):
+    """Pairs whose answers share a first digit (12 / 13), differ in length, or follow an earlier assistant turn."""
+    user = lambda text: [{"role": "user", "content": text}]
+    rows = [{"prompt": user("What is 7 + 5?"), "chosen": "12", "rejected": "13"},
+            {"prompt": user("Which letter does zebra start with?"), "chosen": "z", "rejected": "the letter e"},
+            {"prompt": user("Hi") + [{"role": "assistant", "content": "Hello"}] + user("What follows 8?"),
+             "chosen": "9", "rejected": "7"}]
+    pairs, skips = H.build_pair_dataset(tokenizer, rows, 64)
+    assert skips.total == 0
+    return pairs
+
+
+def test_pair_prompt_run_once_gives_full_sequence_logps_and_gradients(setup):
+    """DPO runs each pair's prompt once; log π(y|x) and its gradient must equal the full sequences'."""
+    cfg, tokenizer, _ = setup
+    model = H.build_tiny_model(tokenizer, cfg.model, seed=0)
+    batch = H.pair_collate(tokenizer.pad_token_id)(shared_prompt_pairs(tokenizer))
+    weights = torch.linspace(-1, 1, 6)
+    full = H.sequence_logps(model, batch)
+    (weights * full).sum().backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    shared = H.pair_sequence_logps(model, batch)
+    (weights * shared).sum().backward()
+    assert torch.allclose(full, shared, atol=1e-4)
+    for p, g in zip(model.parameters(), full_grads):
+        assert torch.allclose(p.grad, g, atol=1e-5)
+    model.activation_checkpointing_enable()     # no KV cache: the full sequences are scored instead
+    assert not H.can_share_prompt(model)
+    assert torch.allclose(H.pair_sequence_logps(model, batch), full, atol=1e-5)
+
+
+def test_pair_prompt_run_once_gives_full_sequence_reward_scores(setup, tmp_path):
+    cfg, tokenizer, _ = setup
+    H.save_model(H.build_tiny_model(tokenizer, cfg.model, seed=0), tmp_path / "base", tokenizer)
+    rm_tok, rm = H.load_reward_model(tmp_path / "base")
+    torch.nn.init.normal_(rm.score.weight)        # a non-trivial head
+    batch = H.pair_collate(rm_tok.pad_token_id)(shared_prompt_pairs(rm_tok))
+    full = H.reward_scores(rm, batch)
+    full.sum().backward()
+    full_grads = [p.grad.clone() for p in rm.parameters()]
+    rm.zero_grad()
+    shared = H.pair_reward_scores(rm, batch)
+    shared.sum().backward()
+    assert torch.allclose(full, shared, atol=1e-4)
+    for p, g in zip(rm.parameters(), full_grads):
+        assert torch.allclose(p.grad, g, atol=1e-5)
+
+
 def test_lora_reference_from_disabled_adapters_matches_base(setup):
     cfg, tokenizer, pairs = setup
     from peft import LoraConfig, get_peft_model

@@ -85,9 +85,11 @@ def test_rloo_loss_is_the_same_on_the_full_sequence_path(tiny_tokenizer):
     reward_fn = lambda prompts, completions, rows: [float(len(c) % 3) for c in completions]
     losses = []
     for checkpointing in (False, True):
-        run_cfg = H.replace_config_cfg(cfg, model=H.replace_config(cfg.model, gradient_checkpointing=checkpointing))
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        assert H.can_share_prompt(model) is not checkpointing
         torch.manual_seed(0)
-        loss, _ = H.make_rloo_loss(run_cfg, tiny_tokenizer, reward_fn, reference=model)(model, {"tasks": tasks})
+        loss, _ = H.make_rloo_loss(cfg, tiny_tokenizer, reward_fn, reference=model)(model, {"tasks": tasks})
         losses.append(float(loss))
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
     assert losses[0] != 0.0
