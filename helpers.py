@@ -1339,10 +1339,12 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
 
 
 def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | None = None,
-            seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False) -> dict:
+            seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False,
+            dataset: tuple | None = None) -> dict:
     """Train one SFT run from checkpoints/<profile>/initial; returns {"history", "dir", "dropped"}.
 
-    The masked and unmasked runs call this with identical settings except prompt_loss_weight.
+    The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
+    `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
     """
     weight = cfg.sft.prompt_loss_weight if prompt_loss_weight is None else prompt_loss_weight
     train_cfg = replace_config(cfg.sft, prompt_loss_weight=weight,
@@ -1354,7 +1356,7 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     model = load_model(initial, lora_cfg=cfg.model.lora, quant=cfg.model.quant).to(device())
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    examples, skips = build_sft_dataset(tokenizer, sft_mixture(cfg), train_cfg.max_length, weight)
+    examples, skips = dataset or build_sft_dataset(tokenizer, sft_mixture(cfg), train_cfg.max_length, weight)
     if not quiet:
         print(skips.report())
     held = heldout_loss_examples(cfg, tokenizer)
@@ -1600,11 +1602,13 @@ def write_dataset_results(final, path: Path) -> Path:
 def run_prompt_weight_sweep(cfg: Config, progress: bool = True):
     """Short SFT runs for every (prompt_loss_weight, seed) of the config; returns (per-run rows, mean ± std)."""
     import pandas as pd
-    rows = []
+    rows, tokenizer = [], load_tokenizer(out_path("checkpoints", cfg, "initial"))
     for weight in cfg.sft.sweep_weights:
+        dataset = build_sft_dataset(tokenizer, sft_mixture(cfg), cfg.sft.max_length, weight)   # once for all seeds
         for seed in cfg.sft.sweep_seeds:
             stage = f"sweep/w{weight:g}_s{seed}"
-            run = run_sft(cfg, stage, weight, seed=seed, max_steps=cfg.sft.sweep_steps, log=False, quiet=True)
+            run = run_sft(cfg, stage, weight, seed=seed, max_steps=cfg.sft.sweep_steps, log=False, quiet=True,
+                          dataset=dataset)
             n = cfg.sft.sweep_eval_rows
             small = replace_config_cfg(cfg, eval=replace_config(cfg.eval, instruction_rows=n, countdown_rows=n,
                                                                 loss_rows=n))
