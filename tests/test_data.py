@@ -224,7 +224,8 @@ def test_tiny_world_sizes_follow_the_config(smoke_world):
     data = helpers.get_config("smoke").data
     sizes = {name: {split: len(rows) for split, rows in splits.items()} for name, splits in smoke_world.items()}
     assert sizes == {"instructions": {"train": data.instruction_train, "test": data.instruction_test},
-                     "preferences": {"train": data.preference_train, "test": data.preference_test},
+                     "preferences": {"train": data.preference_train + data.preference_train_extra,
+                                     "test": data.preference_test},
                      "countdown": {"train": data.countdown_train, "test": data.countdown_test},
                      "warmstart": {"train": data.warmstart_rows}, "pretrain": {"train": data.pretrain_rows}}
 
