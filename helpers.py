@@ -2371,6 +2371,15 @@ def write_report(cfg: Config, stages, final: str) -> Path:
             word = "improved" if delta > 0 else ("did not change" if delta == 0 else "got worse")
             notes.append(f"- {metric}: `{a}` {by[a][metric]:.3f} → `{b}` {by[b][metric]:.3f} ({word}, "
                          f"{100 * delta:+.1f} points).")
+    prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
+    if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
+        acc = dict(zip(prefs.model, prefs.preference_accuracy))
+        notes.append(f"- held-out preference accuracy: `sft_masked` {acc['sft_masked']:.3f} (its own log-probs) → "
+                     f"`dpo` {acc['dpo']:.3f} (implicit reward).")
+        rm_accuracy = prefs.reward_model_accuracy.dropna()
+        if len(rm_accuracy):
+            notes.append(f"- reward model (Bradley–Terry, on `sft_masked`): held-out pairwise accuracy "
+                         f"{rm_accuracy.iloc[-1]:.3f}.")
     lines += ["", "## What improved and what did not", ""] + notes
     path = report_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,8 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
         assert (out / "checkpoints" / "smoke" / stage / "config.json").exists(), stage
     assert list((out / "evaluation_results" / "smoke" / "stages").glob("*/summary/summary_*.csv"))
     assert (out / "outputs" / "smoke" / "rloo" / "responses.jsonl").exists()
-    assert (out / "report" / "report_smoke.md").exists()
+    report = (out / "report" / "report_smoke.md").read_text()
+    assert "held-out preference accuracy" in report and "reward model (Bradley–Terry" in report   # 03's evidence
     after = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
              and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
     assert after - before == set(), f"smoke run wrote into the repo: {sorted(after - before)[:5]}"
