@@ -179,7 +179,7 @@ NOTEBOOKS["01_sft_masked"] = [
 **Purpose.** Fine-tune the base model on conversations with the loss on the assistant's tokens only.
 **Inputs.** `checkpoints/<profile>/initial`, `data/<profile>/…` (run `00_data` first).
 **Outputs.** `checkpoints/<profile>/sft_masked/`, `tensorboard_events/<profile>/sft_masked/`.
-**Run time.** tiny ≈ 1.5 min on 2 CPU cores · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
+**Run time.** tiny ≈ 2.5 min on 2 CPU cores · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
 
 `02_sft_unmasked` runs the very same training with one argument changed; its second half compares them fairly.
 """),
@@ -230,7 +230,7 @@ same held-out measures, and sweep the prompt-loss weight over several seeds to t
 **Inputs.** `checkpoints/<profile>/initial`, `checkpoints/<profile>/sft_masked` (run `00`, `01` first).
 **Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Comparison.png`, `assets/Dataset_results.xlsx`,
 `evaluation_results/<profile>/sft_comparison/…` and `…/sft_sweep/…` (csv/md/txt/xlsx).
-**Run time.** tiny ≈ 4 min on 2 CPU cores (1.5 min training + the sweep) · smoke ≈ 30 s · qwen ≈ 1 h per run.
+**Run time.** tiny ≈ 6 min on 2 CPU cores (2 min training + the sweep) · smoke ≈ 30 s · qwen ≈ 1 h per run.
 """),
     code(SETUP.format(seed="cfg.sft.seed")),
     md("Identical settings to `01`, except `prompt_loss_weight=1.0`:"),
@@ -286,7 +286,7 @@ Optimization, and train a Bradley–Terry reward model for RLOO's instruction tr
 **Inputs.** `checkpoints/<profile>/sft_masked` (run `00`, `01` first), preference pairs, Countdown prompts.
 **Outputs.** `checkpoints/<profile>/dpo/`, `checkpoints/<profile>/reward_model/`,
 `evaluation_results/<profile>/dpo/…` (csv/md/txt/xlsx), TensorBoard under `tensorboard_events/<profile>/dpo/`.
-**Run time.** tiny ≈ 5 min on 2 CPU cores · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
+**Run time.** tiny ≈ 6 min on 2 CPU cores · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
 """),
     code(SETUP.format(seed="cfg.dpo.seed")),
     md(r"""
@@ -373,7 +373,7 @@ uses the reward model on instruction prompts.
 **Inputs.** `checkpoints/<profile>/sft_masked` (WarmStart SFT), `checkpoints/<profile>/reward_model` (from `03`).
 **Outputs.** `checkpoints/<profile>/rloo/`, `checkpoints/<profile>/rloo_instructions/`,
 `evaluation_results/<profile>/rloo/…`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-**Run time.** tiny ≈ 4 min on 2 CPU cores · smoke ≈ 15 s · qwen: hours on one GPU.
+**Run time.** tiny ≈ 6.5 min on 2 CPU cores · smoke ≈ 15 s · qwen: hours on one GPU.
 
 In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model: after SFT it wrote the
 format but almost never a right equation, so every sampled group scored alike and RLOO had nothing to learn from;
@@ -463,7 +463,7 @@ the figures and the report.
 **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
 `report/report.md`.
-**Run time.** tiny ≈ 1 min on 2 CPU cores · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
+**Run time.** tiny ≈ 1.5 min on 2 CPU cores · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
 """),
     code(SETUP.format(seed="cfg.eval.seed")),
     md(r"""
