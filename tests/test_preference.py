@@ -149,8 +149,8 @@ def test_reward_model_learns_its_pairs(setup, tmp_path):
             tmp_path / "rm", resume=False)
     assert H.reward_model_accuracy(rm, pairs, rm_tok.pad_token_id) >= 0.9
     # per-pair wins, batched (5 does not divide 16), agree with scoring the full sequences in one batch
-    full = H.reward_scores(rm.eval(), H.pair_collate(rm_tok.pad_token_id)(pairs))
-    assert H.reward_model_wins(rm, pairs, rm_tok.pad_token_id, batch_size=5) == (full[:16] > full[16:]).tolist()
+    full, n = H.reward_scores(rm.eval(), H.pair_collate(rm_tok.pad_token_id)(pairs)), len(pairs)
+    assert H.reward_model_wins(rm, pairs, rm_tok.pad_token_id, batch_size=5) == (full[:n] > full[n:]).tolist()
     # saved, reloadable, same scores
     _, again = H.load_reward_model(tmp_path / "rm")
     batch = {k: v for k, v in H.pair_collate(rm_tok.pad_token_id)(pairs[:4]).items()}
