@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks tensorboard bench-sft bench-dpo bench-generate bench-rloo clean
+.PHONY: setup setup-dev demo test notebooks notebooks-sync tensorboard bench-sft bench-dpo bench-generate bench-rloo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ demo: setup notebooks
 notebooks:
 	@for nb in $(NOTEBOOKS); do \
 		echo "=== $$nb (PROFILE=$(PROFILE))"; \
-		PROFILE=$(PROFILE) $(PY) helpers.py run-notebook $$nb || exit 1; \
+		PROFILE=$(PROFILE) $(PY) -m helpers run-notebook $$nb || exit 1; \
 	done
+
+# notebooks/NN.py (jupytext) are the sources; this rewrites the paired .ipynb (no outputs)
+notebooks-sync: setup
+	$(PY) tools/sync_notebooks.py
 
 test: setup-dev
 	$(PY) -m pytest -q tests

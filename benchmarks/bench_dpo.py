@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import helpers as H  # noqa: E402
+from helpers import config, dpo, formatting, modeling, preference, sft, tiny_world, training
 
 STEPS, BATCH = 10, 8
 
@@ -22,27 +22,27 @@ STEPS, BATCH = 10, 8
 def run_one(mode: str, workdir: Path) -> dict:
     import torch
     torch.manual_seed(0)
-    cfg = H.get_config("tiny")
-    cfg.model = H.replace_config(cfg.model, hidden_size=512, intermediate_size=1536, num_heads=8, num_layers=8)
-    world = H.build_tiny_world(cfg.data)
-    tokenizer = H.train_tiny_tokenizer([r["text"] for r in world["pretrain"]["train"]], cfg.model.vocab_size)
-    model = H.build_tiny_model(tokenizer, cfg.model, seed=0)
+    cfg = config.get_config("tiny")
+    cfg.model = config.replace_config(cfg.model, hidden_size=512, intermediate_size=1536, num_heads=8, num_layers=8)
+    world = tiny_world.build_tiny_world(cfg.data)
+    tokenizer = modeling.train_tiny_tokenizer([r["text"] for r in world["pretrain"]["train"]], cfg.model.vocab_size)
+    model = modeling.build_tiny_model(tokenizer, cfg.model, seed=0)
     pad = tokenizer.pad_token_id
-    train_cfg = H.replace_config(cfg.sft, max_steps=STEPS, batch_size=BATCH, eval_every=10**9, save_every=10**9)
+    train_cfg = config.replace_config(cfg.sft, max_steps=STEPS, batch_size=BATCH, eval_every=10**9, save_every=10**9)
     if mode == "sft":
         # the same texts DPO sees: prompt + chosen, and prompt + rejected, as SFT rows
         rows = [{"messages": p["prompt"] + [{"role": "assistant", "content": p[k]}]}
                 for p in world["preferences"]["train"] for k in ("chosen", "rejected")]
-        examples, _ = H.build_sft_dataset(tokenizer, rows, 256)
-        H.train(model, tokenizer, examples, H.replace_config(train_cfg, batch_size=2 * BATCH), H.sft_loss,
-                H.sft_collate(pad), workdir / "sft", resume=False)
+        examples, _ = formatting.build_sft_dataset(tokenizer, rows, 256)
+        training.train(model, tokenizer, examples, config.replace_config(train_cfg, batch_size=2 * BATCH), sft.sft_loss,
+                sft.sft_collate(pad), workdir / "sft", resume=False)
     else:
-        pairs, _ = H.build_pair_dataset(tokenizer, world["preferences"]["train"], 256)
-        H.add_reference_logps(model, pairs, pad)
-        H.train(model, tokenizer, pairs, train_cfg, H.make_dpo_loss(0.1), H.pair_collate(pad), workdir / "dpo",
-                resume=False)
+        pairs, _ = preference.build_pair_dataset(tokenizer, world["preferences"]["train"], 256)
+        dpo.add_reference_logps(model, pairs, pad)
+        training.train(model, tokenizer, pairs, train_cfg, dpo.make_dpo_loss(0.1), preference.pair_collate(pad),
+                       workdir / "dpo", resume=False, length_fn=preference.pair_length)
     return {"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "parameters": H.count_parameters(model)}
+            "parameters": modeling.count_parameters(model)}
 
 
 def main():

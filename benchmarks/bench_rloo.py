@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import helpers as H  # noqa: E402
+from helpers import batching, countdown, generation, logprobs, rloo, tiny_world
 from bench_sft import setup  # noqa: E402
 
 
@@ -31,15 +31,16 @@ def timed(fn, repeats: int = 3) -> tuple[float, torch.Tensor]:
 def main(n_prompts: int = 16, k: int = 8):
     with tempfile.TemporaryDirectory() as tmp:
         cfg, tokenizer, model, _ = setup(Path(tmp))
-    world = H.build_tiny_world(cfg.data)
-    prompts = [H.countdown_prompt(t["nums"], t["target"]) for t in world["countdown"]["train"][:n_prompts]]
+    world = tiny_world.build_tiny_world(cfg.data)
+    prompts = [countdown.countdown_prompt(t["nums"], t["target"]) for t in world["countdown"]["train"][:n_prompts]]
     torch.manual_seed(0)
-    samples = H.sample_completions(model, tokenizer, prompts, k, max_new_tokens=28, temperature=1.0)
+    samples = generation.sample_completions(model, tokenizer, prompts, k, max_new_tokens=28, temperature=1.0)
     pad = tokenizer.pad_token_id
-    rows = H.collate(H.sample_rows(samples), pad)
-    full_s, full = timed(lambda: H.sequence_logps(model, rows))
-    shared_s, shared = timed(lambda: H.shared_prompt_logps(model, samples, k, pad))
-    print(f"{n_prompts} prompts x k={k}: full sequences {full_s:.2f} s, shared prompt {shared_s:.2f} s (forward + backward)")
+    rows = batching.collate(rloo.sample_rows(samples), pad)
+    full_s, full = timed(lambda: logprobs.sequence_logps(model, rows))
+    shared_s, shared = timed(lambda: logprobs.shared_prompt_logps(model, samples, k, pad))
+    print(f"{n_prompts} prompts x k={k}: full sequences {full_s:.2f} s, shared prompt {shared_s:.2f} s "
+          "(forward + backward)")
     print(f"ratio (full / shared): {full_s / shared_s:.1f}x; largest log-prob difference "
           f"{(full - shared).abs().max():.1e}")
 

@@ -3,7 +3,7 @@
     make bench-sft        # or: .venv/bin/python benchmarks/bench_sft.py [--steps 20]
 
 Baseline = transformers `Trainer` with every example padded to max_length 512 (as the Qwen2-1.5B LoRA project
-did). Ours = helpers.train: dynamic padding + length-grouped batches. Same tiny model, data, batch size and
+did). Ours = helpers.training.train: dynamic padding + length-grouped batches. Same tiny model, data, batch size and
 number of optimizer steps. Each side runs in its own process so peak memory (max RSS) is its own. Prints trained
 (non-padding, loss-carrying) tokens per second and the ratio.
 """
@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import helpers as H  # noqa: E402
+from helpers import batching, config, formatting, modeling, sft, tiny_world, training
 
 
 def setup(workdir: Path):
     os.environ["OUTPUT_DIR"] = str(workdir)
-    cfg = H.get_config("tiny")
-    world = H.build_tiny_world(cfg.data)
+    cfg = config.get_config("tiny")
+    world = tiny_world.build_tiny_world(cfg.data)
     texts = [r["text"] for r in world["pretrain"]["train"]]
-    tokenizer = H.train_tiny_tokenizer(texts, cfg.model.vocab_size)
-    model = H.build_tiny_model(tokenizer, cfg.model, seed=0)
+    tokenizer = modeling.train_tiny_tokenizer(texts, cfg.model.vocab_size)
+    model = modeling.build_tiny_model(tokenizer, cfg.model, seed=0)
     rows = world["instructions"]["train"] + world["warmstart"]["train"]
-    examples, _ = H.build_sft_dataset(tokenizer, rows, 512, 0.0)
+    examples, _ = formatting.build_sft_dataset(tokenizer, rows, 512, 0.0)
     return cfg, tokenizer, model, examples
 
 
@@ -38,15 +38,17 @@ def run_one(mode: str, steps: int, batch_size: int, workdir: Path) -> dict:
     torch.manual_seed(0)
     cfg, tokenizer, model, examples = setup(workdir)
     if mode == "ours":
-        train_cfg = H.replace_config(cfg.sft, max_steps=steps, batch_size=batch_size, eval_every=10**9,
+        train_cfg = config.replace_config(cfg.sft, max_steps=steps, batch_size=batch_size, eval_every=10**9,
                                      save_every=10**9, log_every=10**9)
-        collate_fn = H.sft_collate(tokenizer.pad_token_id)
-        H._save_checkpoint = lambda *args, **kwargs: None   # parity: the Trainer side runs with save_strategy="no"
+        collate_fn = sft.sft_collate(tokenizer.pad_token_id)
+        # parity: the Trainer side runs with save_strategy="no" (the loop calls training.save_checkpoint)
+        training.save_checkpoint = lambda *args, **kwargs: None
         started = time.perf_counter()
-        H.train(model, tokenizer, examples, train_cfg, H.sft_loss, collate_fn, workdir / "ours", resume=False)
+        training.train(model, tokenizer, examples, train_cfg, sft.sft_loss, collate_fn, workdir / "ours", resume=False)
         seconds = time.perf_counter() - started
         # trained tokens seen: replay the same batch order
-        order = H.length_grouped_batches([len(e["input_ids"]) for e in examples], batch_size, train_cfg.seed * 1000)
+        lengths = [len(e["input_ids"]) for e in examples]
+        order = batching.length_grouped_batches(lengths, batch_size, train_cfg.seed * 1000)
         trained = sum(float(collate_fn([examples[i] for i in idx])["normalizer"]) for idx in order[:steps])
     else:
         from transformers import Trainer, TrainingArguments

@@ -9,9 +9,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import helpers  # noqa: E402  (needs the sys.path line above)
+import torch  # noqa: E402
 
-QWEN_TOKENIZER_DIR = Path(helpers.__file__).resolve().parent.parent / "shared" / "qwen2.5-tokenizer"
+from helpers import config, formatting, modeling, preference, tiny_world  # noqa: E402  (after sys.path)
+
+QWEN_TOKENIZER_DIR = config.REPO_ROOT.parent / "shared" / "qwen2.5-tokenizer"
 
 # words the mask tests use in conversations, so the tiny BPE has merges for them (it would work without: byte-level)
 CHAT_WORDS = ("hello there friend how are you today fine thanks tell me a joke why did the chicken cross road "
@@ -28,26 +30,91 @@ def output_dir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_world() -> dict:
-    return helpers.build_tiny_world(helpers.get_config("smoke").data)
+    return tiny_world.build_tiny_world(config.get_config("smoke").data)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(smoke_world):
     texts = [r["text"] for r in smoke_world["pretrain"]["train"]]
-    texts += [helpers.render_chat_plain(r["messages"])
+    texts += [formatting.render_chat_plain(r["messages"])
               for r in smoke_world["instructions"]["train"] + smoke_world["warmstart"]["train"]]
     texts += [CHAT_WORDS] * 20
-    return helpers.train_tiny_tokenizer(texts, 400)
+    return modeling.train_tiny_tokenizer(texts, 400)
 
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     if not (QWEN_TOKENIZER_DIR / "tokenizer.json").exists():
         pytest.skip(f"real Qwen2.5 tokenizer not found at {QWEN_TOKENIZER_DIR}")
-    return helpers.load_tokenizer(QWEN_TOKENIZER_DIR)
+    return modeling.load_tokenizer(QWEN_TOKENIZER_DIR)
 
 
 @pytest.fixture(params=["tiny", "qwen"])
 def any_tokenizer(request):
     """Both tokenizers, for checks that must hold for each."""
     return request.getfixturevalue(f"{request.param}_tokenizer")
+
+
+@pytest.fixture(scope="session")
+def sft_world():
+    """(smoke config, a tokenizer trained on the smoke world, its tokenized SFT examples)."""
+    cfg = config.get_config("smoke")
+    rows = tiny_world.build_tiny_world(cfg.data)
+    texts = [r["text"] for r in rows["pretrain"]["train"]]
+    texts += [formatting.render_chat_plain(r["messages"]) for r in rows["warmstart"]["train"]]
+    tokenizer = modeling.train_tiny_tokenizer(texts, cfg.model.vocab_size)
+    examples, _ = formatting.build_sft_dataset(tokenizer, rows["instructions"]["train"] + rows["warmstart"]["train"],
+                                               128)
+    return cfg, tokenizer, examples
+
+
+@pytest.fixture(scope="session")
+def preference_world():
+    """(smoke config, a tokenizer trained on the smoke world's text, its tokenized preference pairs)."""
+    cfg = config.get_config("smoke")
+    world = tiny_world.build_tiny_world(cfg.data)
+    tokenizer = modeling.train_tiny_tokenizer([r["text"] for r in world["pretrain"]["train"]], cfg.model.vocab_size)
+    pairs, _ = preference.build_pair_dataset(tokenizer, world["preferences"]["train"], 64)
+    return cfg, tokenizer, pairs
+
+
+def build_shared_prompt_pairs(tokenizer):
+    """Pairs whose answers share a first digit (12 / 13), differ in length, or follow an earlier assistant turn."""
+    user = lambda text: [{"role": "user", "content": text}]
+    rows = [{"prompt": user("What is 7 + 5?"), "chosen": "12", "rejected": "13"},
+            {"prompt": user("Which letter does zebra start with?"), "chosen": "z", "rejected": "the letter e"},
+            {"prompt": user("Hi") + [{"role": "assistant", "content": "Hello"}] + user("What follows 8?"),
+             "chosen": "9", "rejected": "7"}]
+    pairs, skips = preference.build_pair_dataset(tokenizer, rows, 64)
+    assert skips.total == 0
+    return pairs
+
+
+@pytest.fixture
+def shared_prompt_pairs():
+    """The builder above: tests call it with their own tokenizer."""
+    return build_shared_prompt_pairs
+
+
+def lively_tiny_model(tokenizer, std: float = 0.3):
+    """The tiny Qwen2 with its matrices redrawn at std 0.3: at the default 0.02 a random tied model only repeats
+    "\\n", so every reply would strip to "" and checks on replies (or on their order) would pass vacuously."""
+    model = modeling.build_tiny_model(tokenizer, config.get_config("smoke").model, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def lively_model(tiny_tokenizer):
+    return lively_tiny_model(tiny_tokenizer).eval()
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_tokenizer, tmp_path_factory):
+    """The lively model saved as a Hugging Face checkpoint, for the chat and the command line."""
+    return modeling.save_model(lively_tiny_model(tiny_tokenizer), tmp_path_factory.mktemp("chat") / "model",
+                               tiny_tokenizer)

@@ -1,41 +1,39 @@
-"""Chat: the ChatSession logic (load, send, stream, stop, clear, context budget), the widget, the CLI, side by side."""
+"""Chat: the ChatSession logic (load, send, stream, stop, clear, context budget), the widget, side by side."""
 import io
-import os
 import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-import helpers as H
-
-REPO_ROOT = Path(H.__file__).resolve().parent
+from helpers import chat, config, formatting, generation
 
 
-def lively_tiny_model(tokenizer, std: float = 0.3):
-    """The tiny Qwen2 with its matrices redrawn at std 0.3: at the default 0.02 a random tied model only repeats
-    "\\n", so every reply would strip to "" and the checks below would pass vacuously."""
-    model = H.build_tiny_model(tokenizer, H.get_config("smoke").model, seed=0)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=generator) * std)
-    return model
+def test_load_reports_problems_as_messages(tmp_path, chat_model_dir):
+    session = chat.ChatSession()
+    missing = session.load(tmp_path / "nowhere")
+    assert isinstance(missing, str) and "No checkpoint" in missing and "nowhere" in missing
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a model")
+    not_model = session.load(tmp_path / "empty")
+    assert isinstance(not_model, str) and "config.json" in not_model
+    assert session.model is None
+    assert session.load(chat_model_dir) is None and session.model is not None and session.tokenizer is not None
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_tokenizer, tmp_path_factory):
-    return H.save_model(lively_tiny_model(tiny_tokenizer), tmp_path_factory.mktemp("chat") / "model", tiny_tokenizer)
-
-
-def loaded(model_dir, **kwargs) -> H.ChatSession:
-    session = H.ChatSession(**kwargs)
-    assert session.load(model_dir) is None
+def loaded(chat_model_dir, **kwargs) -> chat.ChatSession:
+    session = chat.ChatSession(**kwargs)
+    assert session.load(chat_model_dir) is None
     return session
+
+
+def test_send_ignores_empty_messages(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8)
+    assert session.send("") is None and session.send("   ") is None and session.send("\n\t") is None
+    assert session.history == []
+    session.send("hello")
+    before = [dict(m) for m in session.history]
+    assert session.send("  ") is None and session.history == before
 
 
 def record_generate(session) -> list[tuple[int, int]]:
@@ -50,30 +48,8 @@ def record_generate(session) -> list[tuple[int, int]]:
     return calls
 
 
-# ── ChatSession ─────────────────────────────────────────────────────────────────────────────────
-def test_load_reports_problems_as_messages(tmp_path, model_dir):
-    session = H.ChatSession()
-    missing = session.load(tmp_path / "nowhere")
-    assert isinstance(missing, str) and "No checkpoint" in missing and "nowhere" in missing
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("not a model")
-    not_model = session.load(tmp_path / "empty")
-    assert isinstance(not_model, str) and "config.json" in not_model
-    assert session.model is None
-    assert session.load(model_dir) is None and session.model is not None and session.tokenizer is not None
-
-
-def test_send_ignores_empty_messages(model_dir):
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=8)
-    assert session.send("") is None and session.send("   ") is None and session.send("\n\t") is None
-    assert session.history == []
-    session.send("hello")
-    before = [dict(m) for m in session.history]
-    assert session.send("  ") is None and session.history == before
-
-
-def test_send_streams_the_reply_and_records_both_turns(model_dir):
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=12)
+def test_send_streams_the_reply_and_records_both_turns(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=12)
     pieces = []
     reply = session.send("hi", pieces.append)
     assert isinstance(reply, str) and reply.strip()          # the lively model says something
@@ -81,7 +57,7 @@ def test_send_streams_the_reply_and_records_both_turns(model_dir):
     assert len(pieces) >= 1
     assert session.history == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]
     # greedy: the same reply as the batched evaluation path gives for the same rendered prompt
-    expected = H.generate_responses(session.model, session.tokenizer,
+    expected = generation.generate_responses(session.model, session.tokenizer,
                                     [[{"role": "system", "content": session.system_prompt},
                                       {"role": "user", "content": "hi"}]], max_new_tokens=12, progress=False)[0]
     assert reply == expected
@@ -91,12 +67,12 @@ def test_send_streams_the_reply_and_records_both_turns(model_dir):
     assert len(session.history) == 4 and session.history[2]["content"] == "and then?"
     whole = [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": "hi"},
              {"role": "assistant", "content": reply}, {"role": "user", "content": "and then?"}]
-    assert calls[0][0] == len(session.tokenizer(H.render_chat(session.tokenizer, whole, True),
+    assert calls[0][0] == len(session.tokenizer(formatting.render_chat(session.tokenizer, whole, True),
                                                 add_special_tokens=False)["input_ids"])
 
 
-def test_clear_empties_history_and_notes(model_dir):
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=4)
+def test_clear_empties_history_and_notes(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4)
     session.send("hello")
     session.notes.append("something")
     session.clear()
@@ -106,7 +82,7 @@ def test_clear_empties_history_and_notes(model_dir):
 def _never_end(tokenizer, model, delay: float = 0.004):
     """A hook on the head: the stop tokens can never be sampled (so only max_new_tokens or Stop ends a reply),
     and each forward pass sleeps a little so the streaming thread gets to react."""
-    stop_ids = H.stop_token_ids(tokenizer)
+    stop_ids = generation.stop_token_ids(tokenizer)
 
     def hook(module, inputs, output):
         time.sleep(delay)
@@ -116,8 +92,8 @@ def _never_end(tokenizer, model, delay: float = 0.004):
     return model.lm_head.register_forward_hook(hook)
 
 
-def test_stop_ends_the_reply_early(model_dir):
-    session = loaded(model_dir, temperature=1.0, max_new_tokens=50)
+def test_stop_ends_the_reply_early(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=1.0, max_new_tokens=50)
     handle = _never_end(session.tokenizer, session.model)
     calls = record_generate(session)
     try:
@@ -147,8 +123,8 @@ def test_stop_ends_the_reply_early(model_dir):
     assert calls[2][1] == 50
 
 
-def test_very_long_message_is_truncated_to_fit_the_context(model_dir):
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=16, max_context_tokens=64)
+def test_very_long_message_is_truncated_to_fit_the_context(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=16, max_context_tokens=64)
     calls = record_generate(session)
     message = " ".join(f"word{i} tell me about the road to paris" for i in range(60))[:2000]
     assert len(message) == 2000
@@ -160,18 +136,18 @@ def test_very_long_message_is_truncated_to_fit_the_context(model_dir):
     assert message.rstrip().endswith(session.history[0]["content"].strip()[-40:])   # the newest part is kept
 
 
-def test_long_non_ascii_message_also_fits_the_context(model_dir):
+def test_long_non_ascii_message_also_fits_the_context(chat_model_dir):
     message = ("Crème brûlée à la française, s'il vous plaît; über Müller naïve! " * 40)[:2000]
     for context in range(60, 68):                 # different cut points: some fall inside a 2-byte character
-        session = loaded(model_dir, temperature=0.0, max_new_tokens=4, max_context_tokens=context)
+        session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4, max_context_tokens=context)
         calls = record_generate(session)
         session.send(message)
         assert calls[0][0] + 4 <= context, f"prompt of {calls[0][0]} tokens for a budget of {context - 4}"
         assert not session.history[0]["content"].startswith("\ufffd")
 
 
-def test_older_turns_are_dropped_before_the_new_message_is_cut(model_dir):
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=8, max_context_tokens=90)
+def test_older_turns_are_dropped_before_the_new_message_is_cut(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8, max_context_tokens=90)
     calls = record_generate(session)
     session.send("hello there")
     session.send("how are you today")
@@ -181,8 +157,8 @@ def test_older_turns_are_dropped_before_the_new_message_is_cut(model_dir):
     assert session.history[-2]["content"].startswith("tell me a joke")
 
 
-def test_render_escapes_html(model_dir):
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=4)
+def test_render_escapes_html(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4)
     session.send("<b>x</b> & <script>alert(1)</script>")
     html = session.render()
     assert "&lt;b&gt;x&lt;/b&gt; &amp; &lt;script&gt;" in html
@@ -190,13 +166,12 @@ def test_render_escapes_html(model_dir):
     assert "<b>You:</b>" in html and "<b>Assistant:</b>" in html
 
 
-# ── the widget ──────────────────────────────────────────────────────────────────────────────────
-def test_chat_widget_drives_like_a_user(model_dir, output_dir):
+def test_chat_widget_drives_like_a_user(chat_model_dir, output_dir):
     pytest.importorskip("ipywidgets")
-    cfg = H.get_config("smoke")
-    shutil.copytree(model_dir, output_dir / "checkpoints" / "smoke" / "sft_masked")
-    session = H.ChatSession(temperature=0.0, max_new_tokens=8)
-    box, c = H.build_chat_widget(cfg, session)
+    cfg = config.get_config("smoke")
+    shutil.copytree(chat_model_dir, output_dir / "checkpoints" / "smoke" / "sft_masked")
+    session = chat.ChatSession(temperature=0.0, max_new_tokens=8)
+    box, c = chat.build_chat_widget(cfg, session)
     assert list(c["checkpoint"].options) == ["sft_masked", "(path below)"]
     assert c["checkpoint"].value == "sft_masked"
     assert session.model is not None and "loaded" in c["status"].value          # loaded at once
@@ -225,42 +200,40 @@ def test_chat_widget_drives_like_a_user(model_dir, output_dir):
 
 def test_chat_widget_without_checkpoints_asks_for_one(output_dir):
     pytest.importorskip("ipywidgets")
-    session = H.ChatSession()
-    _, c = H.build_chat_widget(H.get_config("smoke"), session)
+    session = chat.ChatSession()
+    _, c = chat.build_chat_widget(config.get_config("smoke"), session)
     assert list(c["checkpoint"].options) == ["(path below)"]
     c["message"].value = "hello"
     c["do_send"]()
     assert "Load a checkpoint first" in c["status"].value and session.history == []
 
 
-# ── side by side ────────────────────────────────────────────────────────────────────────────────
-def test_side_by_side_answers_or_explains(model_dir, output_dir):
-    cfg = H.get_config("smoke")
-    shutil.copytree(model_dir, output_dir / "checkpoints" / "smoke" / "sft_masked")
-    answers = H.side_by_side(cfg, "hello", max_new_tokens=6)
+def test_side_by_side_answers_or_explains(chat_model_dir, output_dir):
+    cfg = config.get_config("smoke")
+    shutil.copytree(chat_model_dir, output_dir / "checkpoints" / "smoke" / "sft_masked")
+    answers = chat.side_by_side(cfg, "hello", max_new_tokens=6)
     assert set(answers) == {"sft_masked", "sft_unmasked"}
     assert answers["sft_unmasked"].startswith("No checkpoint")
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=6)
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=6)
     assert answers["sft_masked"] == session.send("hello")
 
 
-# ── the command line ────────────────────────────────────────────────────────────────────────────
-def test_chat_cli_one_prompt(model_dir):
+def test_chat_cli_one_prompt(chat_model_dir):
     out = io.StringIO()
-    assert H.chat_cli(str(model_dir), "hi", temperature=0.0, max_new_tokens=8, stream=out) == 0
+    assert chat.chat_cli(str(chat_model_dir), "hi", temperature=0.0, max_new_tokens=8, stream=out) == 0
     written = out.getvalue()
     assert written.endswith("\n") and written.strip()
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=8)
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8)
     assert written.strip() == session.send("hi")
 
 
 def test_chat_cli_missing_model(tmp_path, capsys):
     out = io.StringIO()
-    assert H.chat_cli(str(tmp_path / "missing"), "hi", stream=out) == 2
+    assert chat.chat_cli(str(tmp_path / "missing"), "hi", stream=out) == 2
     assert "No checkpoint" in capsys.readouterr().err and out.getvalue() == ""
 
 
-def test_chat_cli_interactive(model_dir):
+def test_chat_cli_interactive(chat_model_dir):
     lines = iter(["hello", "/reset", "", "quit", "never read"])
     prompts = []
 
@@ -268,23 +241,13 @@ def test_chat_cli_interactive(model_dir):
         prompts.append(prompt)
         return next(lines)
     out = io.StringIO()
-    assert H.chat_cli(str(model_dir), None, temperature=0.0, max_new_tokens=6, stream=out, read=read) == 0
+    assert chat.chat_cli(str(chat_model_dir), None, temperature=0.0, max_new_tokens=6, stream=out, read=read) == 0
     text = out.getvalue()
     assert "(history cleared)" in text and text.count("assistant> ") == 1
     assert prompts == ["you> "] * 4                           # stops reading at "quit"
 
 
-def test_chat_cli_interactive_ends_on_eof(model_dir):
+def test_chat_cli_interactive_ends_on_eof(chat_model_dir):
     def read(prompt):
         raise EOFError
-    assert H.chat_cli(str(model_dir), None, stream=io.StringIO(), read=read) == 0
-
-
-def test_chat_command_line(model_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run([sys.executable, "helpers.py", "chat", "--model", str(model_dir), "hi",
-                           "--temperature", "0", "--max-new-tokens", "5"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    session = loaded(model_dir, temperature=0.0, max_new_tokens=5)
-    assert done.stdout.strip() == session.send("hi")
+    assert chat.chat_cli(str(chat_model_dir), None, stream=io.StringIO(), read=read) == 0

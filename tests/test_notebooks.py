@@ -1,10 +1,14 @@
-"""Notebooks: committed without outputs, and each runs top to bottom in the smoke profile."""
+"""Notebooks: readable .py sources in sync with the committed .ipynb (no outputs), and each runs top to bottom in
+the smoke profile."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import helpers as H
+from helpers import cli
 
 NOTEBOOKS = sorted((H.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -12,6 +16,14 @@ NOTEBOOKS = sorted((H.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 def test_notebooks_exist_in_order():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["00_data", "01_sft_masked", "02_sft_unmasked", "03_dpo", "04_rloo", "05_evaluation", "06_chat"]
+
+
+def test_every_notebook_has_a_readable_source_in_sync():
+    """notebooks/NN.py (jupytext percent format) is what a reviewer reads; the .ipynb must be what it gives."""
+    assert [p.with_suffix(".py").exists() for p in NOTEBOOKS] == [True] * len(NOTEBOOKS)
+    done = subprocess.run([sys.executable, "tools/sync_notebooks.py", "--check"], cwd=H.REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -35,7 +47,7 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
     before = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
               and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
     for path in NOTEBOOKS:
-        H.run_notebook(path, timeout=600)
+        cli.run_notebook(path, timeout=600)
     out = Path(smoke_env["OUTPUT_DIR"])
     assert (out / "checkpoints" / "smoke" / "sft_masked" / "model.safetensors").exists()
     assert (out / "assets" / "smoke" / "Comparison.png").exists()

@@ -1,19 +1,14 @@
 """countdown_reward (TinyZero tiers 0.0 / 0.1 / 1.0) on honest and hostile completions, and solve_countdown."""
+from fractions import Fraction
 import ast
 import re
 import time
-from fractions import Fraction
 
 import pytest
 
-import helpers
-from helpers import countdown_reward, solve_countdown
-
-NUMS, TARGET = [8, 9, 5], 12
-
-
-def answer(expression: str) -> str:
-    return f"<think> thinking </think>\n<answer> {expression} </answer>"
+from helpers import countdown
+from helpers.countdown import countdown_reward
+from helpers.countdown import solve_countdown
 
 
 @pytest.mark.parametrize("completion, target, nums, expected", [
@@ -44,6 +39,10 @@ def answer(expression: str) -> str:
 ])
 def test_reward_table(completion, target, nums, expected):
     assert countdown_reward(completion, target, nums) == expected
+
+
+def answer(expression: str) -> str:
+    return f"<think> thinking </think>\n<answer> {expression} </answer>"
 
 
 @pytest.mark.parametrize("expression, target, nums", [
@@ -118,6 +117,9 @@ def test_long_but_honest_chain_within_the_length_limit():
     assert countdown_reward(answer(expression), 40, [1] * 39) == 0.1
 
 
+NUMS, TARGET = [8, 9, 5], 12
+
+
 @pytest.mark.parametrize("completion", [None, 12, 12.0, b"<answer> (8 + 9) - 5 </answer>",
                                         ["<answer> (8 + 9) - 5 </answer>"], {"text": "x"}])
 def test_non_string_completion_scores_zero(completion):
@@ -160,16 +162,6 @@ def test_unclosed_answer_tags_are_linear():
     assert time.perf_counter() - started < 0.05
 
 
-def test_helpers_never_calls_eval_or_exec():
-    call = re.compile(r"(?<![\w.])(eval|exec)\s*\(")
-    assert call.search("value = eval(text)") and call.search("exec (code)")          # the check can fail
-    assert not call.search("model.eval()") and not call.search("evaluate(") and not call.search("never eval/exec")
-    source = open(helpers.__file__, encoding="utf-8").read()
-    hits = [f"line {source.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for m in call.finditer(source)]
-    assert hits == []
-
-
-# ── the solver ───────────────────────────────────────────────────────────────────────────────────────
 def _fraction_value(expression: str) -> Fraction:
     """Exact value of a + - * / expression (test-side check, parsed with ast, never eval)."""
     ops = {ast.Add: Fraction.__add__, ast.Sub: Fraction.__sub__, ast.Mult: Fraction.__mul__,
@@ -220,15 +212,15 @@ def test_solver_returns_none_for_impossible_tasks(nums, target):
 
 
 def test_countdown_completion_matches_solver_and_scores_one():
-    completion = helpers.countdown_completion([8, 9, 5], 12)
+    completion = countdown.countdown_completion([8, 9, 5], 12)
     assert completion == ("<think> Numbers [8, 9, 5] make 12: 8 + 9 = 17, 17 - 5 = 12 </think>\n"
                           "<answer> (8 + 9) - 5 </answer>")
     assert countdown_reward(completion, 12, [8, 9, 5]) == 1.0
-    assert helpers.countdown_completion([1, 1, 1], 100) is None
+    assert countdown.countdown_completion([1, 1, 1], 100) is None
 
 
 def test_countdown_prompt_asks_for_the_format_the_reward_parses():
-    messages = helpers.countdown_prompt([8, 9, 5], 12)
+    messages = countdown.countdown_prompt([8, 9, 5], 12)
     assert [m["role"] for m in messages] == ["system", "user"]
     user = messages[1]["content"]
     assert "[8, 9, 5]" in user and "equals 12" in user

@@ -1,22 +1,16 @@
-"""The loss mask of build_sft_example: masked, unmasked and fractional prompt-loss weights, truncation, batching."""
+"""The loss mask of build_sft_example: masked, unmasked and fractional prompt-loss weights, truncation."""
 import math
 
 import pytest
-import torch
 
-import helpers
+from helpers import formatting
 
-IM_START_ID, IM_END_ID, ENDOFTEXT_ID, NEWLINE_ID = 151644, 151645, 151643, 198
-QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 SINGLE = [{"role": "user", "content": "Tell me a joke."},
           {"role": "assistant", "content": "Why did the chicken cross the road? To get to the other side."}]
+
+
 WITH_SYSTEM = [{"role": "system", "content": "Be brief."}] + SINGLE
-MULTI = [{"role": "system", "content": "Be brief."},
-         {"role": "user", "content": "Hello there."},
-         {"role": "assistant", "content": "Hello friend!"},
-         {"role": "user", "content": "What is the capital of France?"},
-         {"role": "assistant", "content": "The capital of France is Paris."}]
 
 
 def trained_ids(example):
@@ -28,23 +22,10 @@ def prompt_ids(tokenizer, messages):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def runs(flags):
-    """[(start, end)] of the maximal runs of True in flags."""
-    out, start = [], None
-    for i, f in enumerate(list(flags) + [False]):
-        if f and start is None:
-            start = i
-        elif not f and start is not None:
-            out.append((start, i))
-            start = None
-    return out
-
-
-# ── masked (prompt_loss_weight = 0) ─────────────────────────────────────────────────────────────────
 @pytest.mark.parametrize("messages", [SINGLE, WITH_SYSTEM], ids=["default_system", "own_system"])
 def test_masked_trains_exactly_the_assistant_text_and_im_end(any_tokenizer, messages):
     tok = any_tokenizer
-    example = helpers.build_sft_example(tok, messages, max_length=512)
+    example = formatting.build_sft_example(tok, messages, max_length=512)
     answer = messages[-1]["content"]
     assert tok.decode(trained_ids(example)) == answer + "<|im_end|>"
     assert trained_ids(example) == tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
@@ -61,8 +42,14 @@ def test_masked_trains_exactly_the_assistant_text_and_im_end(any_tokenizer, mess
     assert "loss_weights" not in example
 
 
+IM_START_ID, IM_END_ID, ENDOFTEXT_ID, NEWLINE_ID = 151644, 151645, 151643, 198
+
+
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
 def test_masked_qwen_token_ids_default_system(qwen_tokenizer):
-    example = helpers.build_sft_example(qwen_tokenizer, SINGLE, max_length=512)
+    example = formatting.build_sft_example(qwen_tokenizer, SINGLE, max_length=512)
     ids, labels = example["input_ids"], example["labels"]
     prompt = prompt_ids(qwen_tokenizer, SINGLE)
     assert ids[0] == IM_START_ID
@@ -78,7 +65,7 @@ def test_masked_qwen_token_ids_default_system(qwen_tokenizer):
 
 
 def test_masked_qwen_own_system_replaces_default(qwen_tokenizer):
-    example = helpers.build_sft_example(qwen_tokenizer, WITH_SYSTEM, max_length=512)
+    example = formatting.build_sft_example(qwen_tokenizer, WITH_SYSTEM, max_length=512)
     text = qwen_tokenizer.decode(example["input_ids"])
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
     assert QWEN_DEFAULT_SYSTEM not in text
@@ -86,18 +73,28 @@ def test_masked_qwen_own_system_replaces_default(qwen_tokenizer):
     assert qwen_tokenizer.decode(trained_ids(example)) == SINGLE[-1]["content"] + "<|im_end|>"
 
 
-def test_tiny_tokenizer_has_qwen_special_tokens_and_default_system(tiny_tokenizer):
-    ids = {t: tiny_tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
-    assert ids == {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
-    assert tiny_tokenizer.pad_token_id == 0 and tiny_tokenizer.eos_token_id == 2
-    example = helpers.build_sft_example(tiny_tokenizer, SINGLE, max_length=512)
-    assert tiny_tokenizer.decode(example["input_ids"]).startswith(
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nTell me a joke.<|im_end|>\n")
+MULTI = [{"role": "system", "content": "Be brief."},
+         {"role": "user", "content": "Hello there."},
+         {"role": "assistant", "content": "Hello friend!"},
+         {"role": "user", "content": "What is the capital of France?"},
+         {"role": "assistant", "content": "The capital of France is Paris."}]
+
+
+def runs(flags):
+    """[(start, end)] of the maximal runs of True in flags."""
+    out, start = [], None
+    for i, f in enumerate(list(flags) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            out.append((start, i))
+            start = None
+    return out
 
 
 def test_multi_turn_trains_only_assistant_turns_in_order(any_tokenizer):
     tok = any_tokenizer
-    example = helpers.build_sft_example(tok, MULTI, max_length=512)
+    example = formatting.build_sft_example(tok, MULTI, max_length=512)
     a1, a2 = MULTI[2]["content"], MULTI[4]["content"]
     assert tok.decode(trained_ids(example)) == a1 + "<|im_end|>" + a2 + "<|im_end|>"
     trained = [label != -100 for label in example["labels"]]
@@ -116,14 +113,13 @@ def test_multi_turn_trains_only_assistant_turns_in_order(any_tokenizer):
 def test_conversation_ending_with_user_turn_trains_only_the_assistant(any_tokenizer):
     tok = any_tokenizer
     messages = MULTI[:4]
-    example = helpers.build_sft_example(tok, messages, max_length=512)
+    example = formatting.build_sft_example(tok, messages, max_length=512)
     assert tok.decode(trained_ids(example)) == MULTI[2]["content"] + "<|im_end|>"
 
 
-# ── unmasked and fractional weights: one render path, one argument ───────────────────────────────────
 def test_unmasked_trains_every_token(any_tokenizer):
-    masked = helpers.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=0.0)
-    unmasked = helpers.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=1.0)
+    masked = formatting.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=0.0)
+    unmasked = formatting.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=1.0)
     assert unmasked["input_ids"] == masked["input_ids"]          # same render, only the labels differ
     assert unmasked["labels"] == unmasked["input_ids"]
     assert -100 not in unmasked["labels"]
@@ -131,8 +127,8 @@ def test_unmasked_trains_every_token(any_tokenizer):
 
 
 def test_fractional_weight_weights_prompt_tokens(any_tokenizer):
-    masked = helpers.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=0.0)
-    partial = helpers.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=0.1)
+    masked = formatting.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=0.0)
+    partial = formatting.build_sft_example(any_tokenizer, MULTI, 512, prompt_loss_weight=0.1)
     assert partial["input_ids"] == masked["input_ids"]
     assert partial["labels"] == partial["input_ids"]
     weights = partial["loss_weights"]
@@ -146,17 +142,16 @@ def test_fractional_weight_weights_prompt_tokens(any_tokenizer):
 @pytest.mark.parametrize("weight", [-0.1, 1.5, 2, float("nan"), -math.inf])
 def test_weight_outside_unit_interval_raises(tiny_tokenizer, weight):
     with pytest.raises(ValueError, match="prompt_loss_weight"):
-        helpers.build_sft_example(tiny_tokenizer, SINGLE, 512, prompt_loss_weight=weight)
+        formatting.build_sft_example(tiny_tokenizer, SINGLE, 512, prompt_loss_weight=weight)
 
 
-# ── truncation ───────────────────────────────────────────────────────────────────────────────────────
 def test_truncation_into_the_prompt_returns_none(any_tokenizer):
     n_prompt = len(prompt_ids(any_tokenizer, SINGLE))
     for weight in (0.0, 0.1, 1.0):       # same examples kept whatever the weight
-        assert helpers.build_sft_example(any_tokenizer, SINGLE, 10, weight) is None
-        assert helpers.build_sft_example(any_tokenizer, SINGLE, n_prompt, weight) is None
+        assert formatting.build_sft_example(any_tokenizer, SINGLE, 10, weight) is None
+        assert formatting.build_sft_example(any_tokenizer, SINGLE, n_prompt, weight) is None
     # one more token than the prompt keeps exactly the first answer token
-    one = helpers.build_sft_example(any_tokenizer, SINGLE, n_prompt + 1)
+    one = formatting.build_sft_example(any_tokenizer, SINGLE, n_prompt + 1)
     assert len(one["input_ids"]) == n_prompt + 1
     first_answer_token = any_tokenizer(SINGLE[-1]["content"], add_special_tokens=False)["input_ids"][0]
     assert trained_ids(one) == [first_answer_token]
@@ -165,7 +160,7 @@ def test_truncation_into_the_prompt_returns_none(any_tokenizer):
 def test_truncation_inside_the_response_keeps_a_prefix_without_im_end(any_tokenizer):
     tok = any_tokenizer
     n_prompt = len(prompt_ids(tok, SINGLE))
-    example = helpers.build_sft_example(tok, SINGLE, n_prompt + 4)
+    example = formatting.build_sft_example(tok, SINGLE, n_prompt + 4)
     assert len(example["input_ids"]) == len(example["labels"]) == len(example["attention_mask"]) == n_prompt + 4
     answer_ids = tok(SINGLE[-1]["content"], add_special_tokens=False)["input_ids"]
     assert trained_ids(example) == answer_ids[:4]
@@ -184,7 +179,7 @@ def test_build_sft_dataset_skips_truncated_and_malformed_rows(any_tokenizer):
             {"messages": [{"role": "user", "content": ["not", "a", "string"]},            # 4 non-string content
                           {"role": "assistant", "content": "Hi."}]},
             {"messages": WITH_SYSTEM}]                                                    # 5 fine
-    examples, skips = helpers.build_sft_dataset(any_tokenizer, rows, max_length=128, name="unit")
+    examples, skips = formatting.build_sft_dataset(any_tokenizer, rows, max_length=128, name="unit")
     assert len(examples) == 2
     assert [any_tokenizer.decode(trained_ids(e)) for e in examples] == [SINGLE[-1]["content"] + "<|im_end|>"] * 2
     assert skips.total == 4
@@ -201,60 +196,12 @@ def test_build_sft_dataset_skips_truncated_and_malformed_rows(any_tokenizer):
 def test_build_sft_dataset_counts_exactly_one_truncated_row(tiny_tokenizer):
     rows = [{"messages": SINGLE}, {"messages": [{"role": "user", "content": "hello " * 300},
                                                 {"role": "assistant", "content": "Hi."}]}, {"messages": MULTI}]
-    examples, skips = helpers.build_sft_dataset(tiny_tokenizer, rows, max_length=200)
+    examples, skips = formatting.build_sft_dataset(tiny_tokenizer, rows, max_length=200)
     assert len(examples) == 2 and skips.total == 1
     assert "row 1:" in skips.report()
 
 
 def test_build_sft_dataset_skips_assistant_first_conversation(tiny_tokenizer):
     rows = [{"messages": [{"role": "assistant", "content": "Hello friend!"}]}, {"messages": SINGLE}]
-    examples, skips = helpers.build_sft_dataset(tiny_tokenizer, rows, max_length=128)
+    examples, skips = formatting.build_sft_dataset(tiny_tokenizer, rows, max_length=128)
     assert len(examples) == 1 and skips.total == 1
-
-
-# ── batching ─────────────────────────────────────────────────────────────────────────────────────────
-def test_collate_pads_right_to_the_longest_in_the_batch(tiny_tokenizer):
-    pad = tiny_tokenizer.pad_token_id
-    short = helpers.build_sft_example(tiny_tokenizer, SINGLE, 256)
-    long = helpers.build_sft_example(tiny_tokenizer, MULTI, 256)
-    n_short, n_long = len(short["input_ids"]), len(long["input_ids"])
-    assert n_short < n_long < 256
-    batch = helpers.collate([short, long], pad)
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, n_long)
-    assert batch["input_ids"].dtype == torch.long
-    assert batch["input_ids"][0, :n_short].tolist() == short["input_ids"]
-    assert batch["input_ids"][0, n_short:].tolist() == [pad] * (n_long - n_short)
-    assert batch["labels"][0, :n_short].tolist() == short["labels"]
-    assert batch["labels"][0, n_short:].tolist() == [-100] * (n_long - n_short)
-    assert batch["attention_mask"][0].tolist() == [1] * n_short + [0] * (n_long - n_short)
-    assert batch["input_ids"][1].tolist() == long["input_ids"] and batch["attention_mask"][1].sum() == n_long
-
-
-def test_collate_pads_loss_weights_with_zero_and_left_padding(tiny_tokenizer):
-    a = helpers.build_sft_example(tiny_tokenizer, SINGLE, 256, prompt_loss_weight=0.1)
-    b = helpers.build_sft_example(tiny_tokenizer, MULTI, 256, prompt_loss_weight=0.1)
-    gap = len(b["input_ids"]) - len(a["input_ids"])
-    batch = helpers.collate([a, b], tiny_tokenizer.pad_token_id)
-    assert batch["loss_weights"].dtype == torch.float32
-    assert batch["loss_weights"][0, len(a["input_ids"]):].tolist() == [0.0] * gap
-    assert batch["loss_weights"][0, :len(a["input_ids"])].tolist() == pytest.approx(a["loss_weights"])
-    left = helpers.collate([a, b], tiny_tokenizer.pad_token_id, padding_side="left")
-    assert left["attention_mask"][0].tolist() == [0] * gap + [1] * len(a["input_ids"])
-    assert left["input_ids"][0, gap:].tolist() == a["input_ids"]
-
-
-def test_length_grouped_batches_cover_every_index_once_and_are_deterministic():
-    import random
-    rng = random.Random(123)
-    lengths = [rng.randint(5, 300) for _ in range(103)]
-    for group in (True, False):
-        batches = helpers.length_grouped_batches(lengths, 8, seed=7, group_by_length=group)
-        flat = [i for b in batches for i in b]
-        assert sorted(flat) == list(range(103))                  # every index exactly once
-        assert sorted(len(b) for b in batches) == [7] + [8] * 12
-        assert helpers.length_grouped_batches(lengths, 8, seed=7, group_by_length=group) == batches
-        assert helpers.length_grouped_batches(lengths, 8, seed=8, group_by_length=group) != batches
-    padding = lambda bs: sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in bs)
-    grouped = helpers.length_grouped_batches(lengths, 8, seed=7)
-    assert padding(grouped) < padding(helpers.length_grouped_batches(lengths, 8, seed=7, group_by_length=False)) / 4

@@ -1,0 +1,50 @@
+"""Shared mechanics for the notebooks: one module per stage of the pipeline, in its order.
+
+    config · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
+    training · logprobs · sft · generation · scoring · results · comparison · preference · dpo · reward_model ·
+    rloo · evaluation · report · chat · vocab · cli
+
+A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
+the names below are their API, in notebook order. The command line is `python -m helpers --help`.
+Nothing here runs on import: no seeds set, no global state changed.
+"""
+# every notebook: the profile's config, seeds, where outputs go
+from .config import REPO_ROOT, assets_dir, get_config, out_path, output_root, seed_everything
+
+# 00_data: datasets, Countdown, the base model, the loss mask, new tokens
+from .data import load_split, prepare_data
+from .countdown import countdown_completion, countdown_prompt, countdown_reward
+from .modeling import count_parameters, load_model, load_tokenizer
+from .formatting import build_sft_example, render_chat, show_mask
+from .sft import build_initial_model
+from .vocab import add_new_tokens, demo_new_tokens, token_fragmentation
+
+# 01_sft_masked, 02_sft_unmasked: SFT, the one training loop, the comparison
+from .training import train
+from .checkpoints import load_history
+from .sft import run_sft, sft_loss
+from .results import timestamp, write_summary
+from .comparison import (evaluate_checkpoints, plot_sft_comparison, run_prompt_weight_sweep, seed_noise_verdict,
+                         write_dataset_results)
+
+# 03_dpo: DPO and the reward model
+from .dpo import dpo_loss, run_dpo
+from .reward_model import bradley_terry_loss, run_reward_model
+
+# 04_rloo
+from .logprobs import shared_prompt_logps
+from .scoring import countdown_accuracy
+from .rloo import rloo_advantages, run_rloo
+
+# 05_evaluation
+from .scoring import best_of_n, pass_at_k
+from .evaluation import evaluate_all_stages, plot_learning_curves, plot_stage_metrics
+from .report import write_report
+
+# 06_chat
+from .chat import ChatSession, build_chat_widget, side_by_side
+
+# the modules in pipeline order: each imports only those before it (tests/test_layout.py)
+MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
+           "checkpoints", "training", "logprobs", "sft", "generation", "scoring", "results", "comparison", "preference",
+           "dpo", "reward_model", "rloo", "evaluation", "report", "chat", "vocab", "cli")

@@ -1,0 +1,69 @@
+"""The command line (`python -m helpers …`): build the data, train any stage, chat, run a notebook headless.
+The top of the package: it may import every module."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .config import get_config, out_path
+from .data import prepare_data
+from .sft import SFT_STAGES, build_initial_model, run_sft
+from .dpo import run_dpo
+from .reward_model import run_reward_model
+from .rloo import run_rloo
+from .chat import chat_cli
+
+
+def run_notebook(path, timeout: int = 1800) -> Path:
+    """Execute a notebook headless (cwd = its folder); the executed copy goes to outputs/<profile>/notebooks/,
+    so the committed notebook stays without outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+    path = Path(path).resolve()
+    nb = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    executed = out_path("outputs", get_config(), "notebooks", path.name)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, executed)
+    print(f"{path.name}: ran in {time.perf_counter() - started:.0f} s; executed copy: {executed}")
+    return executed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("data", help="build/download the datasets and the initial model of a profile")
+    p.add_argument("--profile", default=None)
+    p = sub.add_parser("train", help="train one stage")
+    p.add_argument("--stage", required=True, choices=sorted(SFT_STAGES) + ["dpo", "reward_model", "rloo",
+                                                                             "rloo_instructions"])
+    p.add_argument("--profile", default=None)
+    p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
+    p.add_argument("--model", required=True, help="a Hugging Face model directory")
+    p.add_argument("prompt", nargs="?", default=None)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p = sub.add_parser("run-notebook", help="execute a notebook headless")
+    p.add_argument("path")
+    args = parser.parse_args(argv)
+
+    if args.command == "data":
+        cfg = get_config(args.profile)
+        for name, folder in prepare_data(cfg).items():
+            print(f"{name}: {folder}")
+        print(f"initial model: {build_initial_model(cfg)}")
+    elif args.command == "train":
+        cfg = get_config(args.profile)
+        runners = {"dpo": lambda: run_dpo(cfg), "reward_model": lambda: run_reward_model(cfg),
+                   "rloo": lambda: run_rloo(cfg, "countdown"),
+                   "rloo_instructions": lambda: run_rloo(cfg, "instructions")}
+        result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage])
+        print(f"{args.stage}: saved to {result['dir']}; last evaluation {result['history'][-1]}")
+    elif args.command == "chat":
+        return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
+    elif args.command == "run-notebook":
+        run_notebook(args.path)
+    return 0

@@ -1,0 +1,231 @@
+"""Datasets on disk: jsonl files with manifests, the converters from each hub dataset's schema into three record
+types (conversation, preference pair, verifiable prompt), and `prepare_data` for every profile.
+Imports: config, tiny_world."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from .config import Config, out_path
+from .tiny_world import build_tiny_world
+
+
+def write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+    return rows
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def conversation_problem(messages) -> str | None:
+    """Why a message list cannot be trained on, or None if it is fine."""
+    if not isinstance(messages, list) or not messages:
+        return "messages missing or empty"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            return f"message {i} has no role"
+        if m["role"] not in ROLES:
+            return f"message {i} has unknown role {m['role']!r}"
+        if not isinstance(m.get("content"), str):
+            return f"message {i} content is not a string"
+        if m["role"] == "assistant" and not m["content"].strip():
+            return f"message {i} is an empty assistant message"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no assistant message"
+    return None
+
+
+class SkipCounter:
+    """Counts skipped rows by reason and remembers the first few, so nothing is dropped silently."""
+
+    def __init__(self, name: str, show: int = 3):
+        self.name, self.show, self.reasons, self.examples = name, show, Counter(), []
+
+    def skip(self, index, reason: str) -> None:
+        self.reasons[reason.split(" (")[0]] += 1
+        if len(self.examples) < self.show:
+            self.examples.append(f"row {index}: {reason}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.reasons.values())
+
+    def report(self) -> str:
+        if not self.total:
+            return f"{self.name}: no rows skipped"
+        return f"{self.name}: skipped {self.total} rows — " + "; ".join(self.examples)
+
+
+def convert_smoltalk(rows, skips: SkipCounter) -> list[dict]:
+    out = []
+    for i, row in enumerate(rows):
+        problem = conversation_problem(row.get("messages"))
+        if problem:
+            skips.skip(i, problem)
+            continue
+        out.append({"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]],
+                    "source": row.get("source", "smoltalk")})
+    return out
+
+
+def convert_ultrafeedback(rows, skips: SkipCounter) -> list[dict]:
+    """chosen/rejected are full message lists (prompt + answer): keep the prompt once, the two answers as text."""
+    out = []
+    for i, row in enumerate(rows):
+        chosen, rejected = row.get("chosen"), row.get("rejected")
+        problem = conversation_problem(chosen) or conversation_problem(rejected)
+        if problem is None and (chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant"):
+            problem = "last message is not the assistant's"
+        if problem is None:
+            prompt = chosen[:-1]
+            if not prompt or not any(m["content"].strip() for m in prompt):
+                problem = "empty prompt"
+            elif chosen[-1]["content"].strip() == rejected[-1]["content"].strip():
+                problem = "chosen identical to rejected"
+        if problem:
+            skips.skip(i, problem)
+            continue
+        out.append({"prompt": [dict(role=m["role"], content=m["content"]) for m in chosen[:-1]],
+                    "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"],
+                    "score_chosen": row.get("score_chosen"), "score_rejected": row.get("score_rejected"),
+                    "source": "ultrafeedback"})
+    return out
+
+
+def _text_pair_rows(rows, skips, fields, build):
+    out = []
+    for i, row in enumerate(rows):
+        bad = next((f for f in fields if not isinstance(row.get(f), str)), None)
+        if bad:
+            skips.skip(i, f"field {bad!r} missing or not a string")
+            continue
+        messages = build(row)
+        problem = conversation_problem(messages)
+        if problem:
+            skips.skip(i, problem)
+            continue
+        out.append({"messages": messages})
+    return out
+
+
+def convert_warmstart(rows, skips: SkipCounter) -> list[dict]:
+    """cog_behav_all_strategies: `query` is the full Countdown prompt, `completion` the worked answer."""
+    return [dict(r, source="warmstart") for r in _text_pair_rows(
+        rows, skips, ("query", "completion"),
+        lambda r: [{"role": "user", "content": r["query"].strip()},
+                   {"role": "assistant", "content": r["completion"].strip()}])]
+
+
+def convert_alpaca(rows, skips: SkipCounter) -> list[dict]:
+    def build(r):
+        extra = r.get("input") if isinstance(r.get("input"), str) else ""
+        user = r["instruction"].strip() + (("\n\n" + extra.strip()) if extra.strip() else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": r["output"].strip()}]
+    return [dict(r, source="alpaca") for r in _text_pair_rows(rows, skips, ("instruction", "output"), build)]
+
+
+def convert_countdown(rows, skips: SkipCounter) -> list[dict]:
+    out = []
+    for i, row in enumerate(rows):
+        target, nums = row.get("target"), row.get("nums")
+        if not isinstance(target, int) or isinstance(target, bool):
+            skips.skip(i, "field 'target' missing or not an integer")
+        elif not isinstance(nums, list) or not nums or not all(isinstance(n, int) and n >= 0 for n in nums):
+            skips.skip(i, "field 'nums' missing or not a list of non-negative integers")
+        else:
+            out.append({"target": target, "nums": list(nums)})
+    return out
+
+
+HUB_SOURCES = {   # name: (hub id, {our split: hub split}, converter)
+    "smoltalk": ("HuggingFaceTB/smol-smoltalk", {"train": "train", "test": "test"}, convert_smoltalk),
+    "ultrafeedback": ("HuggingFaceH4/ultrafeedback_binarized", {"train": "train_prefs", "test": "test_prefs"},
+                      convert_ultrafeedback),
+    "warmstart": ("Asap7772/cog_behav_all_strategies", {"train": "train"}, convert_warmstart),
+    "countdown": ("Jiayi-Pan/Countdown-Tasks-3to4", {"train": "train"}, convert_countdown),
+    "alpaca": ("yahma/alpaca-cleaned", {"train": "train"}, convert_alpaca),
+}
+
+
+def split_holdout(rows: list, test_size: int, seed: int) -> dict[str, list]:
+    """A fixed held-out test split carved from a single-split dataset (deterministic for the seed)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    test = set(order[:test_size])
+    return {"train": [rows[i] for i in order[test_size:]], "test": [rows[i] for i in sorted(test)]}
+
+
+def content_hash(splits: dict[str, list]) -> str:
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        digest.update(f"{split}\0{len(splits[split])}\0".encode())   # a row moving between splits changes it
+        for row in splits[split]:
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def write_dataset(cfg: Config, name: str, splits: dict[str, list], source: str, revision: str = "local",
+                  filters: str = "", skips: SkipCounter | None = None) -> Path:
+    """Write data/<profile>/<name>/<split>.jsonl plus manifest.json (source, sizes, filters, drops, hash)."""
+    folder = out_path("data", cfg, name)
+    for split, rows in splits.items():
+        write_jsonl(folder / f"{split}.jsonl", rows)
+    manifest = {"name": name, "source": source, "revision": revision, "profile": cfg.profile,
+                "seed": cfg.data.seed, "splits": {s: len(r) for s, r in splits.items()}, "filters": filters,
+                "dropped": dict(skips.reasons) if skips else {}, "content_hash": content_hash(splits)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def load_split(cfg: Config, name: str, split: str) -> list[dict]:
+    path = out_path("data", cfg, name, f"{split}.jsonl")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run notebooks/00_data.ipynb (or `python -m helpers data "
+                                f"--profile {cfg.profile}`) first")
+    return read_jsonl(path)
+
+
+def download_and_convert(cfg: Config, name: str) -> Path:
+    """qwen profile: fetch one hub dataset with `datasets`, convert, write with its manifest."""
+    from datasets import load_dataset
+    hub_id, split_map, converter = HUB_SOURCES[name]
+    skips, splits = SkipCounter(name), {}
+    for ours, theirs in split_map.items():
+        ds = load_dataset(hub_id, split=theirs)
+        if cfg.data.max_rows:
+            ds = ds.select(range(min(cfg.data.max_rows, len(ds))))
+        splits[ours] = converter(ds, skips)
+    if name == "countdown":
+        splits = split_holdout(splits["train"], cfg.data.countdown_test, cfg.data.seed)
+    print(skips.report())
+    return write_dataset(cfg, name, splits, source=hub_id, revision="main",
+                         filters=f"max_rows={cfg.data.max_rows}", skips=skips)
+
+
+def prepare_data(cfg: Config) -> dict[str, Path]:
+    """Build (tiny, smoke) or download (qwen) every dataset of the profile; returns {name: folder}."""
+    if cfg.profile == "qwen":
+        return {name: download_and_convert(cfg, name) for name in HUB_SOURCES}
+    world = build_tiny_world(cfg.data)
+    return {name: write_dataset(cfg, name, splits, source="tiny world (helpers.build_tiny_world)",
+                                filters=json.dumps(dataclasses.asdict(cfg.data)))
+            for name, splits in world.items()}

@@ -1,0 +1,114 @@
+"""Direct Preference Optimization (Rafailov et al. 2023) with the RPO term (Pang et al. 2024): the loss, the
+precomputed reference log-probs, held-out preference accuracy and `run_dpo`. Imports: config … preference."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch.nn.functional as F
+
+from .config import Config, device, out_path, seed_everything
+from .data import load_split, write_jsonl
+from .modeling import as_lora_config, load_model, load_tokenizer
+from .logger import NullLogger, TensorBoardLogger
+from .checkpoints import resumable_state
+from .training import train
+from .preference import (build_pair_dataset, countdown_onpolicy_pairs, pair_collate, pair_length, pair_logps,
+                    pair_sequence_logps, preference_data)
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+    """Rafailov et al. 2023, sigmoid loss:
+        L = −log σ( β[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))] )
+    Returns (mean loss, chosen_rewards, rejected_rewards) with rewards = β · (log π − log π_ref).
+    """
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def add_reference_logps(model, pairs: list[dict], pad_token_id: int, disable_adapters: bool = False) -> None:
+    """Precompute the reference model's log-probs once, so DPO training holds a single model in memory.
+
+    The reference is the model as it is now (the SFT checkpoint); with LoRA it can instead be the same model with
+    its adapters disabled — the two give the same numbers while the adapters are untrained.
+    """
+    import contextlib
+    context = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
+    with context:
+        chosen, rejected = pair_logps(model, pairs, pad_token_id)
+    for pair, c, r in zip(pairs, chosen, rejected):
+        pair["ref_chosen_logps"], pair["ref_rejected_logps"] = c, r
+
+
+def make_dpo_loss(beta: float, sft_weight: float = 0.0):
+    """DPO as a loss for the one loop. sft_weight > 0 adds α · (per-token NLL of the chosen response) — the RPO
+    variant (Pang et al. 2024), which stops DPO from pushing the chosen answer's likelihood down with the rest."""
+    def loss_fn(model, batch):
+        n = batch["ref_chosen_logps"].shape[0]
+        logps = pair_sequence_logps(model, batch)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:n], logps[n:], batch["ref_chosen_logps"],
+                                                          batch["ref_rejected_logps"], beta)
+        if sft_weight > 0:
+            chosen_tokens = (batch["labels"][:n, 1:] != -100).sum(-1).clamp(min=1)
+            loss = loss + sft_weight * (-logps[:n] / chosen_tokens).mean()
+        margins = chosen_rewards - rejected_rewards
+        return loss * n, {"rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+                          "rewards/margins": margins.mean(), "rewards/accuracies": (margins > 0).float().mean(),
+                          "logps/chosen": logps[:n].detach().mean(), "logps/rejected": logps[n:].detach().mean()}
+    return loss_fn
+
+
+def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
+    """Held-out ranking of chosen over rejected: by the policy's own log-probs, and by the implicit DPO reward
+    β(log π − log π_ref) when reference log-probs are attached (0 margin = tie = not ranked above)."""
+    chosen, rejected = pair_logps(model, pairs, pad_token_id)
+    result = {"logp_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)}
+    if pairs and "ref_chosen_logps" in pairs[0]:
+        wins = [(c - p["ref_chosen_logps"]) > (r - p["ref_rejected_logps"]) for c, r, p in zip(chosen, rejected, pairs)]
+        result["reward_accuracy"] = sum(wins) / len(pairs)
+    return result
+
+
+def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log: bool = True) -> dict:
+    """DPO from the SFT checkpoint with a precomputed reference; returns {"history", "dir", "model", …}."""
+    dcfg = cfg.dpo
+    seed_everything(dcfg.seed)
+    start = out_path("checkpoints", cfg, reference)
+    tokenizer = load_tokenizer(start)
+    model = load_model(start).to(device())
+    fresh_adapters = False
+    if cfg.model.lora is not None and not hasattr(model, "disable_adapter"):
+        from peft import get_peft_model
+        model, fresh_adapters = get_peft_model(model, as_lora_config(cfg.model.lora)), True
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    pad = tokenizer.pad_token_id
+    rows = preference_data(cfg, "train")
+    onpolicy_stats = {}
+    if dcfg.onpolicy_countdown_prompts:
+        tasks = load_split(cfg, "countdown", "train")[:dcfg.onpolicy_countdown_prompts]
+        onpolicy, onpolicy_stats = countdown_onpolicy_pairs(model, tokenizer, tasks, cfg, dcfg.seed)
+        write_jsonl(out_path("data", cfg, "countdown_onpolicy_pairs", "train.jsonl"), onpolicy)
+        rows = rows + onpolicy
+    train_pairs, skips = build_pair_dataset(tokenizer, rows, dcfg.max_length, "dpo train")
+    test_pairs, test_skips = build_pair_dataset(tokenizer, preference_data(cfg, "test"), dcfg.max_length, "dpo test")
+    print(skips.report(), "|", test_skips.report(), "| on-policy Countdown:", onpolicy_stats)
+    # adapters off = the reference only for adapters created here; a LoRA SFT checkpoint's trained adapters
+    # ARE the SFT model, so then the model as loaded is the reference
+    use_adapters = dcfg.reference_from_disabled_adapters and fresh_adapters
+    add_reference_logps(model, train_pairs, pad, disable_adapters=use_adapters)
+    add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
+    before = preference_accuracy(model, test_pairs, pad)
+    stage_dir = out_path("checkpoints", cfg, stage)
+    run_config = {"stage": stage, "profile": cfg.profile, "reference": reference, "dpo": dataclasses.asdict(dcfg),
+                  "train_pairs": len(train_pairs), "dropped": dict(skips.reasons), "onpolicy": onpolicy_stats}
+    resuming = resumable_state(stage_dir, run_config) is not None
+    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}
+    history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight), pair_collate(pad),
+                    stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, length_fn=pair_length)
+    logger.close()
+    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
+            "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,
+            "dropped": skips.total}

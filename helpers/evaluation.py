@@ -1,0 +1,152 @@
+"""05_evaluation: every stage on the same held-out sets — greedy and sampled Countdown, pass@k, best-of-n by
+verifier and reward model, win rate — the choice of `final`, and the stage figures. Imports: lower modules only."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .config import Config, STAGES, device, out_path
+from .countdown import countdown_prompt, countdown_reward
+from .data import load_split, write_jsonl
+from .modeling import load_model, load_tokenizer
+from .logger import read_tensorboard_scalars
+from .sft import sft_mixture
+from .generation import generate_responses
+from .scoring import best_of_n, evaluate_model, exact_match, pass_at_k, rouge_l
+from .results import grouped_bars, save_figure
+from .reward_model import load_reward_model, score_responses
+
+
+def sample_many(model, tokenizer, prompts, n: int, cfg: Config, seed: int) -> list[list[str]]:
+    """n sampled responses per prompt with the course's evaluation sampling settings."""
+    e = cfg.eval
+    flat = generate_responses(model, tokenizer, [p for p in prompts for _ in range(n)], e.batch_size,
+                              e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
+                              seed=seed, progress=False)
+    return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, reference_model=None,
+                   cache: dict | None = None) -> dict:
+    """Every held-out measure of one checkpoint; responses go to outputs/<profile>/<name>/responses.jsonl.
+    `cache` keeps what is the same for every checkpoint (the win-rate opponent's scored answers)."""
+    cache = {} if cache is None else cache
+    e, seed, records = cfg.eval, cfg.eval.seed, []
+    metrics = evaluate_model(model, tokenizer, cfg, records=records)       # losses, greedy quality, greedy Countdown
+    settings = {"temperature": e.temperature, "top_p": e.top_p, "top_k": e.top_k, "seed": seed}
+    # Countdown, sampled: mean reward, accuracy, pass@k and verifier best-of-n
+    tasks = load_split(cfg, "countdown", "test")[:e.sampled_rows]
+    samples = sample_many(model, tokenizer, [countdown_prompt(t["nums"], t["target"]) for t in tasks], e.n_samples,
+                          cfg, seed)
+    rewards = [[countdown_reward(s, t["target"], t["nums"]) for s in row] for row, t in zip(samples, tasks)]
+    correct = [[float(r == 1.0) for r in row] for row in rewards]
+    metrics["countdown_reward_sampled"] = sum(map(sum, rewards)) / (len(tasks) * e.n_samples)
+    metrics["countdown_accuracy_sampled"] = sum(map(sum, correct)) / (len(tasks) * e.n_samples)
+    for k in (1, 2, 4, 8):
+        if k <= e.n_samples:
+            metrics[f"pass@{k}"] = sum(pass_at_k(e.n_samples, int(sum(c)), k) for c in correct) / len(tasks)
+            metrics[f"best_of_{k}_verifier"] = best_of_n(rewards, correct, k)
+    for t, row, row_r in zip(tasks, samples, rewards):
+        records += [{"task": "countdown", "nums": t["nums"], "target": t["target"], "response": s, "reward": r,
+                     **settings} for s, r in zip(row, row_r)]
+    # instruction following, sampled, best-of-n chosen by the reward model
+    rows = sft_mixture(cfg, "test")[:e.sampled_rows]
+    prompts = [r["messages"][:-1] for r in rows]
+    references = [r.get("reference", r["messages"][-1]["content"]) for r in rows]
+    scorer = rouge_l if cfg.profile == "qwen" else exact_match
+    if reward_model is not None:
+        samples = sample_many(model, tokenizer, prompts, e.n_samples, cfg, seed)
+        flat_scores = score_responses(reward_model, tokenizer, [p for p in prompts for _ in range(e.n_samples)],
+                                      [s for row in samples for s in row])
+        scores = [flat_scores[i * e.n_samples:(i + 1) * e.n_samples] for i in range(len(prompts))]
+        quality = [[scorer(s, ref) for s in row] for row, ref in zip(samples, references)]
+        for k in (1, 2, 4, 8):
+            if k <= e.n_samples:
+                metrics[f"best_of_{k}_reward_model"] = best_of_n(scores, quality, k)
+        for p, row, row_s, row_q in zip(prompts, samples, scores, quality):
+            records += [{"task": "instruction", "prompt": p, "response": s, "reward_model_score": sc,
+                         scorer.__name__: q, **settings} for s, sc, q in zip(row, row_s, row_q)]
+        if reference_model is not None:     # win rate against a reference model, judged by the reward model
+            greedy = [r["response"] for r in records if r["task"] == "instruction" and r.get("greedy")]
+            mine = greedy[:len(prompts)] if len(greedy) >= len(prompts) else generate_responses(
+                model, tokenizer, prompts, e.batch_size, e.max_new_tokens, progress=False)
+            if "opponent_scores" not in cache:
+                theirs = generate_responses(reference_model, tokenizer, prompts, e.batch_size, e.max_new_tokens,
+                                            progress=False)
+                cache["opponent_scores"] = score_responses(reward_model, tokenizer, prompts, theirs)
+            mine_scores = score_responses(reward_model, tokenizer, prompts, mine)
+            metrics["win_rate"] = sum(x > y for x, y in zip(mine_scores, cache["opponent_scores"])) / len(prompts)
+    write_jsonl(out_path("outputs", cfg, name, "responses.jsonl"), records)
+    return metrics
+
+
+def choose_final(table, rule: str) -> str:
+    """The best checkpoint by the config's rule: the highest value of the named metric (ties: later stage)."""
+    if rule not in table.columns:
+        raise ValueError(f"final_rule metric {rule!r} is not among the evaluated metrics {list(table.columns)}")
+    best = table[table[rule] == table[rule].max()]
+    return str(best["model"].iloc[-1])
+
+
+def evaluate_all_stages(cfg: Config, stages=STAGES):
+    """One row per existing checkpoint of the profile (and `final`), one column per metric."""
+    import pandas as pd
+    found = [s for s in stages if any((out_path("checkpoints", cfg, s) / f).exists()
+                                      for f in ("config.json", "adapter_config.json"))]
+    reward_model = reference_model = None
+    rm_dir = out_path("checkpoints", cfg, "reward_model")
+    if (rm_dir / "config.json").exists():
+        reward_model = load_reward_model(cfg.eval.judge or rm_dir)[1].to(device())
+    if cfg.eval.reference_model:
+        reference_model = load_model(cfg.eval.reference_model).to(device())
+    rows, cache = [], {}
+    for name in found:
+        folder = out_path("checkpoints", cfg, name)
+        tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
+        rows.append({"model": name, **evaluate_stage(model, tokenizer, cfg, name, reward_model, reference_model,
+                                                     cache)})
+        print(f"evaluated {name}")
+    table = pd.DataFrame(rows)
+    quality = "rouge_l" if cfg.profile == "qwen" else "exact_match"
+    table["mean_quality"] = (table[quality] + table["countdown_accuracy"]) / 2
+    final = choose_final(table, cfg.eval.final_rule)
+    target = out_path("checkpoints", cfg, "final")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(out_path("checkpoints", cfg, final), target,
+                    ignore=shutil.ignore_patterns("training_state.pt"))
+    (target / "FINAL_IS.txt").write_text(f"{final} (rule: highest {cfg.eval.final_rule})\n")
+    final_row = table[table.model == final].copy()
+    final_row["model"] = f"final (= {final})"
+    return pd.concat([table, final_row], ignore_index=True), final
+
+
+def plot_stage_metrics(table, path: Path, metrics=("exact_match", "countdown_accuracy", "countdown_reward",
+                                                       "pass@8", "best_of_8_reward_model")) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    metrics = [m for m in metrics if m in table.columns]
+    fig, ax = plt.subplots(figsize=(12, 4))
+    grouped_bars(ax, table, metrics, labels=False)
+    ax.set(ylabel="held-out score (higher is better)", title="Every stage on the same held-out sets")
+    return save_figure(fig, path)
+
+
+def plot_learning_curves(cfg: Config, path: Path) -> Path:
+    """One panel per stage, its key curves read back from the TensorBoard logs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    wanted = {"pretrain": ["train/loss", "eval/loss"], "sft_masked": ["eval/response_loss"],
+              "sft_unmasked": ["eval/response_loss"], "dpo": ["rewards/margins", "eval/preference_reward_accuracy"],
+              "reward_model": ["eval/pairwise_accuracy"], "rloo": ["rloo/reward_mean", "eval/countdown_accuracy"]}
+    present = [s for s in wanted if out_path("tensorboard_events", cfg, s).exists()]
+    fig, axes = plt.subplots(1, max(1, len(present)), figsize=(3.6 * max(1, len(present)), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], present):
+        curves = read_tensorboard_scalars(out_path("tensorboard_events", cfg, stage))
+        for tag in wanted[stage]:
+            if tag in curves:
+                ax.plot(*zip(*curves[tag]), label=tag, marker="." if len(curves[tag]) < 20 else None)
+        ax.set(title=stage, xlabel="step")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)

@@ -1,0 +1,84 @@
+"""Generation: batched greedy or sampled responses to chat prompts (left padding, KV cache, stop at
+<|im_end|>), and k samples per prompt with their exact token ids for RLOO. Imports: modeling, formatting."""
+from __future__ import annotations
+
+import torch
+
+from .modeling import ENDOFTEXT, IM_END
+from .formatting import render_chat
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Generation stops at <|im_end|> or <|endoftext|> — whichever the tokenizer calls eos (base vs instruct)."""
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in (IM_END, ENDOFTEXT) if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, conversations, batch_size: int = 32, max_new_tokens: int = 64,
+                       temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+                       progress: bool = True) -> list[str]:
+    """Responses to chat prompts (lists of messages): batched with left padding and the KV cache, greedy unless
+    temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped."""
+    from tqdm.auto import tqdm
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"     # generation continues from the right edge of every row
+    dev = next(model.parameters()).device
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if temperature > 0:
+        torch.manual_seed(seed)
+    texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
+    # longest prompts first keeps padding low; results are put back in the caller's order
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    responses = [None] * len(texts)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress, mininterval=2):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(dev)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
+                                 pad_token_id=tokenizer.pad_token_id, **sampling)
+            for row, i in enumerate(idx):
+                responses[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1]:],
+                                                skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return responses
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, temperature: float):
+    """k samples per prompt in one batched generate call (left padding, KV cache, stop at <|im_end|>/<|endoftext|>).
+
+    Returns the sampled token ids themselves (not re-tokenized text), so the policy-gradient step scores exactly
+    what was sampled: a list of {"prompt_ids", "response_ids", "text"} of length len(prompts) * k, prompt-major.
+    """
+    side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            next(model.parameters()).device)
+        stops = stop_token_ids(tokenizer)
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
+                             max_new_tokens=max_new_tokens, num_return_sequences=k, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    width = enc["input_ids"].shape[1]
+    samples = []
+    for row in range(out.shape[0]):
+        prompt_row = enc["input_ids"][row // k][enc["attention_mask"][row // k].bool()].tolist()
+        response = out[row, width:].tolist()
+        cut = next((i + 1 for i, t in enumerate(response) if t in stops), len(response))  # keep the stop token
+        samples.append({"prompt_ids": prompt_row, "response_ids": response[:cut],
+                        "text": tokenizer.decode(response[:cut], skip_special_tokens=True).strip()})
+    return samples

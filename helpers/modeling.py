@@ -1,0 +1,137 @@
+"""Tokenizers and models: the tiny byte-level BPE tokenizer (Qwen's special tokens and ChatML template), the tiny
+Qwen2 model, and load/save for any Hugging Face checkpoint (LoRA, quantisation). Imports: config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+
+
+# ChatML as Qwen2.5 writes it (without tools); the tiny tokenizer carries the same template and special tokens.
+CHATML_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+# Qwen2's pre-tokenizer: digits split one by one, so arithmetic is learnable digit by digit.
+QWEN_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                    r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def train_tiny_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer trained on the tiny world, with Qwen's special tokens and ChatML template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT, IM_START, IM_END],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT,
+                                   bos_token=None, unk_token=None, model_max_length=4096)
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer, cfg: ModelConfig, seed: int):
+    """A randomly initialised Qwen2ForCausalLM sized by cfg (tied embeddings, like Qwen2.5-0.5B)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                         intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                         max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+                         pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0, attention_dropout=0.0)
+    return Qwen2ForCausalLM(config)
+
+
+def load_tokenizer(model_name, trust_remote_code: bool = False):
+    """AutoTokenizer with a pad token guaranteed (Qwen: <|endoftext|>); eos is read from the tokenizer, not assumed."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(model_name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab()
+        tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in vocab else tokenizer.eos_token
+    return tokenizer
+
+
+def as_lora_config(lora_cfg):
+    """Accept a peft.LoraConfig or a dict of its fields."""
+    from peft import LoraConfig
+    if lora_cfg is None or isinstance(lora_cfg, LoraConfig):
+        return lora_cfg
+    if not isinstance(lora_cfg, dict):
+        raise TypeError(f"lora_cfg must be a peft.LoraConfig or a dict, got {type(lora_cfg).__name__}")
+    return LoraConfig(**lora_cfg)
+
+
+def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=None, trust_remote_code: bool = False):
+    """A causal LM from a hub id or local dir; optional 4/8-bit (bitsandbytes, CUDA only) and LoRA adapters.
+
+    A directory holding a LoRA adapter (adapter_config.json) is loaded onto its base model.
+    """
+    from transformers import AutoModelForCausalLM
+    path = Path(str(model_name))
+    if path.exists() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{path} has neither config.json nor adapter_config.json: not a model directory")
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if quant is not None:
+        if quant not in (4, 8):
+            raise ValueError(f"quant must be 4, 8 or None, got {quant!r}")
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{quant}-bit loading needs CUDA (bitsandbytes); this machine has no GPU — "
+                               "use quant=None")
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quant == 4, load_in_8bit=quant == 8, bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if (path / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+        return AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(model_name), **kwargs)
+    lora = as_lora_config(lora_cfg)
+    if lora is not None:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+        if quant is not None:
+            model = prepare_model_for_kbit_training(model)
+        model = get_peft_model(model, lora)
+    return model
+
+
+def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict | None = None) -> Path:
+    """Hugging Face format (safetensors) with config and tokenizer beside it; LoRA adapters as adapters, or merged.
+
+    `extra` files (name -> JSON-able dict) are written too, e.g. the run config.
+    """
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(save_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(save_dir)
+    for name, content in (extra or {}).items():
+        (save_dir / name).write_text(json.dumps(content, indent=2, default=str))
+    return save_dir
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,108 @@
+"""Preference pairs for DPO and the reward model: tokenized with the SFT mask, batched chosen-then-rejected, scored
+by log-probability, and on-policy Countdown pairs labelled by the rule-based reward.
+Imports: config … logprobs, generation."""
+from __future__ import annotations
+
+import torch
+
+from .config import Config
+from .countdown import countdown_prompt, countdown_reward
+from .data import SkipCounter, conversation_problem, load_split
+from .formatting import build_sft_example
+from .batching import collate
+from .training import autocast_context
+from .logprobs import can_share_prompt, pair_samples, sequence_logps, shared_prompt_logps
+from .generation import generate_responses
+
+
+def pair_sequence_logps(model, batch) -> torch.Tensor:
+    """`sequence_logps` of a pair batch (chosen rows, then rejected rows), each pair's prompt run once."""
+    if not can_share_prompt(model):
+        return sequence_logps(model, batch)
+    logps = shared_prompt_logps(model, pair_samples(batch["pairs"]), 2, batch["pad_token_id"])
+    return torch.cat([logps[0::2], logps[1::2]])
+
+
+def build_pair_dataset(tokenizer, pairs, max_length: int, name: str = "pairs") -> tuple[list[dict], SkipCounter]:
+    """Tokenize preference pairs (prompt messages, chosen text, rejected text) with the SFT mask.
+
+    Dropped and counted: chosen identical to rejected, an empty prompt or response, or a response truncated away.
+    """
+    skips, out = SkipCounter(name), []
+    for i, pair in enumerate(pairs):
+        prompt, chosen, rejected = pair.get("prompt"), pair.get("chosen"), pair.get("rejected")
+        if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
+            skips.skip(i, "empty or missing response")
+            continue
+        if chosen.strip() == rejected.strip():
+            skips.skip(i, "chosen identical to rejected")
+            continue
+        if conversation_problem((prompt or []) + [{"role": "assistant", "content": chosen}]) or \
+                not any(m["content"].strip() for m in prompt):
+            skips.skip(i, "empty or malformed prompt")
+            continue
+        c = build_sft_example(tokenizer, prompt + [{"role": "assistant", "content": chosen}], max_length)
+        r = build_sft_example(tokenizer, prompt + [{"role": "assistant", "content": rejected}], max_length)
+        if c is None or r is None:
+            skips.skip(i, f"response truncated away at {max_length} tokens")
+            continue
+        out.append({"chosen": c, "rejected": r, "source": pair.get("source")})
+    return out, skips
+
+
+def pair_length(pair: dict) -> int:
+    """Tokens of a tokenized pair (chosen + rejected): what length-grouped batching sorts pairs by."""
+    return len(pair["chosen"]["input_ids"]) + len(pair["rejected"]["input_ids"])
+
+
+def pair_collate(pad_token_id: int):
+    """Chosen rows then rejected rows in one padded batch; the loss unit is the pair."""
+    def collate_fn(pairs):
+        batch = collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_token_id)
+        if "ref_chosen_logps" in pairs[0]:
+            batch["ref_chosen_logps"] = torch.tensor([p["ref_chosen_logps"] for p in pairs])
+            batch["ref_rejected_logps"] = torch.tensor([p["ref_rejected_logps"] for p in pairs])
+        batch["normalizer"] = torch.tensor(float(len(pairs)))
+        batch["pairs"], batch["pad_token_id"] = pairs, pad_token_id     # for the shared-prompt path
+        return batch
+    return collate_fn
+
+
+@torch.no_grad()
+def pair_logps(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> tuple[list, list]:
+    """(log π(y_w|x), log π(y_l|x)) for every pair."""
+    was_training = model.training
+    model.eval()
+    collate_fn, dev, chosen, rejected = pair_collate(pad_token_id), next(model.parameters()).device, [], []
+    for i in range(0, len(pairs), batch_size):
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
+        with autocast_context():
+            logps = pair_sequence_logps(model, batch).float().cpu()
+        n = len(pairs[i:i + batch_size])
+        chosen += logps[:n].tolist()
+        rejected += logps[n:].tolist()
+    model.train(was_training)
+    return chosen, rejected
+
+
+def countdown_onpolicy_pairs(model, tokenizer, tasks: list[dict], cfg: Config, seed: int) -> tuple[list, dict]:
+    """The course project's on-policy pairs: 2 samples per Countdown prompt from the SFT model (temperature > 0),
+    labelled by the rule-based reward; ties dropped (and counted)."""
+    prompts = [countdown_prompt(t["nums"], t["target"]) for t in tasks]
+    samples = generate_responses(model, tokenizer, prompts * 2, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                 temperature=cfg.dpo.sample_temperature, top_p=1.0, seed=seed, progress=False)
+    pairs, ties = [], 0
+    for i, (task, prompt) in enumerate(zip(tasks, prompts)):
+        a, b = samples[i], samples[i + len(tasks)]
+        ra, rb = countdown_reward(a, task["target"], task["nums"]), countdown_reward(b, task["target"], task["nums"])
+        if ra == rb:
+            ties += 1
+            continue
+        chosen, rejected = (a, b) if ra > rb else (b, a)
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": "countdown/on-policy",
+                      "reward_chosen": max(ra, rb), "reward_rejected": min(ra, rb)})
+    return pairs, {"prompts": len(tasks), "pairs": len(pairs), "ties_dropped": ties}
+
+
+def preference_data(cfg: Config, split: str) -> list[dict]:
+    return load_split(cfg, "ultrafeedback" if cfg.profile == "qwen" else "preferences", split)

@@ -1,0 +1,66 @@
+"""Writing results: timestamped summaries (csv/md/txt/xlsx) under evaluation_results/, markdown tables, and the
+small figure helpers every notebook uses. Imports: config."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import Config, out_path
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d_%H%M%S")
+
+
+def markdown_table(df) -> str:
+    """A GitHub markdown table without the optional `tabulate` dependency."""
+    cells = [[str(c) for c in df.columns]] + [[_cell(v) for v in row] for row in df.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_summary(df, cfg: Config, eval_name: str, stamp: str | None = None) -> dict[str, Path]:
+    """evaluation_results/<profile>/<eval_name>/<stamp>/summary/summary_<stamp>.{csv,md,txt,xlsx}."""
+    stamp = stamp or timestamp()
+    folder = out_path("evaluation_results", cfg, eval_name, stamp, "summary")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {ext: folder / f"summary_{stamp}.{ext}" for ext in ("csv", "md", "txt", "xlsx")}
+    df.to_csv(paths["csv"], index=False)
+    paths["md"].write_text(markdown_table(df) + "\n")
+    paths["txt"].write_text(df.to_string(index=False) + "\n")
+    df.to_excel(paths["xlsx"], index=False, engine="openpyxl")
+    return paths
+
+
+def latest_summary(cfg: Config, eval_name: str):
+    """The newest summary csv of an evaluation as a DataFrame (None if there is none)."""
+    import pandas as pd
+    found = sorted(out_path("evaluation_results", cfg, eval_name).glob("*/summary/summary_*.csv"))
+    return pd.read_csv(found[-1]) if found else None
+
+
+def grouped_bars(ax, table, metrics, labels: bool = True) -> None:
+    """One group of bars per metric, one bar per row (model) of `table`."""
+    width = 0.8 / len(table)
+    for i, row in enumerate(table.itertuples(index=False)):
+        bars = ax.bar([j + i * width for j in range(len(metrics))], [table.iloc[i][m] for m in metrics], width,
+                      label=row.model)
+        if labels:
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=15)
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,118 @@
+"""A Bradley–Terry reward model: a scalar head on the SFT model trained on preference pairs, its accuracy, and
+scoring of (prompt, response) pairs for RLOO and best-of-n. Imports: config … preference."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config, device, out_path, seed_everything
+from .modeling import load_model, load_tokenizer, save_model
+from .formatting import render_chat
+from .logger import NullLogger, TensorBoardLogger
+from .checkpoints import resumable_state
+from .training import train
+from .logprobs import can_share_prompt, pair_samples, shared_prompt_forward
+from .preference import build_pair_dataset, pair_collate, pair_length, preference_data
+
+
+# The reward model: a scalar head on the SFT model, trained on pairs with max E log σ(r(x, y_w) − r(x, y_l)).
+def reward_scores(model, batch) -> torch.Tensor:
+    """r(x, y) per row: the sequence-classification head read at the last non-padding token."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+
+
+def pair_reward_scores(model, batch) -> torch.Tensor:
+    """`reward_scores` of a pair batch (chosen rows, then rejected rows), each pair's prompt run once."""
+    if not can_share_prompt(model):
+        return reward_scores(model, batch)
+    samples = pair_samples(batch["pairs"])
+    _, out, _, _ = shared_prompt_forward(model, [s["prompt_ids"] for s in samples[::2]],
+                                         [s["response_ids"] for s in samples], batch["pad_token_id"])
+    scores = out.logits[:, 0].float()
+    return torch.cat([scores[0::2], scores[1::2]])
+
+
+def bradley_terry_loss(model, batch):
+    """−log σ(r(x, y_w) − r(x, y_l)), summed over the batch's pairs."""
+    n = int(batch["normalizer"])
+    scores = pair_reward_scores(model, batch)
+    margins = scores[:n] - scores[n:]
+    return -F.logsigmoid(margins).sum(), {"reward_model/accuracy": (margins > 0).float().mean(),
+                                          "reward_model/margin": margins.detach().mean()}
+
+
+@torch.no_grad()
+def reward_model_wins(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> list[bool]:
+    """For every pair: is r(x, y_w) > r(x, y_l)? (a tie counts as wrong)"""
+    was_training = model.training
+    model.eval()
+    collate_fn, dev, wins = pair_collate(pad_token_id), next(model.parameters()).device, []
+    for i in range(0, len(pairs), batch_size):
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
+        scores = pair_reward_scores(model, batch)
+        n = int(batch["normalizer"])
+        wins += (scores[:n] > scores[n:]).tolist()
+    model.train(was_training)
+    return wins
+
+
+def reward_model_accuracy(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
+    """Held-out pairwise accuracy: the fraction of pairs whose chosen response scores higher."""
+    return sum(reward_model_wins(model, pairs, pad_token_id, batch_size)) / max(1, len(pairs))
+
+
+def load_reward_model(path):
+    """A sequence-classification model (scalar head) from a full model dir; a LoRA SFT dir is merged first."""
+    from transformers import AutoModelForSequenceClassification
+    path = Path(str(path))
+    if (path / "adapter_config.json").exists():      # e.g. qwen's LoRA SFT checkpoint: merge once, next to it
+        merged = path.with_name(path.name + "_merged")
+        if not (merged / "config.json").exists():
+            save_model(load_model(path), merged, load_tokenizer(path), merge=True)
+        path = merged
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id      # the head reads the last non-padding token
+    return tokenizer, model
+
+
+@torch.no_grad()
+def score_responses(reward_model, tokenizer, prompts, responses, batch_size: int = 32) -> list[float]:
+    """Reward-model scores of (prompt, response) pairs — for RLOO's instruction track and best-of-n."""
+    reward_model.eval()
+    dev, scores = next(reward_model.parameters()).device, []
+    for i in range(0, len(prompts), batch_size):
+        texts = [render_chat(tokenizer, p + [{"role": "assistant", "content": r}])
+                 for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        scores += reward_scores(reward_model, enc).tolist()
+    return scores
+
+
+def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True) -> dict:
+    rcfg = cfg.reward
+    seed_everything(rcfg.seed)
+    tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
+    model.to(device())
+    pad = tokenizer.pad_token_id
+    train_pairs, skips = build_pair_dataset(tokenizer, preference_data(cfg, "train"), rcfg.max_length, "rm train")
+    test_pairs, _ = build_pair_dataset(tokenizer, preference_data(cfg, "test"), rcfg.max_length, "rm test")
+    stage_dir = out_path("checkpoints", cfg, stage)
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "reward": dataclasses.asdict(rcfg),
+                  "train_pairs": len(train_pairs), "dropped": dict(skips.reasons)}
+    resuming = resumable_state(stage_dir, run_config) is not None
+    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    history = train(model, tokenizer, train_pairs, rcfg, bradley_terry_loss, pair_collate(pad), stage_dir,
+                    length_fn=pair_length,
+                    eval_fn=lambda m: {"eval/pairwise_accuracy": reward_model_accuracy(m, test_pairs, pad)},
+                    logger=logger, run_config=run_config, desc=stage)
+    logger.close()
+    wins, by_source = reward_model_wins(model, test_pairs, pad), {}
+    for pair, win in zip(test_pairs, wins):
+        by_source.setdefault(pair["source"], []).append(win)
+    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer,
+            "accuracy": sum(wins) / max(1, len(wins)),
+            "accuracy_by_source": {source: sum(w) / len(w) for source, w in sorted(by_source.items(), key=str)}}

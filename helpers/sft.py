@@ -1,0 +1,155 @@
+"""Supervised fine-tuning (and the tiny base model's pre-training, which is SFT with every token trained): the
+loss, held-out loss, the SFT mixture of the profile, and `run_sft`. Imports: config … training (lower modules)."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config, config_dict, device, out_path, replace_config, seed_everything
+from .data import load_split
+from .modeling import build_tiny_model, load_model, load_tokenizer, save_model, train_tiny_tokenizer
+from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
+from .batching import collate
+from .logger import NullLogger, TensorBoardLogger
+from .checkpoints import resumable_state
+from .training import autocast_context, train
+
+
+def sft_loss(model, batch):
+    """Σ_t w_t · CE(logits_t, label_{t+1}): labels are unshifted (HF convention), so shift here.
+
+    w_t = 1 on trained tokens and 0 on -100 labels, or the per-token `loss_weights` for 0 < weight < 1.
+    The loop divides by Σ w_t over the whole optimizer step (per-token normalisation).
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    weights = batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
+    token_loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
+                                 reduction="none").view_as(labels)
+    return (token_loss * weights).sum(), {}
+
+
+def sft_collate(pad_token_id: int):
+    def collate_fn(examples):
+        batch = collate(examples, pad_token_id)
+        labels = batch["labels"][:, 1:]
+        weights = batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
+        batch["normalizer"] = weights.sum()
+        return batch
+    return collate_fn
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
+    """Mean loss per trained token over `examples` (the mask inside the examples decides which tokens)."""
+    was_training = model.training
+    model.eval()
+    collate_fn, total, units = sft_collate(pad_token_id), 0.0, 0.0
+    dev = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(dev) for k, v in collate_fn(examples[i:i + batch_size]).items()}
+        with autocast_context():
+            summed, _ = sft_loss(model, batch)
+        total, units = total + float(summed), units + float(batch["normalizer"])
+    model.train(was_training)
+    return total / max(units, 1.0)
+
+
+def build_initial_model(cfg: Config, log: bool = True) -> Path:
+    """checkpoints/<profile>/initial — the untouched base model every stage starts from.
+
+    tiny/smoke: train the tokenizer on the tiny world, build a Qwen2 model, pre-train it briefly on plain text
+    (facts of the world, never the chat format, never test prompts). qwen: save Qwen/Qwen2.5-0.5B as it is.
+    """
+    target = out_path("checkpoints", cfg, "initial")
+    if cfg.profile == "qwen":
+        tokenizer = load_tokenizer(cfg.model.name)
+        return save_model(load_model(cfg.model.name), target, tokenizer,
+                          extra={"run_config.json": config_dict(cfg)})
+    seed_everything(cfg.pretrain.seed)
+    texts = [r["text"] for r in load_split(cfg, "pretrain", "train")]
+    chats = [render_chat_plain(r["messages"]) for r in load_split(cfg, "instructions", "train")[:200]]
+    chats += [render_chat_plain(r["messages"]) for r in load_split(cfg, "warmstart", "train")[:200]]
+    tokenizer = train_tiny_tokenizer(texts + chats, cfg.model.vocab_size)
+    model = build_tiny_model(tokenizer, cfg.model, cfg.pretrain.seed)
+    examples = [e for e in (build_lm_example(tokenizer, t, cfg.pretrain.max_length) for t in texts) if e]
+    held_out = examples[: max(8, len(examples) // 20)]
+    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, "pretrain")) if log else NullLogger()
+    run_config = {"stage": "pretrain", **config_dict(cfg)}
+    train(model, tokenizer, examples[len(held_out):], cfg.pretrain, sft_loss, sft_collate(tokenizer.pad_token_id),
+          out_path("checkpoints", cfg, "pretrain_run"), logger=logger, run_config=run_config, desc="pretrain",
+          eval_fn=lambda m: {"eval/loss": evaluate_loss(m, held_out, tokenizer.pad_token_id)})
+    logger.close()
+    shutil.rmtree(out_path("checkpoints", cfg, "pretrain_run"), ignore_errors=True)
+    return save_model(model, target, tokenizer, extra={"run_config.json": run_config})
+
+
+def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
+    """The SFT conversations of the profile: instruction following + the Countdown WarmStart set.
+
+    tiny: the tiny world's instruction tasks + solver-written WarmStart completions.
+    qwen: smol-smoltalk + cog_behav_all_strategies (the course project's two tracks).
+    """
+    instruction_name = "smoltalk" if cfg.profile == "qwen" else "instructions"
+    instructions = load_split(cfg, instruction_name, split)
+    if split != "train":
+        return instructions
+    warmstart = load_split(cfg, "warmstart", "train")
+    share = cfg.sft.countdown_share
+    n_warm = min(len(warmstart), int(round(len(instructions) * share / max(1e-9, 1 - share))))
+    rows = instructions + warmstart[:n_warm]
+    random.Random(cfg.data.seed).shuffle(rows)
+    return rows
+
+
+def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | None = None,
+            seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False,
+            dataset: tuple | None = None) -> dict:
+    """Train one SFT run from checkpoints/<profile>/initial; returns {"history", "dir", "dropped"}.
+
+    The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
+    `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
+    """
+    weight = cfg.sft.prompt_loss_weight if prompt_loss_weight is None else prompt_loss_weight
+    train_cfg = replace_config(cfg.sft, prompt_loss_weight=weight,
+                               seed=cfg.sft.seed if seed is None else seed,
+                               max_steps=cfg.sft.max_steps if max_steps is None else max_steps)
+    seed_everything(train_cfg.seed)
+    initial = out_path("checkpoints", cfg, "initial")
+    tokenizer = load_tokenizer(initial)
+    model = load_model(initial, lora_cfg=cfg.model.lora, quant=cfg.model.quant).to(device())
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    examples, skips = dataset or build_sft_dataset(tokenizer, sft_mixture(cfg), train_cfg.max_length, weight)
+    if not quiet:
+        print(skips.report())
+    held = heldout_loss_examples(cfg, tokenizer)
+    pad = tokenizer.pad_token_id
+    eval_fn = lambda m: {"eval/response_loss": evaluate_loss(m, held["response"], pad),
+                         "eval/sequence_loss": evaluate_loss(m, held["sequence"], pad)}
+    stage_dir = out_path("checkpoints", cfg, stage)
+    run_config = {"stage": stage, "profile": cfg.profile, "sft": dataclasses.asdict(train_cfg),
+                  "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
+                  "train_examples": len(examples), "dropped": dict(skips.reasons)}
+    resuming = resumable_state(stage_dir, run_config) is not None
+    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad), stage_dir,
+                    eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage)
+    logger.close()
+    return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
+
+
+def heldout_loss_examples(cfg: Config, tokenizer) -> dict[str, list[dict]]:
+    """The same held-out conversations, masked (response-only loss) and unmasked (whole-sequence loss)."""
+    rows = sft_mixture(cfg, "test")[:cfg.eval.loss_rows]
+    max_length = cfg.sft.max_length
+    return {"response": build_sft_dataset(tokenizer, rows, max_length, 0.0)[0],
+            "sequence": build_sft_dataset(tokenizer, rows, max_length, 1.0)[0]}
+
+
+SFT_STAGES = {"sft_masked": 0.0, "sft_unmasked": 1.0}

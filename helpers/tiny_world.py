@@ -1,0 +1,150 @@
+"""The tiny world: offline instruction tasks with exact answers, preference pairs, solver-proved Countdown tasks,
+WarmStart completions and pre-training text — a pure function of `DataConfig`. Imports: config, countdown."""
+from __future__ import annotations
+
+import random
+
+from .config import DataConfig
+from .countdown import countdown_completion, countdown_prompt, countdown_reasoning, solve_countdown
+
+
+WORDS = ("apple river stone cloud tiger window garden silver planet candle forest rabbit orange pencil "
+         "mirror bottle castle dragon yellow purple winter summer basket rocket monkey guitar island "
+         "jacket ladder marble needle ocean pepper quiet rainbow saddle tomato violet wagon zebra anchor "
+         "bridge copper desert engine falcon glider harbor insect jungle kettle lemon meadow nickel "
+         "button camel dinner eagle feather ginger hammer igloo jelly koala lizard magnet noodle otter "
+         "parrot quartz salmon turtle umbrella velvet walnut yogurt zipper acorn bamboo cactus "
+         "dolphin emerald fossil goblin hazel ivory jasmine kitten lantern mango nectar olive panda").split()
+
+
+_FAMILY_TEMPLATES = {
+    "add": ["What is {a} + {b}?", "Add {a} and {b}.", "Compute the sum of {a} and {b}."],
+    "max": ["Which number is the largest: {xs}?", "Find the maximum of {xs}."],
+    "first": ["What is the first letter of {w}?", "Which letter does {w} start with?"],
+    "last": ["What is the last letter of {w}?", "Which letter does {w} end with?"],
+    "next": ["What number comes after {n}?", "Which number follows {n}?"],
+    "count": ["How many letters are in the word {w}?", "Count the letters of {w}."],
+}
+
+
+FAMILIES = tuple(_FAMILY_TEMPLATES)
+
+
+def make_instruction_task(family: str, rng: random.Random) -> dict:
+    """One instruction task with its single correct answer and a plausible wrong one (for preference pairs).
+
+    Short answers keyed on a word or a few digits keep the tasks learnable by a few-million-parameter model in
+    minutes on a CPU (copying or reversing whole words was not: see the README's log of what did not work).
+    """
+    template = rng.choice(_FAMILY_TEMPLATES[family])
+    w = rng.choice(WORDS)
+    if family == "add":
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        prompt, answer, wrong = template.format(a=a, b=b), str(a + b), str(a + b + rng.choice([-1, 1]))
+    elif family == "max":
+        xs = rng.sample(range(1, 10), 3)
+        prompt, answer, wrong = template.format(xs=", ".join(map(str, xs))), str(max(xs)), str(sorted(xs)[1])
+    elif family == "first":
+        prompt, answer, wrong = template.format(w=w), w[0], next(c for c in w if c != w[0])
+    elif family == "last":
+        prompt, answer, wrong = template.format(w=w), w[-1], next(c for c in reversed(w) if c != w[-1])
+    elif family == "next":
+        n = rng.randint(1, 98)
+        prompt, answer, wrong = template.format(n=n), str(n + 1), str(n - 1)
+    elif family == "count":
+        prompt, answer, wrong = template.format(w=w), str(len(w)), str(len(w) + rng.choice([-1, 1]))
+    else:
+        raise ValueError(f"unknown task family {family!r}")
+    return {"family": family, "prompt": prompt, "answer": answer, "wrong": wrong}
+
+
+def make_countdown_task(rng: random.Random, count: int, max_value: int) -> dict:
+    """Numbers and a target proven reachable by the solver (target = a random combination's value)."""
+    while True:
+        nums = [rng.randint(1, max_value) for _ in range(count)]
+        a, b, c = nums[0], nums[1], nums[2] if count > 2 else None
+        candidates = {a + b, a * b, abs(a - b)} if c is None else {
+            a + b + c, a * b + c, a * b - c, (a + b) * c, a * (b - c), a + b - c, a * b * c}
+        target = rng.choice(sorted(t for t in candidates if t > 0) or [1])
+        if solve_countdown(nums, target) is not None:
+            return {"target": target, "nums": nums}
+
+
+def build_tiny_world(cfg: DataConfig) -> dict[str, dict[str, list]]:
+    """All tiny-world datasets, {name: {split: rows}}; a pure function of cfg (same seed, same rows).
+
+    Splits are disjoint by prompt: a test prompt never appears in any training set (SFT, preference,
+    pre-training text).
+    """
+    rng = random.Random(cfg.seed)
+    # instruction tasks: test prompts first, then training tasks with any test prompt excluded
+    test_tasks, seen = [], set()
+    while len(test_tasks) < cfg.instruction_test + cfg.preference_test:
+        task = make_instruction_task(FAMILIES[len(test_tasks) % len(FAMILIES)], rng)
+        if task["prompt"] not in seen:
+            seen.add(task["prompt"])
+            test_tasks.append(task)
+    train_tasks = []     # repeats allowed inside training (the families are small), test prompts never
+    while len(train_tasks) < cfg.instruction_train + cfg.preference_train:
+        task = make_instruction_task(rng.choice(FAMILIES), rng)
+        if task["prompt"] not in seen:
+            train_tasks.append(task)
+    conversation = lambda t: {"messages": [{"role": "user", "content": t["prompt"]},
+                                           {"role": "assistant", "content": t["answer"]}],
+                              "source": f"tiny/{t['family']}", "reference": t["answer"]}
+    pair = lambda t: {"prompt": [{"role": "user", "content": t["prompt"]}], "chosen": t["answer"],
+                      "rejected": t["wrong"], "source": f"tiny/{t['family']}"}
+    n_sft_test = cfg.instruction_test
+    instructions = {"train": [conversation(t) for t in train_tasks[:cfg.instruction_train]],
+                    "test": [conversation(t) for t in test_tasks[:n_sft_test]]}
+    preferences = {"train": [pair(t) for t in train_tasks[cfg.instruction_train:]],
+                   "test": [pair(t) for t in test_tasks[n_sft_test:]]}
+
+    # Countdown: a fixed held-out test set, then disjoint training tasks
+    # a training task may not be a reordering of a test task (same numbers, same target)
+    test_rows, test_keys, train_rows, train_seen = [], set(), [], set()
+    attempts = 0
+
+    def draw():
+        nonlocal attempts
+        attempts += 1
+        if attempts > 100 * (cfg.countdown_test + cfg.countdown_train):   # a small space of tasks runs dry
+            raise ValueError(f"cannot draw countdown_test={cfg.countdown_test} + countdown_train="
+                             f"{cfg.countdown_train} distinct Countdown tasks from {cfg.countdown_numbers} numbers "
+                             f"<= {cfg.countdown_max_value}: lower the counts or raise countdown_max_value")
+        return make_countdown_task(rng, cfg.countdown_numbers, cfg.countdown_max_value)
+
+    while len(test_rows) < cfg.countdown_test:
+        task = draw()
+        key = (tuple(sorted(task["nums"])), task["target"])
+        if key not in test_keys:
+            test_keys.add(key)
+            test_rows.append(task)
+    while len(train_rows) < cfg.countdown_train:
+        task = draw()
+        ordered = (tuple(task["nums"]), task["target"])
+        if (tuple(sorted(task["nums"])), task["target"]) not in test_keys and ordered not in train_seen:
+            train_seen.add(ordered)
+            train_rows.append(task)
+    countdown = {"test": test_rows, "train": train_rows}
+    warmstart = {"train": [{"messages": countdown_prompt(t["nums"], t["target"])
+                            + [{"role": "assistant", "content": countdown_completion(t["nums"], t["target"])}],
+                            "source": "tiny/warmstart", "target": t["target"], "nums": t["nums"]}
+                           for t in countdown["train"][:cfg.warmstart_rows]]}
+
+    # plain (non-chat) text for pre-training the base model: the world's facts, never its test prompts
+    pretrain = []
+    for t in train_tasks:
+        pretrain.append({"text": f"Question: {t['prompt']}\nAnswer: {t['answer']}\n"})
+    for t in countdown["train"]:
+        _, steps = solve_countdown(t["nums"], t["target"])
+        pretrain.append({"text": countdown_reasoning(t["nums"], t["target"], steps) + ".\n"})
+    rng.shuffle(pretrain)
+
+    # more preference pairs, drawn last: test prompts still excluded
+    while len(preferences["train"]) < cfg.preference_train + cfg.preference_train_extra:
+        task = make_instruction_task(rng.choice(FAMILIES), rng)
+        if task["prompt"] not in seen:
+            preferences["train"].append(pair(task))
+    return {"instructions": instructions, "preferences": preferences, "countdown": countdown,
+            "warmstart": warmstart, "pretrain": {"train": pretrain[:cfg.pretrain_rows]}}

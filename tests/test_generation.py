@@ -1,0 +1,87 @@
+"""Generation: batched greedy equals one at a time, stops at <|im_end|>, restores modes; exact sampled ids."""
+import torch
+
+from helpers import config, formatting, generation, modeling, tiny_world
+
+
+def test_sample_completions_returns_exact_sampled_ids():
+    cfg = config.get_config("smoke")
+    world = tiny_world.build_tiny_world(cfg.data)
+    tokenizer = modeling.train_tiny_tokenizer([r["text"] for r in world["pretrain"]["train"]], cfg.model.vocab_size)
+    model = modeling.build_tiny_model(tokenizer, cfg.model, seed=0)
+    prompts = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Hi"}]]
+    torch.manual_seed(0)
+    samples = generation.sample_completions(model, tokenizer, prompts, k=3, max_new_tokens=6, temperature=1.0)
+    assert len(samples) == 6
+    for i, s in enumerate(samples):
+        prompt_text = formatting.render_chat(tokenizer, prompts[i // 3], add_generation_prompt=True)
+        assert s["prompt_ids"] == tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        assert 1 <= len(s["response_ids"]) <= 6
+        stops = set(generation.stop_token_ids(tokenizer))
+        assert not any(t in stops for t in s["response_ids"][:-1])    # cut right after the first stop token
+
+
+PROMPTS = [[{"role": "user", "content": "hello"}],
+           [{"role": "user", "content": "tell me a joke why did the chicken cross the road"}],
+           [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the capital of france is"}],
+           [{"role": "user", "content": "how are you today, my friend"}],
+           [{"role": "user", "content": "fine thanks"}, {"role": "assistant", "content": "good"},
+            {"role": "user", "content": "answer short: to get to the other side?"}],
+           [{"role": "user", "content": "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20"}]]
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_tokenizer, lively_model):
+    render = lambda p: formatting.render_chat(tiny_tokenizer, p, True)
+    lengths = {len(tiny_tokenizer(render(p), add_special_tokens=False)["input_ids"]) for p in PROMPTS}
+    assert len(lengths) == len(PROMPTS)                      # every prompt a different length: real left padding
+    original, tiny_tokenizer.padding_side = tiny_tokenizer.padding_side, "right"
+    try:
+        batched = generation.generate_responses(lively_model, tiny_tokenizer, PROMPTS, batch_size=8, max_new_tokens=8,
+                                       progress=False)
+        assert tiny_tokenizer.padding_side == "right"      # restored
+        single = [generation.generate_responses(lively_model, tiny_tokenizer, [p], batch_size=1, max_new_tokens=8,
+                                       progress=False)[0] for p in PROMPTS]
+        uneven = generation.generate_responses(lively_model, tiny_tokenizer, PROMPTS, batch_size=4, max_new_tokens=8,
+                                      progress=False)
+    finally:
+        tiny_tokenizer.padding_side = original     # the tokenizer fixture is shared by the session
+    assert batched == single == uneven                      # same answers, in the caller's order
+    assert len(set(single)) > 1                              # distinct answers, so a reordering would show
+    assert all(isinstance(s, str) and s for s in single)
+
+
+def test_generation_stops_at_im_end(tiny_tokenizer, lively_model):
+    """A hook forces <|im_end|> as the 4th token: the answer is the first 3 tokens, with no special text."""
+    im_end = tiny_tokenizer.convert_tokens_to_ids(modeling.IM_END)
+    prompts = PROMPTS[:3]
+    first3 = generation.generate_responses(lively_model, tiny_tokenizer, prompts, max_new_tokens=3, progress=False)
+    free8 = generation.generate_responses(lively_model, tiny_tokenizer, prompts, max_new_tokens=8, progress=False)
+    assert all(len(a) > len(b) for a, b in zip(free8, first3))   # left alone, the model keeps going
+    calls = []
+
+    def force_end(module, inputs, output):
+        calls.append(1)
+        if len(calls) == 4:            # forward 1 = the prompt (→ token 1), forward 4 → token 4
+            output = output.clone()
+            output[..., im_end] = 1e4
+            return output
+
+    handle = lively_model.lm_head.register_forward_hook(force_end)
+    try:
+        stopped = generation.generate_responses(lively_model, tiny_tokenizer, prompts, max_new_tokens=8, progress=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 4                                   # no forward pass after <|im_end|>
+    assert stopped == first3
+    assert not any("<|im_end|>" in s or "<|endoftext|>" in s for s in stopped + free8)
+
+
+def test_generation_restores_training_mode_and_padding_side(tiny_tokenizer, lively_model):
+    lively_model.train()
+    original, tiny_tokenizer.padding_side = tiny_tokenizer.padding_side, "right"
+    try:
+        generation.generate_responses(lively_model, tiny_tokenizer, PROMPTS[:2], max_new_tokens=2, progress=False)
+        assert lively_model.training and tiny_tokenizer.padding_side == "right"
+    finally:
+        lively_model.eval()
+        tiny_tokenizer.padding_side = original

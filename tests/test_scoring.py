@@ -1,0 +1,54 @@
+"""Scores: pass@k and best-of-n by hand."""
+import pytest
+
+from helpers import scoring
+
+
+@pytest.mark.parametrize("n, c, k, expected", [
+    (8, 0, 1, 0.0),          # nothing correct: never passes
+    (8, 8, 4, 1.0),          # everything correct
+    (4, 1, 1, 0.25),         # 1 − C(3,1)/C(4,1) = 1 − 3/4
+    (4, 1, 2, 0.5),          # 1 − C(3,2)/C(4,2) = 1 − 3/6
+    (5, 2, 2, 0.7),          # 1 − C(3,2)/C(5,2) = 1 − 3/10
+    (8, 2, 4, 1 - 15 / 70),  # 1 − C(6,4)/C(8,4)
+])
+def test_pass_at_k_by_hand(n, c, k, expected):
+    assert scoring.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n, c, k", [(4, 2, 3), (4, 1, 4), (8, 5, 4), (2, 1, 2)])
+def test_pass_at_k_is_one_when_every_k_subset_holds_a_correct_sample(n, c, k):
+    assert n - c < k
+    assert scoring.pass_at_k(n, c, k) == 1.0
+
+
+def test_pass_at_1_is_the_plain_accuracy():
+    assert [scoring.pass_at_k(8, c, 1) for c in range(9)] == pytest.approx([c / 8 for c in range(9)])
+
+
+SCORES = [[0.1, 0.9, 0.5, 0.2],
+          [0.8, 0.3, 0.8, 0.1],     # a tie at n=4 between sample 0 (wrong) and sample 2 (right): the first wins
+          [0.2, 0.2, 0.9, 0.95]]    # a tie at n=2 (first wins: right); the best of all four is only seen at n=4
+
+
+CORRECT = [[0, 1, 0, 0],
+           [0, 1, 1, 0],
+           [1, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("n, expected", [
+    (1, 1 / 3),   # picks sample 0 everywhere: 0, 0, 1
+    (2, 2 / 3),   # picks 1, 0 (0.8 > 0.3), 0 (tie → first): 1, 0, 1
+    (3, 1 / 3),   # picks 1, 0, 2: 1, 0, 0
+    (4, 2 / 3),   # picks 1, 0 (tie with 2 → first), 3: 1, 0, 1
+])
+def test_best_of_n_by_hand(n, expected):
+    assert scoring.best_of_n(SCORES, CORRECT, n) == pytest.approx(expected)
+
+
+def test_best_of_n_uses_only_the_first_n_samples():
+    scores = [[0.5, 0.1, 9.0], [0.2, 0.7, 0.1]]
+    correct = [[1, 0, 0], [0, 1, 1]]
+    assert scoring.best_of_n(scores, correct, 2) == 1.0      # sample 2 of the first prompt (wrong, 9.0) is not seen
+    assert scoring.best_of_n(scores, correct, 3) == 0.5
+    assert scoring.best_of_n(scores, [[0.5, 0.25, 0], [0, 1.0, 1]], 2) == pytest.approx(0.75)   # graded quality
