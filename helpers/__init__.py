@@ -9,7 +9,7 @@ the names below are their API, in notebook order. The command line is `python -m
 Nothing here runs on import: no seeds set, no global state changed.
 """
 # every notebook: the profile's config, seeds, where outputs go
-from .config import REPO_ROOT, assets_dir, get_config, out_path, output_root, seed_everything
+from .config import REPO_ROOT, assets_dir, dataset_name, get_config, out_path, output_root, seed_everything
 
 # 00_data: datasets, Countdown, the base model, the loss mask, new tokens
 from .data import load_split, prepare_data
@@ -33,7 +33,7 @@ from .reward_model import bradley_terry_loss, run_reward_model
 
 # 04_rloo
 from .logprobs import shared_prompt_logps
-from .scoring import countdown_accuracy
+from .scoring import evaluate_checkpoint
 from .rloo import rloo_advantages, run_rloo
 
 # 05_evaluation

@@ -1,10 +1,12 @@
-"""Batching without waste: dynamic padding (to the longest row of a batch) and length-grouped batches.
-Imports nothing from the package."""
+"""Batching without waste: dynamic padding (to the longest row of a batch), length-grouped training batches, and
+no-grad batches sized by a token budget. Imports: modeling (the device and autocast)."""
 from __future__ import annotations
 
 import random
 
 import torch
+
+from .modeling import autocast_context, model_device
 
 
 def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right") -> dict:
@@ -38,3 +40,42 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, group
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+# Tokens (rows × padded length) in one no-grad batch: held-out loss, reference log-probs, reward scores. A row count
+# would let a handful of long rows (smoltalk has 4,000-token conversations) blow the memory of an evaluation pass.
+NO_GRAD_TOKENS = 16_384
+
+
+def token_budget_batches(lengths: list[int], max_tokens: int = NO_GRAD_TOKENS, max_rows: int | None = None):
+    """Index batches, longest rows first, each batch's padded size (rows × its longest row) at most `max_tokens`
+    (and at most `max_rows` rows); a row longer than the budget goes alone. Deterministic: ties keep their order."""
+    batches, current = [], []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        full = current and ((len(current) + 1) * lengths[current[0]] > max_tokens
+                            or (max_rows is not None and len(current) >= max_rows))
+        if full:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_in_batches(model, items: list, lengths: list[int], score_batch, token_budget: int = NO_GRAD_TOKENS) -> list:
+    """`score_batch(model, [item, …])` → one value per item, run over token-budget batches in eval mode without
+    gradients (bf16 autocast on CUDA). Results come back in the items' order; the model's mode is restored."""
+    was_training, results = model.training, [None] * len(items)
+    model.eval()
+    try:
+        with autocast_context(model_device(model)):
+            for idx in token_budget_batches(lengths, token_budget):
+                for i, value in zip(idx, score_batch(model, [items[i] for i in idx])):
+                    results[i] = value
+    finally:
+        model.train(was_training)
+    return results

@@ -15,15 +15,18 @@ from .rloo import run_rloo
 from .chat import chat_cli
 
 
-def run_notebook(path, timeout: int = 1800) -> Path:
+def run_notebook(path, timeout: int | None = None) -> Path:
     """Execute a notebook headless (cwd = its folder); the executed copy goes to outputs/<profile>/notebooks/,
-    so the committed notebook stays without outputs."""
+    so the committed notebook stays without outputs. `timeout` (seconds per cell, 0 = none) defaults to the
+    profile's `notebook_cell_timeout`: 30 minutes for tiny, none for qwen, whose cells train for hours."""
     import nbformat
     from nbclient import NotebookClient
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    if timeout is None:
+        timeout = get_config().notebook_cell_timeout
+    NotebookClient(nb, timeout=timeout or None, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     executed = out_path("outputs", get_config(), "notebooks", path.name)
     executed.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p = sub.add_parser("run-notebook", help="execute a notebook headless")
     p.add_argument("path")
+    p.add_argument("--timeout", type=int, default=None,
+                   help="seconds per cell (0 = no limit); default: the profile's notebook_cell_timeout")
     args = parser.parse_args(argv)
 
     if args.command == "data":
@@ -65,5 +70,5 @@ def main(argv=None) -> int:
     elif args.command == "chat":
         return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
     elif args.command == "run-notebook":
-        run_notebook(args.path)
+        run_notebook(args.path, args.timeout)
     return 0

@@ -5,24 +5,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .config import Config, device, out_path, replace_config, replace_sections
-from .modeling import load_model, load_tokenizer
+from .config import Config, out_path, replace_config, replace_sections
+from .modeling import load_tokenizer
 from .formatting import build_sft_dataset
 from .sft import run_sft, sft_mixture
-from .scoring import evaluate_model
+from .scoring import evaluate_checkpoint, evaluate_model
 from .results import grouped_bars, save_figure
 
 
-def evaluate_checkpoints(cfg: Config, names: list[str], save_responses: bool = True):
-    """One row per checkpoint of the profile, the same held-out measures for each."""
+def evaluate_checkpoints(cfg: Config, names: list[str]):
+    """One row per checkpoint of the profile, the same held-out measures for each (each checkpoint evaluated once,
+    then reused: `scoring.evaluate_checkpoint`)."""
     import pandas as pd
-    rows = []
-    for name in names:
-        folder = out_path("checkpoints", cfg, name)
-        tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
-        responses = out_path("outputs", cfg, name, "responses.jsonl") if save_responses else None
-        rows.append({"model": name, **evaluate_model(model, tokenizer, cfg, responses)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"model": name, **evaluate_checkpoint(cfg, name)[0]} for name in names])
 
 
 def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> Path:

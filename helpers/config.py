@@ -18,6 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class DataConfig:
+    world: str = "tiny"               # "tiny": the offline tiny world; "hub": the course's hub datasets (qwen)
+    hub_dir: str | None = None        # hub world only: read local files in each hub dataset's schema from here
+                                      # (<hub id with / as __>/<hub split>.jsonl) instead of the hub (qwen_smoke)
+    countdown_format: str = "chat"    # the one Countdown prompt of the profile (countdown.countdown_prompt):
+                                      # "chat" = TinyZero's system + user turn; "warmstart" = the WarmStart query
     seed: int = 0                     # every generator and split is a pure function of this seed
     instruction_train: int = 3000     # tiny: instruction-task conversations for SFT (smol-smoltalk stand-in)
     instruction_test: int = 200       # tiny: held-out instruction tasks, disjoint prompts
@@ -31,7 +36,9 @@ class DataConfig:
                                         # dataset); with 1,500 pairs the reward model stopped at 0.89 (README log)
     preference_test: int = 100
     pretrain_rows: int = 6000         # tiny: plain-text documents the base model is pre-trained on
-    max_rows: int | None = None       # qwen: cap on rows taken from each hub dataset (None = all)
+    max_rows: int | None = None       # hub: a seeded random sample of at most this many rows per dataset split
+    max_prompt_tokens: int = 512      # hub: instruction prompts longer than this are left out of RLOO, on-policy
+                                      # sampling and evaluation (skipped and counted; smoltalk has 4k-token ones)
 
 
 @dataclass
@@ -133,9 +140,14 @@ class EvalConfig:
     top_p: float = 0.95
     top_k: int = 20
     n_samples: int = 8                # samples per prompt for pass@k and best-of-n (k, n up to 8)
+    token_budget: int = 16_384        # tokens (rows × padded length) per no-grad batch: losses, log-probs, scores
+    generation_tokens: int = 65_536   # tokens (rows × (prompt + new)) per generate call, at most batch_size rows
     sampled_rows: int = 48            # prompts per task for the sampled measures (CPU budget in tiny)
-    judge: str | None = None          # a sequence-classification reward model dir/id; None = our reward_model
-    reference_model: str | None = None  # win-rate opponent, e.g. Qwen/Qwen2.5-0.5B-Instruct (qwen profile)
+    judge: str | None = None          # win-rate judge: a sequence-classification reward model dir/id; None = our
+                                      # reward_model (the course judges with a far stronger one)
+    reference_model: str | None = None  # win-rate opponent on UltraFeedback test prompts (qwen:
+                                        # Qwen/Qwen2.5-0.5B-Instruct); None = no win rate
+    win_rate_rows: int = 200          # UltraFeedback test_prefs prompts (tiny: held-out preference prompts)
     final_rule: str = "mean_quality"  # `final` = the checkpoint with the highest value of this metric
 
 
@@ -151,6 +163,8 @@ class Config:
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     new_tokens: tuple = ("mediventricular", "neurogenix", "X-23S")  # domain words outside the vocabulary
+    notebook_cell_timeout: int | None = 1800  # seconds per notebook cell in `make demo`; None = no limit (the
+                                              # qwen stages run for hours)
 
 
 def _tiny() -> Config:
@@ -178,29 +192,69 @@ def _smoke() -> Config:
     return cfg
 
 
+QWEN_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",   # every linear layer, as
+                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",       # QLoRA (Dettmers et al. 2023)
+                                 "gate_proj", "up_proj", "down_proj"])
+
+
 def _qwen() -> Config:
-    """Qwen/Qwen2.5-0.5B and the real hub datasets, for a user's GPU machine."""
-    cfg = Config(profile="qwen")
-    cfg.data = DataConfig(countdown_train=20000, countdown_test=500, max_rows=20000)
-    cfg.model = ModelConfig(name="Qwen/Qwen2.5-0.5B", max_position_embeddings=32768,
-                            lora=dict(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                      "gate_proj", "up_proj", "down_proj"]),
+    """Qwen/Qwen2.5-0.5B and the real hub datasets, for one 24 GB GPU (README: memory and time per stage).
+    Each value names its source: TRL's defaults, the course starter, a paper, or a measurement of ours."""
+    cfg = Config(profile="qwen", notebook_cell_timeout=None)
+    cfg.data = DataConfig(world="hub", countdown_format="warmstart",   # the course: use the SFT set's prompt
+                          countdown_test=500, max_rows=20_000, max_prompt_tokens=512)
+    cfg.model = ModelConfig(name="Qwen/Qwen2.5-0.5B", max_position_embeddings=32768, lora=QWEN_LORA,
                             gradient_checkpointing=True)
-    cfg.sft = SFTConfig(max_steps=2000, batch_size=8, grad_accum=4, lr=2e-4, warmup_steps=100, max_length=1024,
-                        eval_every=200, save_every=200, sweep_seeds=(0,), sweep_weights=(0.0, 1.0))
-    cfg.eval = EvalConfig(batch_size=32, max_new_tokens=512, instruction_rows=500, countdown_rows=500,
-                          loss_rows=500, sampled_rows=200, reference_model="Qwen/Qwen2.5-0.5B-Instruct")
-    cfg.dpo = DPOConfig(batch_size=8, grad_accum=4, lr=5e-6, max_steps=1000, max_length=1024, eval_every=200,
-                        save_every=200, onpolicy_countdown_prompts=2000, reference_from_disabled_adapters=True)
-    cfg.reward = RewardConfig(batch_size=8, grad_accum=4, lr=1e-5, max_steps=1000, max_length=1024,
-                              eval_every=200, save_every=200)
-    cfg.rloo = RLOOConfig(batch_size=8, k=4, lr=1e-6, temperature=1.0, max_steps=500, max_new_tokens=512,
-                          eval_every=100, save_every=100, instruction_steps=200)
+    # SFT: 2e-4 is the usual LoRA SFT rate (QLoRA, the alignment-handbook's LoRA recipes); 1,024 tokens because a
+    # course SFT model's Countdown completions have a median of 434 tokens and 39 % exceed 512 (the course: 1,024)
+    cfg.sft = SFTConfig(max_steps=1000, batch_size=8, grad_accum=4, lr=2e-4, warmup_steps=50, max_length=1024,
+                        eval_every=200, save_every=100, sweep_seeds=(0,), sweep_weights=(0.0, 1.0), sweep_steps=200)
+    # DPO: β = 0.1 (Rafailov et al. 2023; TRL's default). TRL's lr default 1e-6 is for full fine-tuning; LoRA
+    # adapters want roughly 10× a full fine-tune's rate (Biderman et al. 2024, "LoRA Learns Less and Forgets Less")
+    cfg.dpo = DPOConfig(batch_size=4, grad_accum=8, lr=2e-5, max_steps=500, warmup_steps=25, max_length=1024,
+                        eval_every=100, save_every=50, onpolicy_countdown_prompts=2000, sample_temperature=1.0,
+                        reference_from_disabled_adapters=True)
+    # reward model: full fine-tuning with fp32 master weights (bf16 AdamW would round lr-1e-5 updates away)
+    cfg.reward = RewardConfig(batch_size=4, grad_accum=8, lr=1e-5, max_steps=500, warmup_steps=25, max_length=1024,
+                              eval_every=100, save_every=50)
+    # RLOO: 8 prompts × k = 8 per micro-batch, 8 micro-batches: 64 prompts × 8 samples a step (the course starter:
+    # 128 × 8); KL 0.001 (the course starter); lr 2e-5 for LoRA (the starter's full fine-tune: 1e-5); temperature
+    # 1.0 as TinyZero samples; 1,024 new tokens as the course evaluates
+    cfg.rloo = RLOOConfig(batch_size=8, grad_accum=8, k=8, lr=2e-5, kl_coef=0.001, temperature=1.0, max_steps=100,
+                          warmup_steps=5, max_new_tokens=1024, max_length=1024, eval_every=25, save_every=5,
+                          table_every=5, instruction_steps=50)
+    # evaluation: the course's sampling settings (temperature 0.6, top_p 0.95, top_k 20) are EvalConfig's defaults
+    cfg.eval = EvalConfig(batch_size=64, max_new_tokens=1024, instruction_rows=500, countdown_rows=500,
+                          loss_rows=500, sampled_rows=200, generation_tokens=131_072,
+                          reference_model="Qwen/Qwen2.5-0.5B-Instruct", win_rate_rows=500)
     return cfg
 
 
-PROFILES = {"tiny": _tiny, "smoke": _smoke, "qwen": _qwen}
+def _qwen_smoke() -> Config:
+    """The qwen code path end to end on CPU: LoRA, gradient checkpointing, the real tokenizer and chat template and
+    the hub converters, on a local Qwen2.5-architecture checkpoint ($QWEN_MODEL_DIR, built by
+    ../shared/tools/get-real-qwen.sh) and the small local files in each hub dataset's schema
+    (tests/fixtures/hub); 2–3 steps per stage and short generations."""
+    cfg = _qwen()
+    model_dir = os.environ.get("QWEN_MODEL_DIR", "")
+    cfg.profile = "qwen_smoke"
+    cfg.data = replace_config(cfg.data, hub_dir=str(REPO_ROOT / "tests" / "fixtures" / "hub"), max_rows=None,
+                              countdown_test=16, max_prompt_tokens=384)
+    cfg.model = replace_config(cfg.model, name=model_dir)
+    steps = dict(warmup_steps=1, eval_every=2, save_every=2, log_every=1, max_length=256)
+    cfg.sft = SFTConfig(max_steps=3, batch_size=2, grad_accum=1, lr=2e-4, sweep_seeds=(0,), sweep_weights=(0.0, 1.0),
+                        sweep_steps=1, sweep_eval_rows=4, **steps)
+    cfg.dpo = replace_config(cfg.dpo, max_steps=2, batch_size=2, grad_accum=1, onpolicy_countdown_prompts=4, **steps)
+    cfg.reward = replace_config(cfg.reward, max_steps=2, batch_size=2, grad_accum=1, **steps)
+    cfg.rloo = replace_config(cfg.rloo, max_steps=2, batch_size=2, grad_accum=1, k=2, max_new_tokens=24,
+                              table_every=1, instruction_steps=1, **steps)
+    cfg.eval = replace_config(cfg.eval, batch_size=8, max_new_tokens=24, instruction_rows=4, countdown_rows=4,
+                              loss_rows=4, sampled_rows=2, n_samples=2, win_rate_rows=2,
+                              reference_model=model_dir or None)     # the same checkpoint stands in for Instruct
+    return cfg
+
+
+PROFILES = {"tiny": _tiny, "smoke": _smoke, "qwen": _qwen, "qwen_smoke": _qwen_smoke}
 
 
 def get_config(profile: str | None = None, **overrides) -> Config:
@@ -266,3 +320,17 @@ def replace_sections(cfg: Config, **sections) -> Config:
 
 
 STAGES = ("initial", "sft_masked", "sft_unmasked", "dpo", "rloo")
+
+# The two worlds name their datasets differently: the role a dataset plays -> its name in data/<profile>/
+DATASETS = {"tiny": {"instructions": "instructions", "preferences": "preferences"},
+            "hub": {"instructions": "smoltalk", "preferences": "ultrafeedback"}}
+
+
+def dataset_name(cfg: Config, role: str) -> str:
+    """data/<profile>/<name> of the instruction-following ("instructions") or preference ("preferences") set."""
+    return DATASETS[cfg.data.world][role]
+
+
+def quality_metric(cfg: Config) -> str:
+    """How an instruction answer is scored: exact match where the tiny world has one answer, ROUGE-L on the hub."""
+    return "exact_match" if cfg.data.world == "tiny" else "rouge_l"

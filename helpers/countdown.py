@@ -4,19 +4,47 @@ the package: the reward serves DPO pair labelling, RLOO and evaluation alike."""
 from __future__ import annotations
 
 import ast
-
+import re
 
 COUNTDOWN_SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in the mind "
                     "and then provide the user with the answer.")
+COUNTDOWN_TASK = ("Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
+                  "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
+                  "tags. And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 "
+                  "</answer>.")
+# The WarmStart set (cog_behav_all_strategies) writes TinyZero's base-model prompt into its `query`, numbers
+# space-separated: the qwen profile's SFT trains on it, so every later Countdown step must ask the same way.
+WARMSTART_QUERY = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+                   "The assistant first thinks about the reasoning process in the mind and then provides the user "
+                   "with the answer.\nUser: " + COUNTDOWN_TASK + "\nAssistant: Let me solve this step by step.")
+COUNTDOWN_FORMATS = ("chat", "warmstart")
 
 
-def countdown_prompt(nums, target) -> list[dict]:
-    """The TinyZero Countdown prompt as chat messages; `countdown_reward` parses the answer it asks for."""
-    user = (f"Using the numbers {list(nums)}, create an equation that equals {target}. You can use basic "
-            "arithmetic operations (+, -, *, /) and each number can only be used once. Show your work in "
-            "<think> </think> tags. And return the final answer in <answer> </answer> tags, for example "
-            "<answer> (1 + 2) / 3 </answer>.")
-    return [{"role": "system", "content": COUNTDOWN_SYSTEM}, {"role": "user", "content": user}]
+def countdown_prompt(nums, target, style: str = "chat") -> list[dict]:
+    """The profile's one Countdown prompt, as chat messages; `countdown_reward` parses the answer it asks for.
+
+    "chat" (tiny): TinyZero's instruction as a user turn under its system prompt, numbers as [17, 2].
+    "warmstart" (qwen): the WarmStart `query` text as a user turn, exactly as SFT saw it, numbers as [44 19 35].
+    """
+    if style == "chat":
+        return [{"role": "system", "content": COUNTDOWN_SYSTEM},
+                {"role": "user", "content": COUNTDOWN_TASK.format(nums=list(nums), target=target)}]
+    if style == "warmstart":
+        numbers = "[" + " ".join(str(n) for n in nums) + "]"
+        return [{"role": "user", "content": WARMSTART_QUERY.format(nums=numbers, target=target)}]
+    raise ValueError(f"unknown Countdown prompt style {style!r}; choose one of {COUNTDOWN_FORMATS}")
+
+
+_TASK_IN_TEXT = re.compile(r"Using the numbers \[([0-9 ,]+)\], create an equation that equals (\d+)\.")
+
+
+def parse_countdown_task(text: str):
+    """(nums, target) named in a Countdown prompt's text, in either format; None if it names no task."""
+    found = _TASK_IN_TEXT.search(text) if isinstance(text, str) else None
+    if found is None:
+        return None
+    nums = [int(n) for n in re.split(r"[ ,]+", found.group(1).strip())]
+    return nums, int(found.group(2))
 
 
 _MAX_EXPRESSION_CHARS = 200          # an honest answer to a Countdown task is a few dozen characters

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from .config import Config, out_path
+from .countdown import countdown_prompt, parse_countdown_task
 from .tiny_world import build_tiny_world
 
 
@@ -111,7 +112,8 @@ def convert_ultrafeedback(rows, skips: SkipCounter) -> list[dict]:
     return out
 
 
-def _text_pair_rows(rows, skips, fields, build):
+def _text_pair_rows(rows, skips, fields, build, extra=lambda messages: {}):
+    """Rows of text fields -> {"messages", **extra(messages)}; `extra` returns None to skip a row (counted)."""
     out = []
     for i, row in enumerate(rows):
         bad = next((f for f in fields if not isinstance(row.get(f), str)), None)
@@ -120,19 +122,24 @@ def _text_pair_rows(rows, skips, fields, build):
             continue
         messages = build(row)
         problem = conversation_problem(messages)
-        if problem:
-            skips.skip(i, problem)
+        more = extra(messages) if problem is None else {}
+        if problem or more is None:
+            skips.skip(i, problem or "query names no Countdown task")
             continue
-        out.append({"messages": messages})
+        out.append({"messages": messages, **more})
     return out
 
 
 def convert_warmstart(rows, skips: SkipCounter) -> list[dict]:
-    """cog_behav_all_strategies: `query` is the full Countdown prompt, `completion` the worked answer."""
-    return [dict(r, source="warmstart") for r in _text_pair_rows(
-        rows, skips, ("query", "completion"),
-        lambda r: [{"role": "user", "content": r["query"].strip()},
-                   {"role": "assistant", "content": r["completion"].strip()}])]
+    """cog_behav_all_strategies: `query` is the full Countdown prompt (a user turn, as the course trains it),
+    `completion` the worked answer. The task's numbers and target are read from the query, so every WarmStart row
+    is verifiable; a query that names no Countdown task is skipped."""
+    def task(messages):
+        found = parse_countdown_task(messages[0]["content"])
+        return None if found is None else {"source": "warmstart", "nums": found[0], "target": found[1]}
+    return _text_pair_rows(rows, skips, ("query", "completion"),
+                           lambda r: [{"role": "user", "content": r["query"].strip()},
+                                      {"role": "assistant", "content": r["completion"].strip()}], task)
 
 
 def convert_alpaca(rows, skips: SkipCounter) -> list[dict]:
@@ -204,26 +211,55 @@ def load_split(cfg: Config, name: str, split: str) -> list[dict]:
     return read_jsonl(path)
 
 
-def download_and_convert(cfg: Config, name: str) -> Path:
-    """qwen profile: fetch one hub dataset with `datasets`, convert, write with its manifest."""
+def hub_revision(hub_id: str) -> str:
+    """The dataset repository's commit hash, as the hub reports it ("unknown" when it cannot be asked)."""
+    try:
+        from huggingface_hub import HfApi
+        return HfApi().dataset_info(hub_id).sha or "unknown"
+    except Exception as err:    # offline, rate-limited, renamed: the manifest says so instead of failing the run
+        return f"unknown ({type(err).__name__})"
+
+
+def load_hub_split(cfg: Config, hub_id: str, split: str):
+    """One split of a hub dataset as a `datasets.Dataset`, and its revision: from the hub, or from
+    `cfg.data.hub_dir/<hub id with / as __>/<split>.jsonl` (qwen_smoke's local files in the same schema)."""
     from datasets import load_dataset
+    if cfg.data.hub_dir:
+        path = Path(cfg.data.hub_dir) / hub_id.replace("/", "__") / f"{split}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: the local stand-in for {hub_id} [{split}]")
+        return load_dataset("json", data_files=str(path), split="train"), f"local file {path.name}"
+    return load_dataset(hub_id, split=split), hub_revision(hub_id)
+
+
+def countdown_tasks(cfg: Config, split: str, rows: int | None = None) -> list[dict]:
+    """The profile's Countdown tasks ({"nums", "target"}) with their "prompt": the one prompt builder, in the
+    profile's format, for every Countdown step — on-policy DPO pairs, RLOO, evaluation — as SFT saw it."""
+    return [dict(t, prompt=countdown_prompt(t["nums"], t["target"], cfg.data.countdown_format))
+            for t in load_split(cfg, "countdown", split)[:rows]]
+
+
+def download_and_convert(cfg: Config, name: str) -> Path:
+    """Hub world: fetch one dataset with `datasets` (a seeded random sample of at most `max_rows` rows per split),
+    convert it, write it with its manifest (the hub's commit hash as its revision)."""
     hub_id, split_map, converter = HUB_SOURCES[name]
-    skips, splits = SkipCounter(name), {}
+    skips, splits, revision = SkipCounter(name), {}, ""
     for ours, theirs in split_map.items():
-        ds = load_dataset(hub_id, split=theirs)
-        if cfg.data.max_rows:
-            ds = ds.select(range(min(cfg.data.max_rows, len(ds))))
+        ds, revision = load_hub_split(cfg, hub_id, theirs)
+        if cfg.data.max_rows and len(ds) > cfg.data.max_rows:      # a sample of the whole set, not its first rows
+            ds = ds.shuffle(seed=cfg.data.seed).select(range(cfg.data.max_rows))
         splits[ours] = converter(ds, skips)
     if name == "countdown":
         splits = split_holdout(splits["train"], cfg.data.countdown_test, cfg.data.seed)
     print(skips.report())
-    return write_dataset(cfg, name, splits, source=hub_id, revision="main",
-                         filters=f"max_rows={cfg.data.max_rows}", skips=skips)
+    return write_dataset(cfg, name, splits, source=hub_id, revision=revision,
+                         filters=f"max_rows={cfg.data.max_rows} (seeded sample, seed {cfg.data.seed})", skips=skips)
 
 
 def prepare_data(cfg: Config) -> dict[str, Path]:
-    """Build (tiny, smoke) or download (qwen) every dataset of the profile; returns {name: folder}."""
-    if cfg.profile == "qwen":
+    """Build (tiny world) or download (hub world: qwen; local hub-schema files: qwen_smoke) every dataset of the
+    profile; returns {name: folder}."""
+    if cfg.data.world == "hub":
         return {name: download_and_convert(cfg, name) for name in HUB_SOURCES}
     world = build_tiny_world(cfg.data)
     return {name: write_dataset(cfg, name, splits, source="tiny world (helpers.build_tiny_world)",

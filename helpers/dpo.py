@@ -7,8 +7,8 @@ import dataclasses
 import torch.nn.functional as F
 
 from .config import Config, device, out_path, seed_everything
-from .data import load_split, write_jsonl
-from .modeling import as_lora_config, load_model, load_tokenizer
+from .data import countdown_tasks, write_jsonl
+from .modeling import as_lora_config, disable_dropout, load_model, load_tokenizer
 from .logger import NullLogger, TensorBoardLogger
 from .checkpoints import resumable_state
 from .training import train
@@ -83,11 +83,12 @@ def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log:
         model, fresh_adapters = get_peft_model(model, as_lora_config(cfg.model.lora)), True
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    disable_dropout(model)      # the loss's log-probs come from the same function as the reference's
     pad = tokenizer.pad_token_id
     rows = preference_data(cfg, "train")
     onpolicy_stats = {}
     if dcfg.onpolicy_countdown_prompts:
-        tasks = load_split(cfg, "countdown", "train")[:dcfg.onpolicy_countdown_prompts]
+        tasks = countdown_tasks(cfg, "train", dcfg.onpolicy_countdown_prompts)
         onpolicy, onpolicy_stats = countdown_onpolicy_pairs(model, tokenizer, tasks, cfg, dcfg.seed)
         write_jsonl(out_path("data", cfg, "countdown_onpolicy_pairs", "train.jsonl"), onpolicy)
         rows = rows + onpolicy

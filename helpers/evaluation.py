@@ -5,39 +5,61 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .config import Config, STAGES, device, out_path
-from .countdown import countdown_prompt, countdown_reward
-from .data import load_split, write_jsonl
+from .config import Config, STAGES, device, out_path, quality_metric
+from .countdown import countdown_reward
+from .data import countdown_tasks, write_jsonl
 from .modeling import load_model, load_tokenizer
 from .logger import read_tensorboard_scalars
-from .sft import sft_mixture
-from .generation import generate_responses
-from .scoring import best_of_n, evaluate_model, exact_match, pass_at_k, rouge_l
+from .formatting import fit_prompts
+from .generation import generate_eval
+from .scoring import best_of_n, evaluate_checkpoint, exact_match, instruction_test_rows, pass_at_k, rouge_l
 from .results import grouped_bars, save_figure
+from .preference import preference_data
 from .reward_model import load_reward_model, score_responses
 
 
 def sample_many(model, tokenizer, prompts, n: int, cfg: Config, seed: int) -> list[list[str]]:
     """n sampled responses per prompt with the course's evaluation sampling settings."""
     e = cfg.eval
-    flat = generate_responses(model, tokenizer, [p for p in prompts for _ in range(n)], e.batch_size,
-                              e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, top_k=e.top_k,
-                              seed=seed, progress=False)
+    flat = generate_eval(model, tokenizer, [p for p in prompts for _ in range(n)], e, temperature=e.temperature,
+                         top_p=e.top_p, top_k=e.top_k, seed=seed)
     return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, reference_model=None,
+def win_rate(model, tokenizer, cfg: Config, judge, reference, cache: dict) -> tuple[float, list[dict]]:
+    """The course's measure: on held-out preference prompts (UltraFeedback test_prefs in the hub world), the share
+    where the judge scores this model's greedy answer above the reference model's (a tie counts half).
+    `judge` and `reference` are (tokenizer, model) pairs; the reference's scored answers are cached for every stage."""
+    judge_tok, judge_model = judge
+    if "opponent" not in cache:
+        rows = preference_data(cfg, "test")
+        fits, _ = fit_prompts(tokenizer, [r["prompt"] for r in rows], cfg.data.max_prompt_tokens)
+        prompts = [r["prompt"] for r, ok in zip(rows, fits) if ok][:cfg.eval.win_rate_rows]
+        theirs = generate_eval(reference[1], reference[0], prompts, cfg.eval)
+        cache["opponent"] = prompts, theirs, score_responses(judge_model, judge_tok, prompts, theirs)
+    prompts, theirs, their_scores = cache["opponent"]
+    mine = generate_eval(model, tokenizer, prompts, cfg.eval)
+    my_scores = score_responses(judge_model, judge_tok, prompts, mine)
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(my_scores, their_scores)]
+    records = [{"task": "win_rate", "prompt": p, "response": m, "reference_response": t, "judge_score": a,
+                "reference_judge_score": b, "win": w}
+               for p, m, t, a, b, w in zip(prompts, mine, theirs, my_scores, their_scores, wins)]
+    return sum(wins) / max(1, len(wins)), records
+
+
+def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, judge=None, reference=None,
                    cache: dict | None = None) -> dict:
     """Every held-out measure of one checkpoint; responses go to outputs/<profile>/<name>/responses.jsonl.
+    `reward_model` (ours) picks best-of-n; `judge` and `reference` ((tokenizer, model) pairs) give the win rate;
     `cache` keeps what is the same for every checkpoint (the win-rate opponent's scored answers)."""
     cache = {} if cache is None else cache
-    e, seed, records = cfg.eval, cfg.eval.seed, []
-    metrics = evaluate_model(model, tokenizer, cfg, records=records)       # losses, greedy quality, greedy Countdown
+    e, seed = cfg.eval, cfg.eval.seed
+    greedy, records = evaluate_checkpoint(cfg, name)          # losses, greedy quality, greedy Countdown (cached)
+    metrics, records = dict(greedy), list(records)
     settings = {"temperature": e.temperature, "top_p": e.top_p, "top_k": e.top_k, "seed": seed}
     # Countdown, sampled: mean reward, accuracy, pass@k and verifier best-of-n
-    tasks = load_split(cfg, "countdown", "test")[:e.sampled_rows]
-    samples = sample_many(model, tokenizer, [countdown_prompt(t["nums"], t["target"]) for t in tasks], e.n_samples,
-                          cfg, seed)
+    tasks = countdown_tasks(cfg, "test", e.sampled_rows)
+    samples = sample_many(model, tokenizer, [t["prompt"] for t in tasks], e.n_samples, cfg, seed)
     rewards = [[countdown_reward(s, t["target"], t["nums"]) for s in row] for row, t in zip(samples, tasks)]
     correct = [[float(r == 1.0) for r in row] for row in rewards]
     metrics["countdown_reward_sampled"] = sum(map(sum, rewards)) / (len(tasks) * e.n_samples)
@@ -50,14 +72,15 @@ def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, 
         records += [{"task": "countdown", "nums": t["nums"], "target": t["target"], "response": s, "reward": r,
                      **settings} for s, r in zip(row, row_r)]
     # instruction following, sampled, best-of-n chosen by the reward model
-    rows = sft_mixture(cfg, "test")[:e.sampled_rows]
+    rows = instruction_test_rows(cfg, tokenizer, e.sampled_rows)
     prompts = [r["messages"][:-1] for r in rows]
     references = [r.get("reference", r["messages"][-1]["content"]) for r in rows]
-    scorer = rouge_l if cfg.profile == "qwen" else exact_match
+    scorer = rouge_l if quality_metric(cfg) == "rouge_l" else exact_match
     if reward_model is not None:
+        rm_tok, rm = reward_model
         samples = sample_many(model, tokenizer, prompts, e.n_samples, cfg, seed)
-        flat_scores = score_responses(reward_model, tokenizer, [p for p in prompts for _ in range(e.n_samples)],
-                                      [s for row in samples for s in row])
+        flat_scores = score_responses(rm, rm_tok, [p for p in prompts for _ in range(e.n_samples)],
+                                      [s for row in samples for s in row], e.token_budget)
         scores = [flat_scores[i * e.n_samples:(i + 1) * e.n_samples] for i in range(len(prompts))]
         quality = [[scorer(s, ref) for s in row] for row, ref in zip(samples, references)]
         for k in (1, 2, 4, 8):
@@ -66,16 +89,9 @@ def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, 
         for p, row, row_s, row_q in zip(prompts, samples, scores, quality):
             records += [{"task": "instruction", "prompt": p, "response": s, "reward_model_score": sc,
                          scorer.__name__: q, **settings} for s, sc, q in zip(row, row_s, row_q)]
-        if reference_model is not None:     # win rate against a reference model, judged by the reward model
-            greedy = [r["response"] for r in records if r["task"] == "instruction" and r.get("greedy")]
-            mine = greedy[:len(prompts)] if len(greedy) >= len(prompts) else generate_responses(
-                model, tokenizer, prompts, e.batch_size, e.max_new_tokens, progress=False)
-            if "opponent_scores" not in cache:
-                theirs = generate_responses(reference_model, tokenizer, prompts, e.batch_size, e.max_new_tokens,
-                                            progress=False)
-                cache["opponent_scores"] = score_responses(reward_model, tokenizer, prompts, theirs)
-            mine_scores = score_responses(reward_model, tokenizer, prompts, mine)
-            metrics["win_rate"] = sum(x > y for x, y in zip(mine_scores, cache["opponent_scores"])) / len(prompts)
+    if judge is not None and reference is not None:
+        metrics["win_rate"], won = win_rate(model, tokenizer, cfg, judge, reference, cache)
+        records += won
     write_jsonl(out_path("outputs", cfg, name, "responses.jsonl"), records)
     return metrics
 
@@ -93,22 +109,26 @@ def evaluate_all_stages(cfg: Config, stages=STAGES):
     import pandas as pd
     found = [s for s in stages if any((out_path("checkpoints", cfg, s) / f).exists()
                                       for f in ("config.json", "adapter_config.json"))]
-    reward_model = reference_model = None
+    reward_model = judge = reference = None
     rm_dir = out_path("checkpoints", cfg, "reward_model")
     if (rm_dir / "config.json").exists():
-        reward_model = load_reward_model(cfg.eval.judge or rm_dir)[1].to(device())
+        tok, model = load_reward_model(rm_dir)
+        reward_model = (tok, model.to(device()))
+    judge = reward_model                        # the win rate's judge: ours, unless the config names another
+    if cfg.eval.judge:
+        judge_tok, judge_model = load_reward_model(cfg.eval.judge)
+        judge = (judge_tok, judge_model.to(device()))
     if cfg.eval.reference_model:
-        reference_model = load_model(cfg.eval.reference_model).to(device())
+        reference = (load_tokenizer(cfg.eval.reference_model), load_model(cfg.eval.reference_model).to(device()))
     rows, cache = [], {}
     for name in found:
         folder = out_path("checkpoints", cfg, name)
         tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
-        rows.append({"model": name, **evaluate_stage(model, tokenizer, cfg, name, reward_model, reference_model,
+        rows.append({"model": name, **evaluate_stage(model, tokenizer, cfg, name, reward_model, judge, reference,
                                                      cache)})
         print(f"evaluated {name}")
     table = pd.DataFrame(rows)
-    quality = "rouge_l" if cfg.profile == "qwen" else "exact_match"
-    table["mean_quality"] = (table[quality] + table["countdown_accuracy"]) / 2
+    table["mean_quality"] = (table[quality_metric(cfg)] + table["countdown_accuracy"]) / 2
     final = choose_final(table, cfg.eval.final_rule)
     target = out_path("checkpoints", cfg, "final")
     shutil.rmtree(target, ignore_errors=True)

@@ -26,6 +26,15 @@ def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
     return text, spans
 
 
+def fit_prompts(tokenizer, conversations, max_tokens: int) -> tuple[list[bool], int]:
+    """Which prompts (message lists) fit in `max_tokens` once rendered with the assistant header, and how many do
+    not: RLOO, on-policy sampling and evaluation leave the long ones out (counted) instead of sampling on 4k-token
+    prompts or cutting a question in half."""
+    texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
+    fits = [len(ids) <= max_tokens for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return fits, fits.count(False)
+
+
 def build_sft_example(tokenizer, messages, max_length: int, prompt_loss_weight: float = 0.0) -> dict | None:
     """input_ids, attention_mask and (unshifted) labels for one conversation; None if nothing is left to train.
 

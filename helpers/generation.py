@@ -1,11 +1,15 @@
 """Generation: batched greedy or sampled responses to chat prompts (left padding, KV cache, stop at
-<|im_end|>), and k samples per prompt with their exact token ids for RLOO. Imports: modeling, formatting."""
+<|im_end|>, LoRA merged for the duration), and k samples per prompt with their exact token ids for RLOO.
+Imports: modeling, formatting, batching."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
-from .modeling import ENDOFTEXT, IM_END
+from .modeling import ENDOFTEXT, IM_END, autocast_context, merged_adapters, model_device
 from .formatting import render_chat
+from .batching import token_budget_batches
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -17,39 +21,59 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
+# Tokens (rows × (prompt + new tokens)) of one generate call. The KV cache and the per-step logits grow with it;
+# 65,536 is ~0.8 GiB of Qwen2.5-0.5B bf16 cache. `batch_size` caps the rows as well.
+GENERATION_TOKENS = 65_536
+
+
+@contextlib.contextmanager
+def generation_mode(model, tokenizer):
+    """Eval mode, left padding (generation continues from the right edge of every row), LoRA merged into the
+    weights and bf16 autocast on CUDA — restored afterwards, whatever happens."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        with merged_adapters(model), autocast_context(model_device(model)):
+            yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate_responses(model, tokenizer, conversations, batch_size: int = 32, max_new_tokens: int = 64,
                        temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-                       progress: bool = True) -> list[str]:
+                       progress: bool = True, token_budget: int = GENERATION_TOKENS) -> list[str]:
     """Responses to chat prompts (lists of messages): batched with left padding and the KV cache, greedy unless
-    temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped."""
+    temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped. Batches are the longest
+    prompts first, sized by `token_budget` (and at most `batch_size` rows); results come back in input order."""
     from tqdm.auto import tqdm
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"     # generation continues from the right edge of every row
-    dev = next(model.parameters()).device
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
         torch.manual_seed(seed)
     texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
-    # longest prompts first keeps padding low; results are put back in the caller's order
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    lengths = [len(ids) + max_new_tokens for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    batches = token_budget_batches(lengths, token_budget, max_rows=batch_size)
     responses = [None] * len(texts)
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress, mininterval=2):
-            idx = order[start:start + batch_size]
+    with generation_mode(model, tokenizer):
+        for idx in tqdm(batches, desc="generate", disable=not progress, mininterval=2):
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(dev)
+                            add_special_tokens=False).to(model_device(model))
             out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
             for row, i in enumerate(idx):
                 responses[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1]:],
                                                 skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return responses
+
+
+def generate_eval(model, tokenizer, conversations, eval_cfg, **sampling) -> list[str]:
+    """`generate_responses` with the profile's evaluation settings (rows, new tokens, token budget); greedy unless
+    `sampling` says otherwise (temperature, top_p, top_k, seed)."""
+    return generate_responses(model, tokenizer, conversations, eval_cfg.batch_size, eval_cfg.max_new_tokens,
+                              progress=False, token_budget=eval_cfg.generation_tokens, **sampling)
 
 
 @torch.no_grad()
@@ -59,20 +83,13 @@ def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, t
     Returns the sampled token ids themselves (not re-tokenized text), so the policy-gradient step scores exactly
     what was sampled: a list of {"prompt_ids", "response_ids", "text"} of length len(prompts) * k, prompt-major.
     """
-    side, was_training = tokenizer.padding_side, model.training
-    tokenizer.padding_side = "left"
-    model.eval()
-    try:
+    stops = stop_token_ids(tokenizer)
+    with generation_mode(model, tokenizer):
         texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            next(model.parameters()).device)
-        stops = stop_token_ids(tokenizer)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                              max_new_tokens=max_new_tokens, num_return_sequences=k, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     width = enc["input_ids"].shape[1]
     samples = []
     for row in range(out.shape[0]):

@@ -1,45 +1,98 @@
-"""Sequence log-probabilities log π(y|x) for DPO, the reward model and RLOO — including the shared-prompt path
-that runs a prompt once and repeats its KV cache for every response. Imports nothing from the package."""
+"""Token log-probabilities without the full [batch, positions, vocabulary] logits: the decoder's hidden states are
+projected onto the vocabulary only at the positions that count (response tokens, where only they count), in chunks
+whose logits are recomputed in the backward pass instead of kept. SFT's loss, held-out loss, and log π(y|x) for
+DPO, the reward model's pairs and RLOO all go through here — including the shared-prompt path that runs a prompt
+once and repeats its KV cache for every response. Imports nothing from the package."""
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+# Logits held at once: 2**26 fp32 numbers = 256 MiB — 441 positions of Qwen2.5's 151,936-word vocabulary,
+# 65,536 positions of the tiny model's 1,024 (one chunk). The [batch, positions, vocabulary] tensor of a plain
+# forward pass is 8 × 1024 × 151,936 fp32 numbers = 4.6 GiB, and its backward keeps more copies of that size.
+CHUNK_LOGITS = 2 ** 26
+
+
+def causal_lm_parts(model):
+    """(decoder, lm_head) of a causal LM, through a PEFT wrapper: the decoder gives hidden states (LoRA layers and
+    gradient checkpointing act inside it as in a full forward pass); the head is applied only where needed."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _chunk_logps(head, hidden, targets):
+    logits = head(hidden).float()
+    # gather − logsumexp: no second vocabulary-sized copy (log_softmax would make one)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def selected_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_logits: int | None = None):
+    """log p(targets[i] | hidden[i]) for N selected positions (hidden [N, H], targets [N]).
+
+    The projection runs chunk by chunk. With gradients on, each chunk sits under activation checkpointing: only
+    its hidden states are kept, and its logits are recomputed in backward — so the peak is one chunk of logits,
+    however many positions are scored. Values and gradients equal the unchunked computation (tests/test_logprobs).
+    """
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    rows = max(1, (chunk_logits or CHUNK_LOGITS) // vocab)
+    grad = torch.is_grad_enabled()
+    parts = [checkpoint(_chunk_logps, head, hidden[s:s + rows], targets[s:s + rows], use_reentrant=False) if grad
+             else _chunk_logps(head, hidden[s:s + rows], targets[s:s + rows]) for s in range(0, len(targets), rows)]
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def weighted_token_logps(model, batch, weights: torch.Tensor):
+    """log p(label_{t+1} | x_≤t) at every position whose next token has weight > 0 (weights [B, T-1], aligned with
+    the shifted labels; labels are unshifted, as in Hugging Face). Returns (logps [N], row index [N], weight [N])
+    of those positions, in row-major order."""
+    decoder, head = causal_lm_parts(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     use_cache=False).last_hidden_state[:, :-1]
+    keep = weights > 0
+    targets = batch["labels"][:, 1:][keep]
+    return selected_logps(head, hidden[keep], targets), keep.nonzero()[:, 0], weights[keep]
+
+
+def trained_weights(batch) -> torch.Tensor:
+    """Per shifted position: the loss weight of the next token (0 where its label is -100)."""
+    labels = batch["labels"][:, 1:]
+    return batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
 
 
 def sequence_logps(model, batch) -> torch.Tensor:
     """log π(y|x) per row: log-probs of the trained (response) tokens summed — the same mask as SFT."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
-    # gather − logsumexp: no second vocabulary-sized copy (log_softmax would make one; 151,936 columns on Qwen)
-    token_logps = torch.gather(logits, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logps * (labels != -100)).sum(-1)
+    logps, rows, _ = weighted_token_logps(model, batch, (labels != -100).float())
+    return torch.zeros(len(labels), device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
 
 
 # The prompt once: chosen and rejected (DPO, reward model) or the k samples of RLOO share their prompt, so it is
 # run once and its KV cache repeated — the same numbers as the concatenated sequences, for far fewer positions.
 def can_share_prompt(model) -> bool:
-    """Gradient checkpointing turns the KV cache off; such a model scores the full sequences instead."""
-    return not getattr(model, "is_activation_checkpointing", False)
+    """Gradient checkpointing turns the KV cache off while training; such a model scores the full sequences."""
+    return not (getattr(model, "is_activation_checkpointing", False) and model.training)
 
 
-def shared_prompt_forward(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+def shared_prompt_forward(module, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
     """Each prompt run once, its KV cache repeated for its k = len(responses) / len(prompts) responses, which run
     on top. Returns (prompt outputs, response outputs, response ids, response mask).
 
     Prompts are left-padded (RoPE scores depend only on distances, so the shift changes nothing), responses
-    right-padded. Works for a causal LM (logits at every position) and for a sequence-classification model,
-    whose head then reads the last response token.
+    right-padded. `module` is a decoder (hidden states at every position) or a sequence-classification model
+    (whose head then reads the last response token).
     """
-    k, dev = len(responses) // len(prompts), next(model.parameters()).device
+    k, dev = len(responses) // len(prompts), next(module.parameters()).device
     width, length = max(map(len, prompts)), max(map(len, responses))
     prompt_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
     prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    prompt_out = module(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
     cache = prompt_out.past_key_values
     cache.batch_repeat_interleave(k)
     response_ids = torch.tensor([r + [pad_id] * (length - len(r)) for r in responses], device=dev)
     response_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in responses], device=dev)
-    response_out = model(input_ids=response_ids, past_key_values=cache,
-                         attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1))
+    response_out = module(input_ids=response_ids, past_key_values=cache,
+                          attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), response_mask], 1))
     return prompt_out, response_out, response_ids, response_mask
 
 
@@ -49,14 +102,17 @@ def shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torc
 
     A tiny Countdown prompt is ~125 tokens and its answer ~27, so k = 8 samples cost 341 instead of 1,216 positions.
     """
+    decoder, head = causal_lm_parts(model)
     prompt_out, out, response_ids, response_mask = shared_prompt_forward(
-        model, [s["prompt_ids"] for s in samples[::k]], [s["response_ids"] for s in samples], pad_id)
+        decoder, [s["prompt_ids"] for s in samples[::k]], [s["response_ids"] for s in samples], pad_id)
     # the prompt's last position predicts the first response token; response position t predicts t + 1
-    logits = torch.cat([prompt_out.logits[:, -1:].repeat_interleave(k, 0), out.logits[:, :-1]], 1).float()
-    token_logps = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    hidden = torch.cat([prompt_out.last_hidden_state[:, -1:].repeat_interleave(k, 0),
+                        out.last_hidden_state[:, :-1]], 1)
     trained = torch.tensor([s.get("trained", [1] * len(s["response_ids"])) + [0] * (response_ids.shape[1] - len(
-        s["response_ids"])) for s in samples], device=response_mask.device) * response_mask
-    return (token_logps * trained).sum(-1)
+        s["response_ids"])) for s in samples], device=response_mask.device).bool() & response_mask.bool()
+    logps = selected_logps(head, hidden[trained], response_ids[trained])
+    rows = trained.nonzero()[:, 0]
+    return torch.zeros(len(samples), device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
 
 
 def pair_samples(pairs: list[dict]) -> list[dict]:

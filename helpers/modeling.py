@@ -2,6 +2,7 @@
 Qwen2 model, and load/save for any Hugging Face checkpoint (LoRA, quantisation). Imports: config."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -81,10 +82,14 @@ def as_lora_config(lora_cfg):
     return LoraConfig(**lora_cfg)
 
 
-def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=None, trust_remote_code: bool = False):
+def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.float32,
+               trust_remote_code: bool = False):
     """A causal LM from a hub id or local dir; optional 4/8-bit (bitsandbytes, CUDA only) and LoRA adapters.
 
-    A directory holding a LoRA adapter (adapter_config.json) is loaded onto its base model.
+    A directory holding a LoRA adapter (adapter_config.json) is loaded onto its base model. Weights load in fp32 by
+    default, whatever the checkpoint stores (Qwen2.5 ships bf16): these are the master weights AdamW updates, and
+    CUDA runs the matmuls in bf16 under autocast. Plain-bf16 AdamW loses updates: at |w| ≈ 0.02 a bf16 step is
+    1.2e-4, so an lr-1e-5 update rounds away (tests/test_modeling.py). `dtype=None` keeps the stored dtype.
     """
     from transformers import AutoModelForCausalLM
     path = Path(str(model_name))
@@ -131,6 +136,40 @@ def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict
     for name, content in (extra or {}).items():
         (save_dir / name).write_text(json.dumps(content, indent=2, default=str))
     return save_dir
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast_context(device):
+    """bf16 autocast where the model is on CUDA (fp32 master weights, bf16 matmuls); plain fp32 elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def merged_adapters(model):
+    """LoRA folded into the base weights for the duration (peft merge_adapter / unmerge_adapter), so generation runs
+    one matmul per layer instead of base + A·B at every token; nothing to do for a model without adapters. The
+    unmerge subtracts what was added: the frozen base can move by float rounding (~1 ulp per merge), never more."""
+    if not hasattr(model, "merge_adapter"):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
+def disable_dropout(model) -> None:
+    """Dropout off (LoRA's included), as TRL does for DPO and RLOO: the policy's log-probs in the loss must come from
+    the same function that sampled the responses and computed the reference, not a randomly thinned one."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def count_parameters(model) -> int:

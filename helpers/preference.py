@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config
-from .countdown import countdown_prompt, countdown_reward
+from .config import Config, dataset_name
+from .countdown import countdown_reward
 from .data import SkipCounter, conversation_problem, load_split
+from .modeling import model_device
 from .formatting import build_sft_example
-from .batching import collate
-from .training import autocast_context
+from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logprobs import can_share_prompt, pair_samples, sequence_logps, shared_prompt_logps
-from .generation import generate_responses
+from .generation import generate_eval
 
 
 def pair_sequence_logps(model, batch) -> torch.Tensor:
@@ -68,29 +68,21 @@ def pair_collate(pad_token_id: int):
     return collate_fn
 
 
-@torch.no_grad()
-def pair_logps(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> tuple[list, list]:
-    """(log π(y_w|x), log π(y_l|x)) for every pair."""
-    was_training = model.training
-    model.eval()
-    collate_fn, dev, chosen, rejected = pair_collate(pad_token_id), next(model.parameters()).device, [], []
-    for i in range(0, len(pairs), batch_size):
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
-        with autocast_context():
-            logps = pair_sequence_logps(model, batch).float().cpu()
-        n = len(pairs[i:i + batch_size])
-        chosen += logps[:n].tolist()
-        rejected += logps[n:].tolist()
-    model.train(was_training)
-    return chosen, rejected
+def pair_logps(model, pairs: list[dict], pad_token_id: int, token_budget: int = NO_GRAD_TOKENS) -> tuple[list, list]:
+    """(log π(y_w|x), log π(y_l|x)) for every pair, in no-grad batches of at most `token_budget` tokens."""
+    def per_pair(model, rows):
+        logps = pair_sequence_logps(model, to_device(pair_collate(pad_token_id)(rows), model_device(model)))
+        return list(zip(logps[:len(rows)].tolist(), logps[len(rows):].tolist()))
+    both = score_in_batches(model, pairs, [pair_length(p) for p in pairs], per_pair, token_budget)
+    return [c for c, _ in both], [r for _, r in both]
 
 
 def countdown_onpolicy_pairs(model, tokenizer, tasks: list[dict], cfg: Config, seed: int) -> tuple[list, dict]:
-    """The course project's on-policy pairs: 2 samples per Countdown prompt from the SFT model (temperature > 0),
-    labelled by the rule-based reward; ties dropped (and counted)."""
-    prompts = [countdown_prompt(t["nums"], t["target"]) for t in tasks]
-    samples = generate_responses(model, tokenizer, prompts * 2, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                                 temperature=cfg.dpo.sample_temperature, top_p=1.0, seed=seed, progress=False)
+    """The course project's on-policy pairs: 2 samples per Countdown prompt (tasks from `countdown_tasks`) from the
+    SFT model (temperature > 0), labelled by the rule-based reward; ties dropped (and counted)."""
+    prompts = [t["prompt"] for t in tasks]
+    samples = generate_eval(model, tokenizer, prompts * 2, cfg.eval, temperature=cfg.dpo.sample_temperature,
+                            top_p=1.0, seed=seed)
     pairs, ties = [], 0
     for i, (task, prompt) in enumerate(zip(tasks, prompts)):
         a, b = samples[i], samples[i + len(tasks)]
@@ -105,4 +97,4 @@ def countdown_onpolicy_pairs(model, tokenizer, tasks: list[dict], cfg: Config, s
 
 
 def preference_data(cfg: Config, split: str) -> list[dict]:
-    return load_split(cfg, "ultrafeedback" if cfg.profile == "qwen" else "preferences", split)
+    return load_split(cfg, dataset_name(cfg, "preferences"), split)

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import Config, out_path, output_root
+from .config import Config, out_path, output_root, quality_metric
 from .results import latest_summary, markdown_table
 from .comparison import seed_noise_verdict
 
@@ -18,7 +18,7 @@ def report_path(cfg: Config) -> Path:
 def write_report(cfg: Config, stages, final: str) -> Path:
     """report/report.md from the saved summaries: setup, metrics per stage, figures, masked vs unmasked with its
     seed noise, and notes on what improved and what did not — numbers only from the files, nothing typed in."""
-    quality = "rouge_l" if cfg.profile == "qwen" else "exact_match"
+    quality = quality_metric(cfg)
     manifests = sorted(out_path("data", cfg).glob("*/manifest.json"))
     sizes = {p.parent.name: json.loads(p.read_text())["splits"] for p in manifests}
     lines = [f"# Report — profile `{cfg.profile}`", "",

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, device, out_path, seed_everything
-from .modeling import load_model, load_tokenizer, save_model
+from .modeling import load_model, load_tokenizer, model_device, save_model
 from .formatting import render_chat
+from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
 from .checkpoints import resumable_state
 from .training import train
@@ -44,24 +45,17 @@ def bradley_terry_loss(model, batch):
                                           "reward_model/margin": margins.detach().mean()}
 
 
-@torch.no_grad()
-def reward_model_wins(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> list[bool]:
+def reward_model_wins(model, pairs: list[dict], pad_token_id: int, token_budget: int = NO_GRAD_TOKENS) -> list[bool]:
     """For every pair: is r(x, y_w) > r(x, y_l)? (a tie counts as wrong)"""
-    was_training = model.training
-    model.eval()
-    collate_fn, dev, wins = pair_collate(pad_token_id), next(model.parameters()).device, []
-    for i in range(0, len(pairs), batch_size):
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
-        scores = pair_reward_scores(model, batch)
-        n = int(batch["normalizer"])
-        wins += (scores[:n] > scores[n:]).tolist()
-    model.train(was_training)
-    return wins
+    def per_pair(model, rows):
+        scores = pair_reward_scores(model, to_device(pair_collate(pad_token_id)(rows), model_device(model)))
+        return (scores[:len(rows)] > scores[len(rows):]).tolist()
+    return score_in_batches(model, pairs, [pair_length(p) for p in pairs], per_pair, token_budget)
 
 
-def reward_model_accuracy(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
+def reward_model_accuracy(model, pairs: list[dict], pad_token_id: int, token_budget: int = NO_GRAD_TOKENS) -> float:
     """Held-out pairwise accuracy: the fraction of pairs whose chosen response scores higher."""
-    return sum(reward_model_wins(model, pairs, pad_token_id, batch_size)) / max(1, len(pairs))
+    return sum(reward_model_wins(model, pairs, pad_token_id, token_budget)) / max(1, len(pairs))
 
 
 def load_reward_model(path):
@@ -74,22 +68,21 @@ def load_reward_model(path):
             save_model(load_model(path), merged, load_tokenizer(path), merge=True)
         path = merged
     tokenizer = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id      # the head reads the last non-padding token
     return tokenizer, model
 
 
-@torch.no_grad()
-def score_responses(reward_model, tokenizer, prompts, responses, batch_size: int = 32) -> list[float]:
-    """Reward-model scores of (prompt, response) pairs — for RLOO's instruction track and best-of-n."""
-    reward_model.eval()
-    dev, scores = next(reward_model.parameters()).device, []
-    for i in range(0, len(prompts), batch_size):
-        texts = [render_chat(tokenizer, p + [{"role": "assistant", "content": r}])
-                 for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-        scores += reward_scores(reward_model, enc).tolist()
-    return scores
+def score_responses(reward_model, tokenizer, prompts, responses, token_budget: int = NO_GRAD_TOKENS) -> list[float]:
+    """Reward-model scores of (prompt, response) pairs — for RLOO's instruction track, best-of-n and win rate."""
+    ids = [tokenizer(render_chat(tokenizer, p + [{"role": "assistant", "content": r}]),
+                     add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses)]
+    rows = [{"input_ids": i, "attention_mask": [1] * len(i)} for i in ids]
+
+    def per_row(model, batch_rows):
+        return reward_scores(model, to_device(collate(batch_rows, tokenizer.pad_token_id),
+                                              model_device(model))).tolist()
+    return score_in_batches(reward_model, rows, list(map(len, ids)), per_row, token_budget)
 
 
 def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True) -> dict:

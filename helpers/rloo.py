@@ -9,18 +9,18 @@ import random
 
 import torch
 
-from .config import Config, device, out_path, replace_config, replace_sections, seed_everything
-from .countdown import countdown_prompt, countdown_reward
-from .data import load_split
-from .modeling import load_model, load_tokenizer
-from .formatting import render_chat
+from .config import Config, dataset_name, device, out_path, replace_config, replace_sections, seed_everything
+from .countdown import countdown_reward
+from .data import countdown_tasks, load_split
+from .modeling import disable_dropout, load_model, load_tokenizer
+from .formatting import fit_prompts, render_chat
 from .batching import collate
 from .logger import NullLogger, TensorBoardLogger
 from .checkpoints import resumable_state
 from .training import train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
-from .generation import generate_responses, sample_completions
-from .scoring import countdown_accuracy
+from .generation import generate_eval, sample_completions
+from .scoring import countdown_accuracy, instruction_test_rows
 from .reward_model import load_reward_model, score_responses
 
 
@@ -114,24 +114,27 @@ def run_rloo(cfg: Config, track: str = "countdown", start: str = "sft_masked", s
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    disable_dropout(model)      # samples, their log-probs and the reference's: one deterministic function
     reference = None
-    if rcfg.kl_coef > 0:
-        reference = load_model(start_dir).to(device()).eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
+    if rcfg.kl_coef > 0:        # frozen, no-grad forwards only: bf16 where it runs under bf16 autocast anyway
+        reference = load_model(start_dir, dtype=torch.bfloat16 if device().type == "cuda" else torch.float32)
+        reference = reference.to(device()).eval().requires_grad_(False)
     if track == "countdown":
-        tasks = [dict(t, prompt=countdown_prompt(t["nums"], t["target"]))
-                 for t in load_split(cfg, "countdown", "train")]
+        tasks = countdown_tasks(cfg, "train")
         reward_fn = countdown_reward_fn
         eval_fn = lambda m: {f"eval/{k}": v for k, v in countdown_accuracy(m, tokenizer, cfg).items()}
     else:
         rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
         reward_fn = reward_model_fn(rm.to(device()), rm_tok)
-        name = "smoltalk" if cfg.profile == "qwen" else "instructions"
-        tasks = [{"prompt": r["messages"][:-1]} for r in load_split(cfg, name, "train")]
-        held = [r["messages"][:-1] for r in load_split(cfg, name, "test")[:64]]
-        eval_fn = lambda m: {"eval/reward_model_score": sum(reward_fn(held, generate_responses(
-            m, tokenizer, held, cfg.eval.batch_size, cfg.eval.max_new_tokens, progress=False), None)) / len(held)}
+        name = dataset_name(cfg, "instructions")
+        prompts = [r["messages"][:-1] for r in load_split(cfg, name, "train")]
+        fits, too_long = fit_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens)
+        print(f"instruction prompts: {too_long} of {len(prompts)} longer than {cfg.data.max_prompt_tokens} "
+              "tokens left out")
+        tasks = [{"prompt": p} for p, ok in zip(prompts, fits) if ok]
+        held = [r["messages"][:-1] for r in instruction_test_rows(cfg, tokenizer, 64)]
+        eval_fn = lambda m: {"eval/reward_model_score": sum(reward_fn(held, generate_eval(m, tokenizer, held, cfg.eval),
+                                                                      None)) / len(held)}
     stage_dir = out_path("checkpoints", cfg, stage)
     run_config = {"stage": stage, "profile": cfg.profile, "track": track, "start": start,
                   "rloo": dataclasses.asdict(rcfg)}

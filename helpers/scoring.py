@@ -2,14 +2,18 @@
 best-of-n. Imports: config, countdown, data, sft, generation."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
-from .config import Config
-from .countdown import countdown_prompt, countdown_reward
-from .data import load_split, write_jsonl
+from .config import Config, config_dict, device, out_path, quality_metric
+from .countdown import countdown_reward
+from .data import countdown_tasks, write_jsonl
+from .modeling import load_model, load_tokenizer
+from .formatting import fit_prompts
 from .sft import evaluate_loss, heldout_loss_examples, sft_mixture
-from .generation import generate_responses
+from .generation import generate_eval
 
 
 def exact_match(response: str, reference: str) -> float:
@@ -36,27 +40,33 @@ def rouge_l(response: str, reference: str) -> float:
 
 def greedy_countdown(model, tokenizer, cfg: Config, rows: int | None = None):
     """Greedy answers to the fixed held-out Countdown tasks and their rule-based rewards: (tasks, answers, rewards)."""
-    tasks = load_split(cfg, "countdown", "test")[:rows or cfg.eval.countdown_rows]
-    answers = generate_responses(model, tokenizer, [countdown_prompt(t["nums"], t["target"]) for t in tasks],
-                                 cfg.eval.batch_size, cfg.eval.max_new_tokens, progress=False)
+    tasks = countdown_tasks(cfg, "test", rows or cfg.eval.countdown_rows)
+    answers = generate_eval(model, tokenizer, [t["prompt"] for t in tasks], cfg.eval)
     return tasks, answers, [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(answers, tasks)]
 
 
+def instruction_test_rows(cfg: Config, tokenizer, rows: int) -> list[dict]:
+    """The first `rows` held-out instruction conversations whose prompt fits `max_prompt_tokens`."""
+    test = sft_mixture(cfg, "test")
+    fits, _ = fit_prompts(tokenizer, [r["messages"][:-1] for r in test], cfg.data.max_prompt_tokens)
+    return [r for r, ok in zip(test, fits) if ok][:rows]
+
+
 def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = None,
-                   progress: bool = False, records: list | None = None) -> dict:
+                   records: list | None = None) -> dict:
     """Held-out response-only loss / perplexity, whole-sequence loss, instruction quality, Countdown score.
     The greedy responses go to `responses_path` (jsonl) and/or are appended to `records`."""
     held = heldout_loss_examples(cfg, tokenizer)
-    pad = tokenizer.pad_token_id
-    response_loss = evaluate_loss(model, held["response"], pad)
+    pad, budget = tokenizer.pad_token_id, cfg.eval.token_budget
+    response_loss = evaluate_loss(model, held["response"], pad, budget)
     metrics = {"response_loss": response_loss, "response_ppl": math.exp(min(response_loss, 50)),
-               "sequence_loss": evaluate_loss(model, held["sequence"], pad)}
-    rows = sft_mixture(cfg, "test")[:cfg.eval.instruction_rows]
+               "sequence_loss": evaluate_loss(model, held["sequence"], pad, budget)}
+    rows = instruction_test_rows(cfg, tokenizer, cfg.eval.instruction_rows)
     prompts = [r["messages"][:-1] for r in rows]
     references = [r.get("reference", r["messages"][-1]["content"]) for r in rows]
-    answers = generate_responses(model, tokenizer, prompts, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                                 progress=progress)
-    scorer, metric = (rouge_l, "rouge_l") if cfg.profile == "qwen" else (exact_match, "exact_match")
+    answers = generate_eval(model, tokenizer, prompts, cfg.eval)
+    metric = quality_metric(cfg)
+    scorer = rouge_l if metric == "rouge_l" else exact_match
     scores = [scorer(a, r) for a, r in zip(answers, references)]
     metrics[metric] = sum(scores) / len(scores)
     tasks, cd_answers, rewards = greedy_countdown(model, tokenizer, cfg)
@@ -71,6 +81,33 @@ def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = 
     if responses_path is not None:
         write_jsonl(responses_path, greedy)
     return metrics
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """Changes whenever the checkpoint's files do (names, sizes, modification times) — a retrained stage included."""
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def evaluate_checkpoint(cfg: Config, name: str) -> tuple[dict, list[dict]]:
+    """`evaluate_model` of checkpoints/<profile>/<name>, computed once and reused by every later notebook until the
+    checkpoint, the evaluation settings or the data change: (metrics, greedy records). The greedy responses are
+    saved to outputs/<profile>/<name>/responses.jsonl."""
+    folder = out_path("checkpoints", cfg, name)
+    manifests = sorted(out_path("data", cfg).glob("*/manifest.json"))
+    key = {"checkpoint": checkpoint_fingerprint(folder), "eval": config_dict(cfg.eval),
+           "data": [json.loads(p.read_text())["content_hash"] for p in manifests],
+           "max_length": cfg.sft.max_length, "max_prompt_tokens": cfg.data.max_prompt_tokens}
+    cached = out_path("outputs", cfg, name, "greedy_evaluation.json")
+    if cached.exists():
+        saved = json.loads(cached.read_text())
+        if saved.get("key") == key:
+            return saved["metrics"], saved["records"]
+    tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
+    records: list = []
+    metrics = evaluate_model(model, tokenizer, cfg, out_path("outputs", cfg, name, "responses.jsonl"), records)
+    cached.write_text(json.dumps({"key": key, "metrics": metrics, "records": records}, default=str))
+    return metrics, records
 
 
 def countdown_accuracy(model, tokenizer, cfg: Config, rows: int | None = None) -> dict:

@@ -8,68 +8,64 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .config import Config, config_dict, device, out_path, replace_config, seed_everything
+from .config import Config, config_dict, dataset_name, device, out_path, replace_config, seed_everything
 from .data import load_split
-from .modeling import build_tiny_model, load_model, load_tokenizer, save_model, train_tiny_tokenizer
+from .modeling import build_tiny_model, load_model, load_tokenizer, model_device, save_model, train_tiny_tokenizer
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
-from .batching import collate
+from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
 from .checkpoints import resumable_state
-from .training import autocast_context, train
+from .training import train
+from .logprobs import trained_weights, weighted_token_logps
 
 
 def sft_loss(model, batch):
-    """Σ_t w_t · CE(logits_t, label_{t+1}): labels are unshifted (HF convention), so shift here.
+    """Σ_t w_t · −log p(label_{t+1} | x_≤t): labels are unshifted (HF convention), so shift here.
 
     w_t = 1 on trained tokens and 0 on -100 labels, or the per-token `loss_weights` for 0 < weight < 1.
-    The loop divides by Σ w_t over the whole optimizer step (per-token normalisation).
+    The loop divides by Σ w_t over the whole optimizer step (per-token normalisation). Only positions with
+    w_t > 0 are projected onto the vocabulary, in chunks (`weighted_token_logps`): masked SFT never computes
+    the prompt's logits.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    weights = batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
-    token_loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
-                                 reduction="none").view_as(labels)
-    return (token_loss * weights).sum(), {}
+    logps, _, weights = weighted_token_logps(model, batch, trained_weights(batch))
+    return -(logps * weights).sum(), {}
 
 
 def sft_collate(pad_token_id: int):
     def collate_fn(examples):
         batch = collate(examples, pad_token_id)
-        labels = batch["labels"][:, 1:]
-        weights = batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
-        batch["normalizer"] = weights.sum()
+        batch["normalizer"] = trained_weights(batch).sum()
         return batch
     return collate_fn
 
 
-@torch.no_grad()
-def evaluate_loss(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
-    """Mean loss per trained token over `examples` (the mask inside the examples decides which tokens)."""
-    was_training = model.training
-    model.eval()
-    collate_fn, total, units = sft_collate(pad_token_id), 0.0, 0.0
-    dev = next(model.parameters()).device
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(dev) for k, v in collate_fn(examples[i:i + batch_size]).items()}
-        with autocast_context():
-            summed, _ = sft_loss(model, batch)
-        total, units = total + float(summed), units + float(batch["normalizer"])
-    model.train(was_training)
-    return total / max(units, 1.0)
+def evaluate_loss(model, examples: list[dict], pad_token_id: int, token_budget: int = NO_GRAD_TOKENS) -> float:
+    """Mean loss per trained token over `examples` (the mask inside the examples decides which tokens), in
+    no-grad batches of at most `token_budget` tokens."""
+    def per_example(model, rows):
+        batch = to_device(collate(rows, pad_token_id), model_device(model))
+        logps, index, weights = weighted_token_logps(model, batch, trained_weights(batch))
+        losses = torch.zeros(len(rows), device=logps.device).index_add(0, index, -logps * weights)
+        return list(zip(losses.tolist(), trained_weights(batch).sum(-1).tolist()))
+    sums = score_in_batches(model, examples, [len(e["input_ids"]) for e in examples], per_example, token_budget)
+    return sum(loss for loss, _ in sums) / max(sum(units for _, units in sums), 1.0)
 
 
 def build_initial_model(cfg: Config, log: bool = True) -> Path:
     """checkpoints/<profile>/initial — the untouched base model every stage starts from.
 
-    tiny/smoke: train the tokenizer on the tiny world, build a Qwen2 model, pre-train it briefly on plain text
-    (facts of the world, never the chat format, never test prompts). qwen: save Qwen/Qwen2.5-0.5B as it is.
+    tiny world: train the tokenizer on the tiny world, build a Qwen2 model, pre-train it briefly on plain text
+    (facts of the world, never the chat format, never test prompts). Otherwise save `cfg.model.name`
+    (Qwen/Qwen2.5-0.5B, or qwen_smoke's local checkpoint) as it is, in its stored dtype.
     """
     target = out_path("checkpoints", cfg, "initial")
-    if cfg.profile == "qwen":
+    if cfg.model.name != "tiny":
+        if not cfg.model.name:
+            raise ValueError(f"profile {cfg.profile!r} needs a model: set QWEN_MODEL_DIR to a Qwen2.5-architecture "
+                             "checkpoint (build one with ../shared/tools/get-real-qwen.sh DIR)")
         tokenizer = load_tokenizer(cfg.model.name)
-        return save_model(load_model(cfg.model.name), target, tokenizer,
+        return save_model(load_model(cfg.model.name, dtype=None), target, tokenizer,
                           extra={"run_config.json": config_dict(cfg)})
     seed_everything(cfg.pretrain.seed)
     texts = [r["text"] for r in load_split(cfg, "pretrain", "train")]
@@ -95,8 +91,7 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
     tiny: the tiny world's instruction tasks + solver-written WarmStart completions.
     qwen: smol-smoltalk + cog_behav_all_strategies (the course project's two tracks).
     """
-    instruction_name = "smoltalk" if cfg.profile == "qwen" else "instructions"
-    instructions = load_split(cfg, instruction_name, split)
+    instructions = load_split(cfg, dataset_name(cfg, "instructions"), split)
     if split != "train":
         return instructions
     warmstart = load_split(cfg, "warmstart", "train")

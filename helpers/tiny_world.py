@@ -127,7 +127,7 @@ def build_tiny_world(cfg: DataConfig) -> dict[str, dict[str, list]]:
             train_seen.add(ordered)
             train_rows.append(task)
     countdown = {"test": test_rows, "train": train_rows}
-    warmstart = {"train": [{"messages": countdown_prompt(t["nums"], t["target"])
+    warmstart = {"train": [{"messages": countdown_prompt(t["nums"], t["target"], cfg.countdown_format)
                             + [{"role": "assistant", "content": countdown_completion(t["nums"], t["target"])}],
                             "source": "tiny/warmstart", "target": t["target"], "nums": t["nums"]}
                            for t in countdown["train"][:cfg.warmstart_rows]]}

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
+from .modeling import autocast_context
 from .batching import length_grouped_batches
 from .logger import NullLogger
 from .checkpoints import load_weights_into, resumable_state, save_checkpoint
@@ -29,12 +30,6 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def autocast_context():
-    """bf16 autocast on CUDA, plain fp32 on CPU."""
-    import contextlib
-    return torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else contextlib.nullcontext()
 
 
 def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, collate_fn, stage_dir,
@@ -109,7 +104,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         loss_sum, metric_sums = 0.0, Counter()
         for batch in micro_batches:
             batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with autocast_context():
+            with autocast_context(dev):
                 summed, metrics = loss_fn(model, batch)
             (summed / total_units).backward()
             loss_sum += float(summed.detach())

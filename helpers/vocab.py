@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, out_path, replace_config, seed_everything
+from .config import Config, device, out_path, replace_config, seed_everything
 from .modeling import load_model, load_tokenizer, save_model
 from .formatting import build_sft_example
 from .training import train
@@ -74,7 +74,7 @@ def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
     words = list(cfg.new_tokens)[:len(DOMAIN_FACTS)]
     seed_everything(seed)
     base = out_path("checkpoints", cfg, "initial")
-    tokenizer, model = load_tokenizer(base), load_model(base)
+    tokenizer, model = load_tokenizer(base), load_model(base).to(device())
     added = add_new_tokens(tokenizer, model, words)
     lora = lora_config_for_new_tokens(dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                            task_type="CAUSAL_LM"), tokenizer, words)
@@ -93,7 +93,7 @@ def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
               Path(tmp) / "run", resume=False, desc="new tokens")
         after = answer(model)
         merged_dir = save_model(model, Path(tmp) / "merged", tokenizer, merge=True)
-        reloaded_tok, reloaded = load_tokenizer(merged_dir), load_model(merged_dir)
+        reloaded_tok, reloaded = load_tokenizer(merged_dir), load_model(merged_dir).to(device())
         reloaded_answers = generate_responses(reloaded, reloaded_tok, [r["messages"][:1] for r in test_rows],
                                               max_new_tokens=4, progress=False)
     single = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in words]

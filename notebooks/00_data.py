@@ -42,11 +42,11 @@ pd.DataFrame([{"dataset": n, **m["splits"], "dropped": sum(m["dropped"].values()
                "source": m["source"]} for n, m in manifests.items()])
 
 # %%
-for name in ["instructions" if cfg.profile != "qwen" else "smoltalk", "warmstart"]:
+for name in [H.dataset_name(cfg, "instructions"), "warmstart"]:
     row = H.load_split(cfg, name, "train")[0]
     print(f"--- {name}:")
     print(json.dumps(row["messages"], indent=1)[:800])
-preference_name = "preferences" if cfg.profile != "qwen" else "ultrafeedback"
+preference_name = H.dataset_name(cfg, "preferences")
 print("--- preference pair:", H.load_split(cfg, preference_name, "train")[0])
 print("--- countdown task:", H.load_split(cfg, "countdown", "test")[0])
 
@@ -61,7 +61,7 @@ print("--- countdown task:", H.load_split(cfg, "countdown", "test")[0])
 # %%
 task = H.load_split(cfg, "countdown", "test")[0]
 completion = H.countdown_completion(task["nums"], task["target"])
-print(H.countdown_prompt(task["nums"], task["target"])[1]["content"], "\n")
+print(H.countdown_prompt(task["nums"], task["target"], cfg.data.countdown_format)[-1]["content"], "\n")
 for text in [completion, "I don't know", "<answer> 1 + 2 </answer>", "<answer> __import__('os') </answer>"]:
     print(f"{H.countdown_reward(text, task['target'], task['nums']):.1f}  ←  {text!r}")
 
@@ -81,7 +81,7 @@ print(f"{initial}: {H.count_parameters(model):,} parameters, vocabulary {len(tok
 
 # %%
 import matplotlib.pyplot as plt
-names = ["instructions" if cfg.profile != "qwen" else "smoltalk", "warmstart"]
+names = [H.dataset_name(cfg, "instructions"), "warmstart"]
 fig, axes = plt.subplots(1, len(names), figsize=(11, 3.5))
 for ax, name in zip(axes, names):
     rows = H.load_split(cfg, name, "train")[:2000]
@@ -104,7 +104,7 @@ plt.show()
 print(inspect.getsource(H.build_sft_example))
 
 # %%
-messages = H.load_split(cfg, "instructions" if cfg.profile != "qwen" else "smoltalk", "train")[0]["messages"]
+messages = H.load_split(cfg, H.dataset_name(cfg, "instructions"), "train")[0]["messages"]
 for weight in (0.0, 1.0, 0.1):
     example = H.build_sft_example(tokenizer, messages, 256, prompt_loss_weight=weight)
     print(f"prompt_loss_weight={weight}: [trained] tokens")

@@ -70,10 +70,9 @@ print(inspect.getsource(H.shared_prompt_logps))
 # ## Before: the SFT model on the held-out Countdown test set (greedy)
 
 # %%
-sft_dir = H.out_path("checkpoints", cfg, "sft_masked")
-tokenizer, sft_model = H.load_tokenizer(sft_dir), H.load_model(sft_dir)
-before = H.countdown_accuracy(sft_model, tokenizer, cfg)
-print(before)
+# evaluated once (by 01–03) and reused: the same greedy measures on the same held-out tasks
+before = H.evaluate_checkpoint(cfg, "sft_masked")[0]
+print({k: round(before[k], 3) for k in ("countdown_accuracy", "countdown_reward")})
 
 # %% [markdown]
 # ## Countdown track: RLOO with the rule-based reward

@@ -61,3 +61,28 @@ def test_length_grouped_batches_cover_every_index_once_and_are_deterministic():
     padding = lambda bs: sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in bs)
     grouped = batching.length_grouped_batches(lengths, 8, seed=7)
     assert padding(grouped) < padding(batching.length_grouped_batches(lengths, 8, seed=7, group_by_length=False)) / 4
+
+
+def test_token_budget_batches_respect_the_budget_longest_first():
+    lengths = [5, 50, 20, 20, 7, 300, 1, 20]
+    batches = batching.token_budget_batches(lengths, max_tokens=60)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))       # every row exactly once
+    assert batches[0] == [5] and batches[1] == [1]                                  # 300 > budget: alone
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 60
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert batches == batching.token_budget_batches(lengths, max_tokens=60)         # deterministic
+    assert all(len(b) <= 2 for b in batching.token_budget_batches(lengths, max_tokens=10_000, max_rows=2))
+
+
+def test_score_in_batches_returns_results_in_item_order_and_restores_mode():
+    model = torch.nn.Linear(2, 1).train()
+    seen = []
+
+    def score(m, rows):
+        seen.append((m.training, torch.is_grad_enabled(), len(rows)))
+        return [r * 10 for r in rows]
+    items = [3, 1, 4, 1, 5]
+    assert batching.score_in_batches(model, items, lengths=items, score_batch=score, token_budget=8) == \
+        [30, 10, 40, 10, 50]
+    assert model.training and all(not training and not grad for training, grad, _ in seen) and len(seen) > 1

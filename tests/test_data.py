@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helpers import config, data
+from helpers import config, countdown, data
 from helpers.data import SkipCounter
 
 
@@ -95,12 +95,15 @@ def test_convert_warmstart_good_and_bad_rows():
             {"query": query},                                                      # 1 missing completion
             {"query": query, "completion": "   "},                                 # 2 empty completion
             {"query": ["not text"], "completion": completion},                     # 3 non-string query
-            {"completion": completion}]                                            # 4 missing query
+            {"completion": completion},                                            # 4 missing query
+            {"query": "Write a poem.", "completion": completion}]                  # 5 names no Countdown task
     skips = SkipCounter("warmstart")
     out = data.convert_warmstart(rows, skips)
-    assert out == [{"messages": [user(query), assistant(completion)], "source": "warmstart"}]
+    assert out == [{"messages": [user(query), assistant(completion)], "source": "warmstart", "nums": [8, 9, 5],
+                    "target": 12}]
     assert skips.reasons == {"field 'completion' missing or not a string": 1,
-                             "message 1 is an empty assistant message": 1, "field 'query' missing or not a string": 2}
+                             "message 1 is an empty assistant message": 1, "field 'query' missing or not a string": 2,
+                             "query names no Countdown task": 1}
     assert "row 1: field 'completion' missing or not a string" in skips.report()
 
 
@@ -203,3 +206,34 @@ def test_read_jsonl_reports_the_bad_line(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": \n')
     with pytest.raises(ValueError, match="line 3"):
         data.read_jsonl(path)
+
+
+FIXTURES = config.REPO_ROOT / "tests" / "fixtures" / "hub"
+
+
+def test_local_hub_files_convert_without_skips_and_warmstart_queries_are_the_prompt_builders(output_dir):
+    """qwen_smoke reads local files in each hub dataset's schema; WarmStart queries are exactly what
+    countdown_prompt(…, "warmstart") builds for their task, so SFT and every later Countdown step ask alike."""
+    cfg = config.get_config("qwen_smoke")
+    for name in data.HUB_SOURCES:
+        folder = data.download_and_convert(cfg, name)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["dropped"] == {} and manifest["revision"].startswith("local file"), name
+    warmstart = data.load_split(cfg, "warmstart", "train")
+    assert warmstart and all(countdown.countdown_prompt(r["nums"], r["target"], "warmstart") == r["messages"][:1]
+                             for r in warmstart)
+    assert all(countdown.countdown_reward(r["messages"][1]["content"], r["target"], r["nums"]) == 1.0
+               for r in warmstart)
+
+
+def test_max_rows_takes_a_seeded_sample_not_the_first_rows(output_dir):
+    cfg = config.get_config("qwen_smoke")
+    first = [json.loads(line) for line in (FIXTURES / "yahma__alpaca-cleaned" / "train.jsonl").open()][:5]
+    samples = []
+    for seed in (0, 0, 1):
+        cfg.data = config.replace_config(cfg.data, max_rows=5, seed=seed)
+        rows = data.load_split(cfg, "alpaca", "train") if data.download_and_convert(cfg, "alpaca") else None
+        samples.append([r["messages"][0]["content"] for r in rows])
+    assert len(samples[0]) == 5 and samples[0] == samples[1] != samples[2]
+    assert samples[0] != [r["instruction"].strip() + ("\n\n" + r["input"].strip() if r["input"].strip() else "")
+                          for r in first]

@@ -1,4 +1,6 @@
 """Evaluation of every stage: the final-checkpoint rule and the win rate against a reference model."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -18,7 +20,8 @@ def test_choose_final_picks_the_max_and_the_later_row_on_ties():
 
 
 def test_win_rate_against_a_reference_model(tmp_path, monkeypatch):
-    """Win rate judged by the reward model: a model against itself never wins (ties count as losses)."""
+    """Win rate on the held-out preference prompts, judged by the reward model: a model against itself ties on every
+    prompt, and a tie counts half."""
     import shutil
     monkeypatch.setenv("OUTPUT_DIR", str(tmp_path))
     cfg = config.get_config("smoke")
@@ -28,4 +31,8 @@ def test_win_rate_against_a_reference_model(tmp_path, monkeypatch):
     reward_model.run_reward_model(cfg, log=False)
     cfg.eval.reference_model = str(initial)
     table, _ = evaluation.evaluate_all_stages(cfg, stages=("initial", "sft_masked"))
-    assert list(table["win_rate"][:2]) == [0.0, 0.0]     # both are the reference model itself
+    assert list(table["win_rate"][:2]) == [0.5, 0.5]     # both are the reference model itself
+    rows = [json.loads(line) for line in config.out_path("outputs", cfg, "initial", "responses.jsonl").open()]
+    won = [r for r in rows if r["task"] == "win_rate"]
+    prompts = [r["prompt"] for r in data.load_split(cfg, "preferences", "test")][:cfg.eval.win_rate_rows]
+    assert [r["prompt"] for r in won] == prompts and all(r["win"] == 0.5 for r in won)

@@ -33,9 +33,10 @@ def test_reward_model_learns_its_pairs(preference_world, tmp_path):
     training.train(rm, rm_tok, pairs, train_cfg, reward_model.bradley_terry_loss, collate_fn, tmp_path / "rm",
                    resume=False, length_fn=preference.pair_length)
     assert reward_model.reward_model_accuracy(rm, pairs, rm_tok.pad_token_id) >= 0.9
-    # per-pair wins, batched (5 does not divide 16), agree with scoring the full sequences in one batch
+    # per-pair wins, in token-budget batches of ~3 pairs, agree with scoring the full sequences in one batch
     full, n = reward_model.reward_scores(rm.eval(), collate_fn(pairs)), len(pairs)
-    wins = reward_model.reward_model_wins(rm, pairs, rm_tok.pad_token_id, batch_size=5)
+    budget = 3 * max(map(preference.pair_length, pairs))
+    wins = reward_model.reward_model_wins(rm, pairs, rm_tok.pad_token_id, token_budget=budget)
     assert wins == (full[:n] > full[n:]).tolist()
     # saved, reloadable, same scores
     _, again = reward_model.load_reward_model(tmp_path / "rm")
