@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks notebooks-sync tensorboard bench-sft bench-dpo bench-generate bench-rloo clean
+.PHONY: setup setup-dev demo test notebooks notebooks-sync qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
+	bench-rloo bench-memory bench-sample clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,18 @@ notebooks:
 notebooks-sync: setup
 	$(PY) tools/sync_notebooks.py
 
+# the qwen code path end to end on CPU: a local Qwen2.5-architecture checkpoint (not a project requirement:
+# ../shared/tools/get-real-qwen.sh DIR builds one; tools/make_tied_qwen.py makes its tied-embedding twin)
+QWEN_MODEL_DIR ?= $(HOME)/.cache/real-qwen2.5-0.5b
+QWEN_SMOKE_OUTPUT ?= /tmp/qwen-smoke
+qwen-smoke: setup
+	@test -f "$(QWEN_MODEL_DIR)/config.json" || { echo "no checkpoint in QWEN_MODEL_DIR=$(QWEN_MODEL_DIR):" \
+		"build one with ../shared/tools/get-real-qwen.sh DIR, then make qwen-smoke QWEN_MODEL_DIR=DIR"; exit 2; }
+	@start=$$(date +%s); \
+	QWEN_MODEL_DIR=$(QWEN_MODEL_DIR) OUTPUT_DIR=$(QWEN_SMOKE_OUTPUT) $(MAKE) --no-print-directory notebooks \
+		PROFILE=qwen_smoke || exit 1; \
+	echo "qwen-smoke: all notebooks in $$(( $$(date +%s) - start )) s; outputs under $(QWEN_SMOKE_OUTPUT)"
+
 test: setup-dev
 	$(PY) -m pytest -q tests
 
@@ -52,6 +65,12 @@ bench-generate: setup
 
 bench-rloo: setup
 	$(PY) benchmarks/bench_rloo.py
+
+bench-memory: setup
+	$(PY) benchmarks/bench_memory.py
+
+bench-sample: setup
+	QWEN_MODEL_DIR=$(QWEN_MODEL_DIR) $(PY) benchmarks/bench_sample.py
 
 clean:
 	rm -rf data checkpoints outputs

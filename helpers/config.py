@@ -163,6 +163,7 @@ class Config:
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     new_tokens: tuple = ("mediventricular", "neurogenix", "X-23S")  # domain words outside the vocabulary
+    new_token_steps: int = 160        # LoRA steps of 00_data's new-token demo (tiny: all three learned by 160)
     notebook_cell_timeout: int | None = 1800  # seconds per notebook cell in `make demo`; None = no limit (the
                                               # qwen stages run for hours)
 
@@ -238,6 +239,7 @@ def _qwen_smoke() -> Config:
     cfg = _qwen()
     model_dir = os.environ.get("QWEN_MODEL_DIR", "")
     cfg.profile = "qwen_smoke"
+    cfg.new_token_steps = 2
     cfg.data = replace_config(cfg.data, hub_dir=str(REPO_ROOT / "tests" / "fixtures" / "hub"), max_rows=None,
                               countdown_test=16, max_prompt_tokens=384)
     cfg.model = replace_config(cfg.model, name=model_dir)

@@ -86,10 +86,13 @@ def score_responses(reward_model, tokenizer, prompts, responses, token_budget: i
 
 
 def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True) -> dict:
+    """The Bradley–Terry reward model from the SFT checkpoint (fp32 master weights, every weight trained)."""
     rcfg = cfg.reward
     seed_everything(rcfg.seed)
     tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
     model.to(device())
+    if cfg.model.gradient_checkpointing:       # qwen: 8 rows × 1,024 tokens of a full fine-tune need it on 24 GB
+        model.gradient_checkpointing_enable()
     pad = tokenizer.pad_token_id
     train_pairs, skips = build_pair_dataset(tokenizer, preference_data(cfg, "train"), rcfg.max_length, "rm train")
     test_pairs, _ = build_pair_dataset(tokenizer, preference_data(cfg, "test"), rcfg.max_length, "rm test")

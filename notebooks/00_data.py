@@ -152,6 +152,6 @@ if qwen_dir.exists():
 # then merged, saved and reloaded (the tied-embedding case where a naive merge would break the output head):
 
 # %%
-demo = H.demo_new_tokens(cfg)
+demo = H.demo_new_tokens(cfg, steps=cfg.new_token_steps)
 for key in ["added", "single_token", "before", "after", "after_merge_and_reload", "correct_after"]:
     print(f"{key:>24}: {demo[key]}")

@@ -227,3 +227,55 @@ def test_countdown_prompt_asks_for_the_format_the_reward_parses():
     example = re.findall(r"<answer>.*?</answer>", user)[-1]     # the prompt's own example parses
     assert example == "<answer> (1 + 2) / 3 </answer>"
     assert countdown_reward(example, 1, [1, 2, 3]) == 1.0
+
+
+def test_every_countdown_step_asks_with_the_prompt_sft_trained_on(output_dir, tiny_tokenizer, monkeypatch):
+    """One builder for every Countdown step of a profile. In the hub world (the qwen profiles: WarmStart `query`
+    format) a task is rendered through SFT's rows, the on-policy DPO pairs, RLOO's rollouts and the evaluation, and
+    every path sends the same prompt tokens."""
+    import shutil
+
+    from helpers import config, data, dpo, evaluation, formatting, generation, modeling, rloo, sft
+    cfg = config.get_config("smoke")
+    cfg.data = config.replace_config(cfg.data, world="hub", hub_dir=str(config.REPO_ROOT / "tests/fixtures/hub"),
+                                     countdown_format="warmstart", countdown_test=8, max_prompt_tokens=160)
+    cfg.eval = config.replace_config(cfg.eval, instruction_rows=2, countdown_rows=4, loss_rows=4, sampled_rows=2)
+    cfg.dpo = config.replace_config(cfg.dpo, max_steps=1, onpolicy_countdown_prompts=4)
+    cfg.rloo = config.replace_config(cfg.rloo, max_steps=1, eval_every=10)
+    data.prepare_data(cfg)
+    model_dir = config.out_path("checkpoints", cfg, "sft_masked")
+    modeling.save_model(modeling.build_tiny_model(tiny_tokenizer, cfg.model, seed=0), model_dir, tiny_tokenizer)
+    shutil.copytree(model_dir, config.out_path("checkpoints", cfg, "initial"))
+    sent = []
+
+    def recording(real):
+        def wrapped(model, tokenizer, conversations, *args, **kwargs):
+            sent.extend(c for c in conversations if "Using the numbers" in c[-1]["content"])
+            return real(model, tokenizer, conversations, *args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(generation, "generate_responses", recording(generation.generate_responses))
+    monkeypatch.setattr(rloo, "sample_completions", recording(generation.sample_completions))
+    paths = {}
+    for stage, run in [("dpo", lambda: dpo.run_dpo(cfg, log=False)),
+                       ("rloo", lambda: rloo.run_rloo(cfg, "countdown", log=False)),
+                       ("evaluation", lambda: evaluation.evaluate_all_stages(cfg, stages=("sft_masked",)))]:
+        sent.clear()
+        run()
+        paths[stage] = list(sent)
+    assert all(paths.values()), {k: len(v) for k, v in paths.items()}
+    warmstart = [r for r in sft.sft_mixture(cfg) if r.get("source") == "warmstart"]
+    assert warmstart
+    for row in warmstart:                      # SFT trained on exactly what the builder writes for its task
+        assert row["messages"][:-1] == countdown.countdown_prompt(row["nums"], row["target"], "warmstart")
+    for stage, prompts in paths.items():       # and every later step sends what the builder writes
+        for prompt in prompts:
+            nums, target = countdown.parse_countdown_task(prompt[-1]["content"])
+            assert prompt == countdown.countdown_prompt(nums, target, "warmstart"), stage
+    # the same tokens: SFT's prompt part of a WarmStart example == a stage's rendered generation prompt
+    row = warmstart[0]
+    example = formatting.build_sft_example(tiny_tokenizer, row["messages"], 4096)
+    first_trained = next(i for i, label in enumerate(example["labels"]) if label != -100)
+    prompt_ids = example["input_ids"][:first_trained]
+    stage_prompt = countdown.countdown_prompt(row["nums"], row["target"], "warmstart")
+    rendered = formatting.render_chat(tiny_tokenizer, stage_prompt, add_generation_prompt=True)
+    assert prompt_ids == tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"]

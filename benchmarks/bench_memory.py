@@ -1,0 +1,355 @@
+"""Benchmark: peak memory of the log-prob/loss passes at the qwen preset's shapes, the path before this round (full
+[batch, positions, 151,936] fp32 logits) against the memory-lean one (helpers/logprobs.py: the vocabulary projection
+only where it counts, in chunks recomputed in backward; no-grad passes in token-budget batches).
+
+    make bench-memory      # or: .venv/bin/python benchmarks/bench_memory.py [--model DIR]
+
+Passes: `evaluate_loss` (no grad, held-out SFT rows), the DPO reference pass (`pair_logps`, no grad, chosen and
+rejected sharing their prompt) and an RLOO scoring step (log π(y|x) of k samples per prompt, with backward). The
+model is set up as the qwen preset runs it: Qwen2.5-0.5B-shaped, LoRA (`config.QWEN_LORA`), gradient checkpointing
+on — so in train mode RLOO scores full sequences (`logprobs.can_share_prompt`). Weights: the checkpoint in --model
+DIR or $QWEN_MODEL_DIR, else random ones in Qwen2.5-0.5B's shape (tied embeddings). Random token ids, masked as SFT.
+
+Each (pass, path, size) runs in its own process: its memory is the peak RSS during the pass minus the RSS after the
+model is loaded (the high-water mark is reset then), so the weights do not count. fp32 on CPU (the qwen preset runs
+bf16 autocast on CUDA: activations and logits partly half the size there; the ratios are what carry over).
+The preset's shapes do not fit a 24 GB machine on the old path (32 × 1,024 × 151,936 fp32 logits are 20 GB before
+any copy), so two reduced sizes are measured and a line through them (fixed MiB + MiB per token of the batch) is
+extrapolated to the preset's batches — printed as an extrapolation, not a measurement.
+"""
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from helpers import batching, config, logprobs, modeling, preference, sft  # noqa: E402
+from helpers.rloo import sample_rows  # noqa: E402
+from helpers.batching import collate, to_device  # noqa: E402
+from helpers.modeling import autocast_context, model_device  # noqa: E402
+
+VOCAB, PAD = 151_936, 151_643          # Qwen2.5's vocabulary and <|endoftext|>
+QWEN_05B = dict(vocab_size=VOCAB, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                tie_word_embeddings=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6, pad_token_id=PAD)
+RLOO_PROMPT_SHARE = 150 / (150 + 1024)  # the preset's RLOO rows: ~150 prompt + 1,024 response tokens
+
+# measured sizes: rows × tokens per row (DPO: pairs, each two rows; RLOO: 1 prompt × k rows); the larger size has
+# the preset's row length, the smaller half of it — small enough for 2 CPU cores and 24 GB on the old path
+SIZES = {"evaluate_loss": [dict(rows=2, length=512), dict(rows=2, length=1024)],
+         "dpo_reference": [dict(rows=2, length=512), dict(rows=2, length=1024)],
+         "rloo_step": [dict(rows=2, length=512), dict(rows=2, length=1024)]}
+# the preset's shapes, and the tokens of the largest batch each path holds at once
+PRESET = {"evaluate_loss": ("32 rows × 1,024", 32, 1024),
+          "dpo_reference": ("32 pairs × 1,024 (64 rows)", 64, 1024),
+          "rloo_step": ("8 prompts × k=8 × 1,174 (64 rows)", 64, 1174)}
+SFT_STEP = dict(rows=2, length=512)
+
+
+def preset_batch_tokens(name: str, path: str) -> int:
+    _, rows, length = PRESET[name]
+    if name == "rloo_step":             # one micro-batch with gradients, both paths
+        return rows * length
+    if path == "old":                   # evaluate_loss and pair_logps: 32 rows / 32 pairs a batch
+        return rows * length
+    if name == "dpo_reference":         # pair_logps batches pairs by pair_length = chosen + rejected tokens
+        batches = batching.token_budget_batches([2 * length] * (rows // 2))
+        return max(2 * len(b) for b in batches) * length
+    return max(len(b) for b in batching.token_budget_batches([length] * rows)) * length
+
+
+# ═══ the path before this round (d7744de:helpers.py): full-vocabulary fp32 logits, batches of 32 rows / pairs ═══
+def old_sft_loss(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    weights = batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
+    token_loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
+                                 reduction="none").view_as(labels)
+    return (token_loss * weights).sum(), {}
+
+
+@torch.no_grad()
+def old_evaluate_loss(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
+    was_training = model.training
+    model.eval()
+    collate_fn, total, units = sft.sft_collate(pad_token_id), 0.0, 0.0
+    dev = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(dev) for k, v in collate_fn(examples[i:i + batch_size]).items()}
+        with autocast_context(dev):
+            summed, _ = old_sft_loss(model, batch)
+        total, units = total + float(summed), units + float(batch["normalizer"])
+    model.train(was_training)
+    return total / max(units, 1.0)
+
+
+def old_sequence_logps(model, batch) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    token_logps = torch.gather(logits, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return (token_logps * (labels != -100)).sum(-1)
+
+
+def old_can_share_prompt(model) -> bool:
+    return not getattr(model, "is_activation_checkpointing", False)   # any mode: the qwen preset never shared
+
+
+def old_shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
+    prompt_out, out, response_ids, response_mask = logprobs.shared_prompt_forward(
+        model, [s["prompt_ids"] for s in samples[::k]], [s["response_ids"] for s in samples], pad_id)
+    logits = torch.cat([prompt_out.logits[:, -1:].repeat_interleave(k, 0), out.logits[:, :-1]], 1).float()
+    token_logps = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    trained = torch.tensor([s.get("trained", [1] * len(s["response_ids"])) + [0] * (response_ids.shape[1] - len(
+        s["response_ids"])) for s in samples], device=response_mask.device) * response_mask
+    return (token_logps * trained).sum(-1)
+
+
+def old_pair_sequence_logps(model, batch) -> torch.Tensor:
+    if not old_can_share_prompt(model):
+        return old_sequence_logps(model, batch)
+    logps = old_shared_prompt_logps(model, logprobs.pair_samples(batch["pairs"]), 2, batch["pad_token_id"])
+    return torch.cat([logps[0::2], logps[1::2]])
+
+
+@torch.no_grad()
+def old_pair_logps(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> tuple[list, list]:
+    was_training = model.training
+    model.eval()
+    collate_fn, dev, chosen, rejected = preference.pair_collate(pad_token_id), model_device(model), [], []
+    for i in range(0, len(pairs), batch_size):
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
+        with autocast_context(dev):
+            logps = old_pair_sequence_logps(model, batch).float().cpu()
+        n = len(pairs[i:i + batch_size])
+        chosen += logps[:n].tolist()
+        rejected += logps[n:].tolist()
+    model.train(was_training)
+    return chosen, rejected
+# ═══ end of the path before this round ═══
+
+
+def ids(gen, n: int) -> list[int]:
+    return torch.randint(0, PAD, (n,), generator=gen).tolist()
+
+
+def sft_rows(gen, rows: int, length: int) -> list[dict]:
+    """SFT examples: the first half is the prompt (labels -100), the second half the trained response."""
+    out = []
+    for _ in range(rows):
+        x = ids(gen, length)
+        out.append({"input_ids": x, "attention_mask": [1] * length,
+                    "labels": [-100] * (length // 2) + x[length // 2:]})
+    return out
+
+
+def dpo_pairs(gen, pairs: int, length: int) -> list[dict]:
+    """Pairs of two `length`-token rows sharing a prompt of half the length; the responses differ from their
+    first token on."""
+    out = []
+    for _ in range(pairs):
+        prompt = ids(gen, length // 2)
+        chosen, rejected = (prompt + ids(gen, length - len(prompt)) for _ in range(2))
+        rejected[len(prompt)] = (chosen[len(prompt)] + 1) % PAD
+        out.append({key: {"input_ids": x, "attention_mask": [1] * length,
+                          "labels": [-100] * len(prompt) + x[len(prompt):]}
+                    for key, x in (("chosen", chosen), ("rejected", rejected))})
+    return out
+
+
+def rloo_samples(gen, k: int, length: int) -> list[dict]:
+    """k samples of one prompt, the preset's prompt share of each row."""
+    prompt = ids(gen, round(length * RLOO_PROMPT_SHARE))
+    return [{"prompt_ids": prompt, "response_ids": ids(gen, length - len(prompt))} for _ in range(k)]
+
+
+def build_random_model(target: Path) -> None:
+    """Qwen2.5-0.5B's shape with random weights, saved once so every measured process loads the same model."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    modeling.save_model(Qwen2ForCausalLM(Qwen2Config(**QWEN_05B)), target)
+
+
+def load_policy(model_dir: str):
+    """The qwen preset's policy: fp32 master weights, LoRA adapters (QWEN_LORA), gradient checkpointing on,
+    dropout off (as DPO and RLOO run)."""
+    model = modeling.load_model(model_dir, lora_cfg=config.QWEN_LORA)
+    model.gradient_checkpointing_enable()
+    modeling.disable_dropout(model)
+    return model
+
+
+def memory_status() -> dict:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            name, value = line.split(":")
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+def reset_peak() -> bool:
+    """Release freed heap to the OS and reset the process's RSS high-water mark (Linux clear_refs 5)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_pass(name: str, path: str, rows: int, length: int, model_dir: str) -> dict:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model = load_policy(model_dir)
+    if name in ("evaluate_loss", "sft_step"):
+        data = sft_rows(gen, rows, length)
+    elif name == "dpo_reference":
+        data = dpo_pairs(gen, rows // 2, length)
+    else:
+        data = rloo_samples(gen, rows, length)
+        advantages = torch.randn(rows, generator=gen)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    clean = reset_peak()
+    before = memory_status()
+    started = time.perf_counter()
+    if name == "evaluate_loss":
+        value = (old_evaluate_loss if path == "old" else sft.evaluate_loss)(model, data, PAD)
+    elif name == "dpo_reference":
+        chosen, rejected = (old_pair_logps if path == "old" else preference.pair_logps)(model, data, PAD)
+        value = sum(chosen) + sum(rejected)
+    elif name == "rloo_step":           # train mode + gradient checkpointing: full sequences on both paths
+        model.train()
+        assert not logprobs.can_share_prompt(model) and not old_can_share_prompt(model)
+        seqs = to_device(collate(sample_rows(data), PAD), model_device(model))
+        logps = (old_sequence_logps if path == "old" else logprobs.sequence_logps)(model, seqs)
+        loss = -(advantages * logps).sum()
+        loss.backward()
+        value = float(loss)
+    else:                               # one SFT micro-batch: sft_loss + backward
+        model.train()
+        batch = sft.sft_collate(PAD)(data)
+        loss, _ = (old_sft_loss if path == "old" else sft.sft_loss)(model, batch)
+        (loss / batch["normalizer"]).backward()
+        value = float(loss / batch["normalizer"])
+    seconds = time.perf_counter() - started
+    after = memory_status()
+    if name in ("rloo_step", "sft_step"):
+        assert all(p.grad is not None for p in lora), "LoRA adapters got no gradient"
+    peak = after["VmHWM"] if clean else None
+    return {"pass": name, "path": path, "rows": rows, "length": length, "tokens": rows * length, "value": value,
+            "seconds": seconds, "rss_after_load_mib": before["VmRSS"], "peak_mib": peak,
+            "delta_mib": (peak - before["VmRSS"]) if clean else None, "lora_parameters": sum(p.numel() for p in lora)}
+
+
+def child(args: list[str], env: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"error": f"exit {out.returncode}: {out.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(fixed MiB, MiB per token) of the line through the two measured sizes."""
+    (t0, m0), (t1, m1) = points
+    slope = (m1 - m0) / (t1 - t0)
+    return m0 - slope * t0, slope
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--build":
+        build_random_model(Path(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("QWEN_MODEL_DIR") or None,
+                        help="a Qwen2.5-architecture checkpoint (default: $QWEN_MODEL_DIR, else random weights)")
+    parser.add_argument("--passes", default="evaluate_loss,dpo_reference,rloo_step,sft_step",
+                        help="comma-separated subset of the passes")
+    parser.add_argument("--child", nargs=4, metavar=("PASS", "PATH", "ROWS", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name, path, rows, length = args.child
+        print(json.dumps(run_pass(name, path, int(rows), int(length), args.model)))
+        return
+    passes = args.passes.split(",")
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            model_dir = str(Path(tmp) / "qwen2.5-0.5b-shaped")
+            subprocess.run([sys.executable, __file__, "--build", model_dir], check=True, env=env)
+        weights = args.model or "random weights in Qwen2.5-0.5B's shape (tied embeddings)"
+        print(f"model: {weights}; LoRA {config.QWEN_LORA['r']} on every linear layer, gradient checkpointing on, "
+              f"fp32 on CPU, {torch.get_num_threads()} threads")
+        print("memory = peak RSS during the pass − RSS after loading the model (its own process each)\n")
+        results = {}
+        header = f"{'pass':<14} {'size':<18} {'old MiB':>8} {'new MiB':>8} {'new/old':>7} " \
+                 f"{'old MiB/tok':>11} {'new MiB/tok':>11} {'old s':>6} {'new s':>6}  |old-new| value"
+        if set(passes) & set(SIZES):
+            print(header)
+        for name in (p for p in SIZES if p in passes):
+            for size in SIZES[name]:
+                rows, length = size["rows"], size["length"]
+                got = {path: child(["--child", name, path, str(rows), str(length), *model_args(model_dir)], env)
+                       for path in ("old", "new")}
+                results.setdefault(name, []).append(got)
+                shape = {"evaluate_loss": f"{rows} rows × {length}", "dpo_reference": f"{rows // 2} pair × {length}",
+                         "rloo_step": f"1 × k={rows} × {length}"}[name]
+                if any("error" in g or g["delta_mib"] is None for g in got.values()):
+                    print(f"{name:<14} {shape:<18} failed: {got}")
+                    continue
+                old, new = got["old"], got["new"]
+                print(f"{name:<14} {shape:<18} {old['delta_mib']:>8.0f} {new['delta_mib']:>8.0f} "
+                      f"{new['delta_mib'] / old['delta_mib']:>6.2f}x {old['delta_mib'] / old['tokens']:>11.3f} "
+                      f"{new['delta_mib'] / new['tokens']:>11.3f} {old['seconds']:>6.0f} {new['seconds']:>6.0f}  "
+                      f"{abs(old['value'] - new['value']):.2e}")
+        extrapolate(results)
+        if "sft_step" in passes:
+            rows, length = SFT_STEP["rows"], SFT_STEP["length"]
+            got = child(["--child", "sft_step", "new", str(rows), str(length), *model_args(model_dir)], env)
+            if "error" in got or got["delta_mib"] is None:
+                print(f"\nSFT micro-batch failed: {got}")
+            else:
+                print(f"\nSFT micro-batch, new path ({rows} rows × {length}, half of each row trained; sft_loss + "
+                      f"backward, LoRA + gradient checkpointing, fp32, no optimizer state): {got['delta_mib']:.0f} MiB"
+                      f" = {got['delta_mib'] / got['tokens']:.3f} MiB per token ({got['seconds']:.0f} s)")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def model_args(model_dir: str) -> list[str]:
+    return ["--model", model_dir]
+
+
+def extrapolate(results: dict) -> None:
+    if not results:
+        return
+    print("\nEXTRAPOLATION to the qwen preset's shapes (not measured): a line through the two sizes above, "
+          "fixed MiB + MiB per token of the largest batch held at once")
+    print(f"{'pass':<14} {'preset shape':<34} {'path':<4} {'batch tokens':>12} {'fixed MiB':>9} {'MiB/token':>9} "
+          f"{'GiB':>7}")
+    for name, sizes in results.items():
+        if any("error" in g or g["delta_mib"] is None for size in sizes for g in size.values()):
+            continue
+        gib = {}
+        for path in ("old", "new"):
+            fixed, per_token = fit([(size[path]["tokens"], size[path]["delta_mib"]) for size in sizes])
+            tokens = preset_batch_tokens(name, path)
+            gib[path] = (fixed + per_token * tokens) / 1024
+            print(f"{name:<14} {PRESET[name][0]:<34} {path:<4} {tokens:>12,} {fixed:>9.0f} {per_token:>9.3f} "
+                  f"{gib[path]:>7.1f}")
+        ratio = gib["new"] / gib["old"]
+        print(f"{'':<14} {'':<34} new/old {ratio:.3f}x ({'meets' if ratio <= 0.3 else 'misses'} the 0.3x target)")
+
+
+if __name__ == "__main__":
+    main()
