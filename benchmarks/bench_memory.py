@@ -11,11 +11,14 @@ on — so in train mode RLOO scores full sequences (`logprobs.can_share_prompt`)
 DIR or $QWEN_MODEL_DIR, else random ones in Qwen2.5-0.5B's shape (tied embeddings). Random token ids, masked as SFT.
 
 Each (pass, path, size) runs in its own process: its memory is the peak RSS during the pass minus the RSS after the
-model is loaded (the high-water mark is reset then), so the weights do not count. fp32 on CPU (the qwen preset runs
-bf16 autocast on CUDA: activations and logits partly half the size there; the ratios are what carry over).
+model is loaded (the high-water mark is reset then), so the weights do not count; the processes run with a fixed
+glibc mmap threshold, so that freed activations leave RSS as a GPU allocator's would. fp32 on CPU (the qwen preset
+runs bf16 autocast on CUDA: activations and logits partly half the size there; the ratios are what carry over).
 The preset's shapes do not fit a 24 GB machine on the old path (32 × 1,024 × 151,936 fp32 logits are 20 GB before
-any copy), so two reduced sizes are measured and a line through them (fixed MiB + MiB per token of the batch) is
-extrapolated to the preset's batches — printed as an extrapolation, not a measurement.
+any copy), so two reduced sizes are measured. Each phase of a pass (decoder forward, head and loss, head backward,
+decoder backward) has its own peak, growing at its own rate; a line through each phase's two measurements (fixed MiB
++ MiB per token of the batch) is extrapolated to the preset's batches, and the largest phase is the pass's peak —
+printed as an extrapolation, not a measurement. About 15 minutes on 2 busy CPU cores.
 """
 import argparse
 import contextlib
@@ -43,11 +46,13 @@ QWEN_05B = dict(vocab_size=VOCAB, hidden_size=896, intermediate_size=4864, num_h
                 tie_word_embeddings=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6, pad_token_id=PAD)
 RLOO_PROMPT_SHARE = 150 / (150 + 1024)  # the preset's RLOO rows: ~150 prompt + 1,024 response tokens
 
-# measured sizes: rows × tokens per row (DPO: pairs, each two rows; RLOO: 1 prompt × k rows); the larger size has
-# the preset's row length, the smaller half of it — small enough for 2 CPU cores and 24 GB on the old path
+# measured sizes: rows × tokens per row (DPO: one pair = two rows; RLOO: one prompt × k = 2 rows). Both sizes put
+# at least one full chunk of logits (logprobs.CHUNK_LOGITS: 110 positions) through the head, so the line through them
+# has the new path's fixed cost as its intercept and only what grows with the batch as its slope; small enough for
+# 2 CPU cores (a 0.5B forward pass takes ~20-60 s per 1,000 tokens there) and for 24 GB on the old path.
 SIZES = {"evaluate_loss": [dict(rows=2, length=512), dict(rows=2, length=1024)],
          "dpo_reference": [dict(rows=2, length=512), dict(rows=2, length=1024)],
-         "rloo_step": [dict(rows=2, length=512), dict(rows=2, length=1024)]}
+         "rloo_step": [dict(rows=2, length=256), dict(rows=2, length=512)]}
 # the preset's shapes, and the tokens of the largest batch each path holds at once
 PRESET = {"evaluate_loss": ("32 rows × 1,024", 32, 1024),
           "dpo_reference": ("32 pairs × 1,024 (64 rows)", 64, 1024),
@@ -182,6 +187,9 @@ def load_policy(model_dir: str):
     """The qwen preset's policy: fp32 master weights, LoRA adapters (QWEN_LORA), gradient checkpointing on,
     dropout off (as DPO and RLOO run)."""
     model = modeling.load_model(model_dir, lora_cfg=config.QWEN_LORA)
+    with torch.no_grad():       # weights read from disk are memory-mapped: copy them in, or paging them in
+        for p in model.parameters():        # during the pass would count as the pass's memory (ties kept)
+            p.data = p.data.clone()
     model.gradient_checkpointing_enable()
     modeling.disable_dropout(model)
     return model
@@ -207,6 +215,33 @@ def reset_peak() -> bool:
         return False
 
 
+PHASES = ("decoder forward", "head forward", "head backward", "decoder backward")
+
+
+class Phases:
+    """The peak of each phase of a pass, above the RSS after loading: the decoder's forward, the head and loss
+    (everything after the decoder), the head's backward, the decoder's backward. Hooks on the decoder mark the
+    switches; the high-water mark is reset at each. Each phase's peak grows at its own rate (the old path's head
+    by the vocabulary per token, the new one's by nothing once a chunk is full), so each is extrapolated alone."""
+
+    def __init__(self, decoder, base_mib: float):
+        self.base, self.current, self.peaks = base_mib, "setup", {}
+        decoder.register_forward_pre_hook(lambda *_: self.switch("decoder forward"))
+        decoder.register_forward_hook(self.after_decoder)
+
+    def after_decoder(self, module, args, output):
+        self.switch("head forward")
+        hidden = getattr(output, "last_hidden_state", None)
+        if hidden is not None and hidden.requires_grad:     # its gradient is complete once the head's backward is
+            hidden.register_hook(lambda grad: self.switch("decoder backward"))
+
+    def switch(self, phase: str | None):
+        peak = memory_status()["VmHWM"] - self.base
+        self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), peak)
+        reset_peak()
+        self.current = phase
+
+
 def run_pass(name: str, path: str, rows: int, length: int, model_dir: str) -> dict:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -219,8 +254,9 @@ def run_pass(name: str, path: str, rows: int, length: int, model_dir: str) -> di
         data = rloo_samples(gen, rows, length)
         advantages = torch.randn(rows, generator=gen)
     lora = [p for p in model.parameters() if p.requires_grad]
-    clean = reset_peak()
-    before = memory_status()
+    if not reset_peak():
+        raise RuntimeError("needs Linux's /proc/self/clear_refs to reset the peak RSS after loading the model")
+    phases = Phases(logprobs.causal_lm_parts(model)[0], memory_status()["VmRSS"])
     started = time.perf_counter()
     if name == "evaluate_loss":
         value = (old_evaluate_loss if path == "old" else sft.evaluate_loss)(model, data, PAD)
@@ -233,25 +269,32 @@ def run_pass(name: str, path: str, rows: int, length: int, model_dir: str) -> di
         seqs = to_device(collate(sample_rows(data), PAD), model_device(model))
         logps = (old_sequence_logps if path == "old" else logprobs.sequence_logps)(model, seqs)
         loss = -(advantages * logps).sum()
+        phases.switch("head backward")
         loss.backward()
         value = float(loss)
     else:                               # one SFT micro-batch: sft_loss + backward
         model.train()
         batch = sft.sft_collate(PAD)(data)
         loss, _ = (old_sft_loss if path == "old" else sft.sft_loss)(model, batch)
-        (loss / batch["normalizer"]).backward()
-        value = float(loss / batch["normalizer"])
+        loss = loss / batch["normalizer"]
+        phases.switch("head backward")
+        loss.backward()
+        value = float(loss)
     seconds = time.perf_counter() - started
-    after = memory_status()
+    phases.switch(None)
     if name in ("rloo_step", "sft_step"):
         assert all(p.grad is not None for p in lora), "LoRA adapters got no gradient"
-    peak = after["VmHWM"] if clean else None
+    peaks = {k: v for k, v in phases.peaks.items() if k in PHASES}
     return {"pass": name, "path": path, "rows": rows, "length": length, "tokens": rows * length, "value": value,
-            "seconds": seconds, "rss_after_load_mib": before["VmRSS"], "peak_mib": peak,
-            "delta_mib": (peak - before["VmRSS"]) if clean else None, "lora_parameters": sum(p.numel() for p in lora)}
+            "seconds": seconds, "rss_after_load_mib": phases.base, "delta_mib": max(phases.peaks.values()),
+            "phases_mib": peaks, "lora_parameters": sum(p.numel() for p in lora)}
 
 
 def child(args: list[str], env: dict) -> dict:
+    # glibc keeps freed blocks under its dynamic mmap threshold (up to 32 MiB) in the heap: RSS then counted ~0.9 GiB
+    # of a forward pass's freed activations as in use. A fixed 128 KiB threshold hands them back, so RSS follows
+    # the live tensors (what a GPU's max_memory_allocated reports).
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072", **env}
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": f"exit {out.returncode}: {out.stderr.strip().splitlines()[-1:]}"}
@@ -300,12 +343,12 @@ def main():
         for name in (p for p in SIZES if p in passes):
             for size in SIZES[name]:
                 rows, length = size["rows"], size["length"]
-                got = {path: child(["--child", name, path, str(rows), str(length), *model_args(model_dir)], env)
+                got = {path: child(["--child", name, path, str(rows), str(length), "--model", model_dir], env)
                        for path in ("old", "new")}
                 results.setdefault(name, []).append(got)
                 shape = {"evaluate_loss": f"{rows} rows × {length}", "dpo_reference": f"{rows // 2} pair × {length}",
                          "rloo_step": f"1 × k={rows} × {length}"}[name]
-                if any("error" in g or g["delta_mib"] is None for g in got.values()):
+                if any("error" in g for g in got.values()):
                     print(f"{name:<14} {shape:<18} failed: {got}")
                     continue
                 old, new = got["old"], got["new"]
@@ -313,42 +356,56 @@ def main():
                       f"{new['delta_mib'] / old['delta_mib']:>6.2f}x {old['delta_mib'] / old['tokens']:>11.3f} "
                       f"{new['delta_mib'] / new['tokens']:>11.3f} {old['seconds']:>6.0f} {new['seconds']:>6.0f}  "
                       f"{abs(old['value'] - new['value']):.2e}")
-        extrapolate(results)
+        fits = extrapolate(results)
         if "sft_step" in passes:
             rows, length = SFT_STEP["rows"], SFT_STEP["length"]
-            got = child(["--child", "sft_step", "new", str(rows), str(length), *model_args(model_dir)], env)
-            if "error" in got or got["delta_mib"] is None:
+            got = child(["--child", "sft_step", "new", str(rows), str(length), "--model", model_dir], env)
+            if "error" in got:
                 print(f"\nSFT micro-batch failed: {got}")
             else:
                 print(f"\nSFT micro-batch, new path ({rows} rows × {length}, half of each row trained; sft_loss + "
                       f"backward, LoRA + gradient checkpointing, fp32, no optimizer state): {got['delta_mib']:.0f} MiB"
-                      f" = {got['delta_mib'] / got['tokens']:.3f} MiB per token ({got['seconds']:.0f} s)")
+                      f" = {got['delta_mib'] / got['tokens']:.3f} MiB per token ({got['seconds']:.0f} s); by phase: "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in got["phases_mib"].items()))
+                if "rloo_step" in fits:     # the same code (weighted_token_logps with gradients), other data
+                    q = config.PROFILES["qwen"]().sft
+                    tokens = q.batch_size * q.max_length
+                    at = {phase: fixed + per_token * tokens for phase, (fixed, per_token) in fits["rloo_step"].items()}
+                    top = max(at, key=at.get)
+                    print(f"  EXTRAPOLATION with the RLOO step's phase lines (same code with backward) to the qwen "
+                          f"preset's SFT micro-batch ({q.batch_size} × {q.max_length:,}): {at[top] / 1024:.1f} GiB "
+                          f"({top}: {fits['rloo_step'][top][0]:.0f} MiB + {fits['rloo_step'][top][1]:.3f} MiB/token)")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
-def model_args(model_dir: str) -> list[str]:
-    return ["--model", model_dir]
-
-
-def extrapolate(results: dict) -> None:
+def extrapolate(results: dict) -> dict:
+    """Prints the extrapolation; returns the new path's {phase: (fixed MiB, MiB per token)} per pass."""
+    fits = {}
     if not results:
-        return
-    print("\nEXTRAPOLATION to the qwen preset's shapes (not measured): a line through the two sizes above, "
-          "fixed MiB + MiB per token of the largest batch held at once")
-    print(f"{'pass':<14} {'preset shape':<34} {'path':<4} {'batch tokens':>12} {'fixed MiB':>9} {'MiB/token':>9} "
-          f"{'GiB':>7}")
+        return fits
+    print("\nEXTRAPOLATION to the qwen preset's shapes (not measured): each phase's peak on a line through the two "
+          "sizes above\n(fixed MiB + MiB per token of the batch held at once), the pass's peak the largest phase's")
+    print(f"{'pass':<14} {'preset shape':<34} {'path':<4} {'batch tokens':>12} "
+          + " ".join(f"{p:>16}" for p in PHASES) + f" {'peak GiB':>8}  largest phase: fixed MiB + MiB/token")
     for name, sizes in results.items():
-        if any("error" in g or g["delta_mib"] is None for size in sizes for g in size.values()):
+        if any("error" in g for size in sizes for g in size.values()):
             continue
         gib = {}
         for path in ("old", "new"):
-            fixed, per_token = fit([(size[path]["tokens"], size[path]["delta_mib"]) for size in sizes])
             tokens = preset_batch_tokens(name, path)
-            gib[path] = (fixed + per_token * tokens) / 1024
-            print(f"{name:<14} {PRESET[name][0]:<34} {path:<4} {tokens:>12,} {fixed:>9.0f} {per_token:>9.3f} "
-                  f"{gib[path]:>7.1f}")
+            lines = {phase: fit([(size[path]["tokens"], size[path]["phases_mib"][phase]) for size in sizes])
+                     for phase in PHASES if all(phase in size[path]["phases_mib"] for size in sizes)}
+            at = {phase: (fixed + per_token * tokens) / 1024 for phase, (fixed, per_token) in lines.items()}
+            top = max(at, key=at.get)
+            gib[path] = at[top]
+            if path == "new":
+                fits[name] = lines
+            cells = " ".join(f"{at[p]:>16.1f}" if p in at else f"{'-':>16}" for p in PHASES)
+            print(f"{name:<14} {PRESET[name][0]:<34} {path:<4} {tokens:>12,} {cells} {gib[path]:>8.1f}  "
+                  f"{top}: {lines[top][0]:.0f} + {lines[top][1]:.3f}")
         ratio = gib["new"] / gib["old"]
         print(f"{'':<14} {'':<34} new/old {ratio:.3f}x ({'meets' if ratio <= 0.3 else 'misses'} the 0.3x target)")
+    return fits
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-# Logits held at once: 2**26 fp32 numbers = 256 MiB — 441 positions of Qwen2.5's 151,936-word vocabulary,
-# 65,536 positions of the tiny model's 1,024 (one chunk). The [batch, positions, vocabulary] tensor of a plain
-# forward pass is 8 × 1024 × 151,936 fp32 numbers = 4.6 GiB, and its backward keeps more copies of that size.
-CHUNK_LOGITS = 2 ** 26
+# Logits per chunk: 2**24 fp32 numbers = 64 MiB — 110 positions of Qwen2.5's 151,936-word vocabulary, 16,384 of the
+# tiny model's 1,024 (one chunk for any tiny batch). A chunk costs ~2× that without gradients (logits + logsumexp's
+# temporary) and ~4× with (recomputed logits, temporaries, gradient: `make bench-memory`). The whole-batch
+# [batch, positions, vocabulary] tensor it replaces is 8 × 1024 × 151,936 fp32 numbers = 4.6 GiB, and its backward
+# keeps more copies of that size.
+CHUNK_LOGITS = 2 ** 24
 
 
 def causal_lm_parts(model):
