@@ -26,10 +26,12 @@ setup-dev: $(VENV)/.installed-dev
 
 demo: setup notebooks
 
+# RESTART=1: every stage trains again (the demo regenerates its results); RESTART=0 keeps finished stages
+RESTART ?= 1
 notebooks:
 	@for nb in $(NOTEBOOKS); do \
 		echo "=== $$nb (PROFILE=$(PROFILE))"; \
-		PROFILE=$(PROFILE) $(PY) -m helpers run-notebook $$nb || exit 1; \
+		PROFILE=$(PROFILE) RESTART=$(RESTART) $(PY) -m helpers run-notebook $$nb || exit 1; \
 	done
 
 # notebooks/NN.py (jupytext) are the sources; this rewrites the paired .ipynb (no outputs)

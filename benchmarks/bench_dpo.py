@@ -35,12 +35,12 @@ def run_one(mode: str, workdir: Path) -> dict:
                 for p in world["preferences"]["train"] for k in ("chosen", "rejected")]
         examples, _ = formatting.build_sft_dataset(tokenizer, rows, 256)
         training.train(model, tokenizer, examples, config.replace_config(train_cfg, batch_size=2 * BATCH), sft.sft_loss,
-                sft.sft_collate(pad), workdir / "sft", resume=False)
+                sft.sft_collate(pad), workdir / "sft", restart=True)
     else:
         pairs, _ = preference.build_pair_dataset(tokenizer, world["preferences"]["train"], 256)
         dpo.add_reference_logps(model, pairs, pad)
         training.train(model, tokenizer, pairs, train_cfg, dpo.make_dpo_loss(0.1), preference.pair_collate(pad),
-                       workdir / "dpo", resume=False, length_fn=preference.pair_length)
+                       workdir / "dpo", restart=True, length_fn=preference.pair_length)
     return {"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "parameters": modeling.count_parameters(model)}
 

@@ -44,7 +44,7 @@ def run_one(mode: str, steps: int, batch_size: int, workdir: Path) -> dict:
         # parity: the Trainer side runs with save_strategy="no" (the loop calls training.save_checkpoint)
         training.save_checkpoint = lambda *args, **kwargs: None
         started = time.perf_counter()
-        training.train(model, tokenizer, examples, train_cfg, sft.sft_loss, collate_fn, workdir / "ours", resume=False)
+        training.train(model, tokenizer, examples, train_cfg, sft.sft_loss, collate_fn, workdir / "ours", restart=True)
         seconds = time.perf_counter() - started
         # trained tokens seen: replay the same batch order
         lengths = [len(e["input_ids"]) for e in examples]

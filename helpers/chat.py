@@ -2,31 +2,45 @@
 answers and the terminal chat. Imports: config, modeling, formatting, generation."""
 from __future__ import annotations
 
+import html
+import queue
 import sys
+import threading
 from pathlib import Path
 
 from .config import Config, STAGES, device, out_path
-from .modeling import load_model, load_tokenizer
-from .formatting import render_chat
-from .generation import stop_token_ids
+from .modeling import IM_END, load_model, load_tokenizer
+from .formatting import encode_prompt
+from .generation import left_padded, stop_token_ids
+
+STREAM_POLL_SECONDS = 0.1    # how often a waiting reader checks that the generation thread is still alive
+
+
+class ChatError(RuntimeError):
+    """Generation failed (bad settings, out of memory, a broken model): the message says what happened."""
 
 
 class ChatSession:
-    """A multi-turn chat over one checkpoint, with streaming, Stop and Clear; the widget and the CLI drive it."""
+    """A multi-turn chat over one checkpoint, with streaming, Stop and Clear; the widget and the CLI drive it.
 
-    def __init__(self, max_context_tokens: int = 2048, system_prompt: str = "You are a helpful assistant.",
+    Model output and user text are untrusted: text is encoded so it never becomes control tokens, and `render`
+    escapes everything it shows as HTML.
+    """
+
+    def __init__(self, max_context_tokens: int | None = None, system_prompt: str = "You are a helpful assistant.",
                  temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 128):
-        import threading
         self.max_context_tokens, self.system_prompt = max_context_tokens, system_prompt
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.model = self.tokenizer = self.model_name = None
         self.history: list[dict] = []
         self.notes: list[str] = []
         self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
 
     def load(self, path) -> str | None:
-        """Load a checkpoint; returns None, or a clear message when it is missing or broken (never raises)."""
-        self.model = self.tokenizer = self.model_name = None   # a failed load must not leave the old model
+        """Load a checkpoint; returns None, or a clear message when it is missing or broken. Never raises: a
+        checkpoint folder is untrusted input, and a failed load leaves no model (not the previous one)."""
+        self.model = self.tokenizer = self.model_name = None
         if not str(path).strip():
             return "No checkpoint chosen: pick one or type the path of a model directory."
         path = Path(str(path)).expanduser()
@@ -36,10 +50,17 @@ class ChatSession:
             return f"{path} is not a Hugging Face model directory (no config.json)."
         try:
             tokenizer, model = load_tokenizer(path), load_model(path).to(device()).eval()
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            return f"Could not load {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        except Exception as err:      # SafetensorError, UnpicklingError, TypeError on a garbled config.json, …
+            return f"Could not load {path}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        problem = tokenizer_problem(tokenizer, model)
+        if problem:
+            return f"Could not load {path}: {problem}"
         self.tokenizer, self.model, self.model_name = tokenizer, model, str(path)
         return None
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
 
     def clear(self) -> None:
         self.history, self.notes = [], []
@@ -51,16 +72,21 @@ class ChatSession:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt.strip() else []
         return system + self.history
 
+    def context_tokens(self) -> int:
+        """The prompt budget: the session's setting, never more than the model's position embeddings."""
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        return min(self.max_context_tokens or limit, limit)
+
     def _fit_context(self) -> None:
         """Drop the oldest turns (and, last, cut the newest message from the left) until the prompt fits."""
-        budget = self.max_context_tokens - self.max_new_tokens
-        count = lambda: len(self.tokenizer(render_chat(self.tokenizer, self._messages(), True),
-                                           add_special_tokens=False)["input_ids"])
+        budget = self.context_tokens() - self.max_new_tokens
+        count = lambda: len(encode_prompt(self.tokenizer, self._messages()))
         while count() > budget and len(self.history) > 1:
             self.history.pop(0)
             self.notes.append("Older turns were dropped to fit the context window.")
         if count() > budget:
-            ids = self.tokenizer(self.history[-1]["content"], add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(self.history[-1]["content"], add_special_tokens=False,
+                                 split_special_tokens=True)["input_ids"]
             keep = len(ids)
             while count() > budget and keep > 1:   # re-check: a cut inside a character re-encodes longer
                 keep = max(1, keep - (count() - budget))
@@ -68,20 +94,27 @@ class ChatSession:
             self.notes.append(f"The message was truncated from the left to its last {keep} tokens.")
 
     def send(self, text: str, on_token=None) -> str | None:
-        """Add a user message and stream the reply (on_token(piece) for each piece); empty messages are ignored."""
-        import threading
-        from transformers import TextIteratorStreamer
+        """Add a user message and stream the reply (on_token(piece) for each piece); empty messages are ignored.
+
+        Raises ChatError when generation fails (the failed turn is taken back); never waits on a dead thread.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
         if not isinstance(text, str) or not text.strip():
             return None
         if self.model is None:
-            raise RuntimeError("no model loaded: call load() first")
+            raise ChatError("no model loaded: choose a checkpoint first")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ChatError(f"max_new_tokens must be a whole number ≥ 1, got {self.max_new_tokens!r}")
+        if not 0 <= self.temperature <= 10 or not 0 < self.top_p <= 1:
+            raise ChatError(f"temperature must be in [0, 10] and top_p in (0, 1], got {self.temperature}, "
+                            f"{self.top_p}")
         self.history.append({"role": "user", "content": text.strip()})
         self._fit_context()
         self._stop.clear()
-        enc = self.tokenizer(render_chat(self.tokenizer, self._messages(), True), return_tensors="pt",
-                             add_special_tokens=False).to(next(self.model.parameters()).device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        enc = left_padded([encode_prompt(self.tokenizer, self._messages())], self.tokenizer.pad_token_id,
+                          next(self.model.parameters()).device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=STREAM_POLL_SECONDS)
 
         class _StopFlag(StoppingCriteria):
             def __init__(self, event):
@@ -92,28 +125,81 @@ class ChatSession:
 
         sampling = (dict(do_sample=True, temperature=self.temperature, top_p=self.top_p) if self.temperature > 0
                     else dict(do_sample=False, temperature=None, top_p=None))
-        thread = threading.Thread(target=self.model.generate, kwargs=dict(
-            **enc, max_new_tokens=self.max_new_tokens, streamer=streamer, eos_token_id=stop_token_ids(self.tokenizer),
-            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=StoppingCriteriaList([_StopFlag(self._stop)]),
-            top_k=None, **sampling))
+        failure: list[BaseException] = []
+
+        def generate():
+            try:
+                self.model.generate(**enc, max_new_tokens=self.max_new_tokens, streamer=streamer,
+                                    eos_token_id=stop_token_ids(self.tokenizer), top_k=None,
+                                    pad_token_id=self.tokenizer.pad_token_id,
+                                    stopping_criteria=StoppingCriteriaList([_StopFlag(self._stop)]), **sampling)
+            except BaseException as err:       # reported to the caller below, with its type and message
+                failure.append(err)
+                streamer.end()
+        thread = threading.Thread(target=generate, daemon=True)
         thread.start()
         reply = ""
-        for piece in streamer:
+        while True:
+            try:
+                piece = next(streamer)
+            except StopIteration:
+                break
+            except queue.Empty:                # nothing new yet: keep waiting only while generation runs
+                if not thread.is_alive() and streamer.text_queue.empty():
+                    break
+                continue
             reply += piece
             if on_token:
                 on_token(piece)
         thread.join()
+        if failure:
+            self.history.pop()                 # the turn never happened
+            err = failure[0]
+            raise ChatError(f"generation failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}")
         self.history.append({"role": "assistant", "content": reply.strip()})
         return reply.strip()
 
-    def render(self) -> str:
-        """The conversation as HTML (escaped: model output is untrusted)."""
-        import html
+    def start(self, text: str, on_token=None, on_done=None) -> bool:
+        """`send` in a background thread, so the caller (a widget callback) returns at once and Stop, Clear and
+        switching checkpoints are handled while the reply streams. on_done(reply, error) is called at the end.
+        Returns False (and starts nothing) while a reply is still streaming."""
+        if self.busy:
+            return False
+
+        def run():
+            try:
+                reply, error = self.send(text, on_token), None
+            except ChatError as err:
+                reply, error = None, str(err)
+            if on_done:
+                on_done(reply, error)
+        self._worker = threading.Thread(target=run, daemon=True)
+        self._worker.start()
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def render(self, streaming: str | None = None) -> str:
+        """The conversation as HTML — every text escaped (model output and user text are untrusted), the reply
+        being streamed included."""
         parts = [f"<p><i>{html.escape(n)}</i></p>" for n in self.notes]
-        for m in self.history:
+        turns = self.history + ([{"role": "assistant", "content": streaming}] if streaming is not None else [])
+        for m in turns:
             who = "You" if m["role"] == "user" else "Assistant"
             parts.append(f"<p><b>{who}:</b> {html.escape(m['content']).replace(chr(10), '<br>')}</p>")
         return "\n".join(parts)
+
+
+def tokenizer_problem(tokenizer, model) -> str | None:
+    """Why this tokenizer cannot drive this model (files missing, another vocabulary), or None."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if IM_END not in tokenizer.get_vocab() or tokenizer.chat_template is None:
+        return "its tokenizer has no ChatML template or <|im_end|> token (tokenizer files missing or foreign?)"
+    if len(tokenizer) > rows:
+        return f"its tokenizer has {len(tokenizer)} tokens but the model only {rows} embedding rows"
+    return None
 
 
 def available_checkpoints(cfg: Config) -> dict[str, Path]:
@@ -125,56 +211,76 @@ def available_checkpoints(cfg: Config) -> dict[str, Path]:
     return {p.name: p for p in sorted(found, key=lambda p: order.index(p.name))}
 
 
+def status_html(text: str, error: bool = False) -> str:
+    """The widget's status line, escaped (it shows typed paths and error messages)."""
+    return f"<span style='color:{'#b00' if error else '#555'}'>{html.escape(text)}</span>"
+
+
 def build_chat_widget(cfg: Config, session: ChatSession | None = None):
-    """The ipywidgets chat; returns (widget, controls) so a notebook or test can drive it like a user."""
+    """The ipywidgets chat; returns (widget, controls) so a notebook or test can drive it like a user.
+
+    Send starts the reply in a background thread and returns: the kernel stays free, so Stop (which ends the reply
+    within a token), Clear and switching checkpoints act while it streams."""
     import ipywidgets as W
     session = session or ChatSession()
     choices = available_checkpoints(cfg)
     c = {"checkpoint": W.Dropdown(options=list(choices) + ["(path below)"], description="checkpoint"),
-         "path": W.Text(placeholder="any Hugging Face model directory", description="path"),
+         "path": W.Text(placeholder="any Hugging Face model directory", description="path", continuous_update=False),
          "system": W.Textarea(value=session.system_prompt, description="system"),
          "temperature": W.FloatSlider(value=session.temperature, min=0.0, max=1.5, step=0.05,
-                                     description="temperature"),
+                                      description="temperature"),
          "top_p": W.FloatSlider(value=session.top_p, min=0.05, max=1.0, step=0.05, description="top_p"),
          "max_new_tokens": W.IntSlider(value=session.max_new_tokens, min=8, max=1024, step=8, description="max tokens"),
-         "message": W.Text(placeholder="type a message, Enter sends", description="you"),
+         "message": W.Text(placeholder="type a message, Enter sends", description="you", continuous_update=False),
          "send": W.Button(description="Send", button_style="primary"), "stop": W.Button(description="Stop"),
          "clear": W.Button(description="Clear"), "status": W.HTML(), "conversation": W.HTML()}
 
     def load(_=None):
+        session.stop()
+        session.wait()
         name = c["checkpoint"].value
         path = c["path"].value.strip() if name == "(path below)" else choices.get(name)
+        c["status"].value = status_html(f"loading {path or '…'}")
         error = session.load(path or "")
         session.clear()
         c["conversation"].value = ""
-        c["status"].value = f"<span style='color:#b00'>{error}</span>" if error else f"loaded <code>{path}</code>"
+        c["status"].value = status_html(error, error=True) if error else status_html(f"loaded {path}")
 
     def send(_=None):
         text = c["message"].value
         if not text.strip():
             return
         if session.model is None:
-            c["status"].value = "<span style='color:#b00'>Load a checkpoint first.</span>"
+            c["status"].value = status_html("Load a checkpoint first.", error=True)
+            return
+        if session.busy:
+            c["status"].value = status_html("Still answering: press Stop first.", error=True)
             return
         session.system_prompt, session.temperature = c["system"].value, c["temperature"].value
         session.top_p, session.max_new_tokens = c["top_p"].value, c["max_new_tokens"].value
         c["message"].value = ""
-        streamed = []
+        streamed: list[str] = []
 
         def on_token(piece):
             streamed.append(piece)
-            c["conversation"].value = session.render() + f"<p><b>Assistant:</b> {''.join(streamed)}</p>"
-        session.send(text, on_token)
-        c["conversation"].value = session.render()
+            c["conversation"].value = session.render(streaming="".join(streamed))
+
+        def on_done(reply, error):
+            c["conversation"].value = session.render()
+            c["status"].value = status_html(error, error=True) if error else status_html(f"loaded {session.model_name}")
+        c["status"].value = status_html("generating…")
+        session.start(text, on_token, on_done)
 
     def clear(_=None):
+        session.stop()
+        session.wait()
         session.clear()
         c["conversation"].value = ""
 
-    c["checkpoint"].observe(lambda change: load() if change["name"] == "value" else None, names="value")
-    c["path"].on_submit(load)
+    c["checkpoint"].observe(lambda change: load(), names="value")
+    c["path"].observe(lambda change: load() if c["checkpoint"].value == "(path below)" else None, names="value")
     c["send"].on_click(send)
-    c["message"].on_submit(send)
+    c["message"].observe(lambda change: send() if change["new"].strip() else None, names="value")
     c["stop"].on_click(lambda _: session.stop())
     c["clear"].on_click(clear)
     if choices:
@@ -191,42 +297,62 @@ def side_by_side(cfg: Config, prompt: str, names=("sft_masked", "sft_unmasked"),
     for name in names:
         session = ChatSession(temperature=0.0, max_new_tokens=max_new_tokens)
         error = session.load(out_path("checkpoints", cfg, name))
-        answers[name] = error or session.send(prompt)
+        try:
+            answers[name] = error or session.send(prompt)
+        except ChatError as err:
+            answers[name] = str(err)
     return answers
 
 
 def chat_cli(model_dir: str, prompt: str | None = None, temperature: float = 0.7, max_new_tokens: int = 256,
              stream=None, read=input) -> int:
-    """`python -m helpers chat --model DIR [PROMPT]`: one answer and exit, or a loop (quit/exit, /reset)."""
+    """`python -m helpers chat --model DIR [PROMPT]`: one answer and exit, or a loop (quit/exit, /reset).
+
+    Exit codes: 0 done; 1 generation failed; 2 bad arguments or an unloadable model. A closed stdout (a pipe into
+    `head`) or stdin ends quietly, never with a traceback."""
     stream = stream or sys.stdout
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        print(f"error: --max-new-tokens must be ≥ 1, got {max_new_tokens}", file=sys.stderr)
+        return 2
+    if prompt is not None and not prompt.strip():
+        print("error: the prompt is empty: give a message, or leave it out to chat interactively", file=sys.stderr)
+        return 2
     session = ChatSession(temperature=temperature, max_new_tokens=max_new_tokens)
     error = session.load(model_dir)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write = lambda piece: (stream.write(piece), stream.flush())
-    if prompt is not None:
-        session.send(prompt, write)
-        stream.write("\n")
+    try:
+        if prompt is not None:
+            session.send(prompt, write)
+            stream.write("\n")
+            return 0
+        stream.write(f"Chatting with {model_dir}. 'quit' or 'exit' leaves, '/reset' clears the history.\n")
+        while True:
+            try:
+                text = read("you> ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            if text.strip().lower() in ("quit", "exit"):
+                break
+            if text.strip() == "/reset":
+                session.clear()
+                stream.write("(history cleared)\n")
+                continue
+            if not text.strip():
+                continue
+            stream.write("assistant> ")
+            session.send(text, write)
+            for note in session.notes:
+                stream.write(f"\n({note})")
+            session.notes = []
+            stream.write("\n")
         return 0
-    stream.write(f"Chatting with {model_dir}. 'quit' or 'exit' leaves, '/reset' clears the history.\n")
-    while True:
-        try:
-            text = read("you> ")
-        except (EOFError, KeyboardInterrupt):
-            break
-        if text.strip().lower() in ("quit", "exit"):
-            break
-        if text.strip() == "/reset":
-            session.clear()
-            stream.write("(history cleared)\n")
-            continue
-        if not text.strip():
-            continue
-        stream.write("assistant> ")
-        session.send(text, write)
-        for note in session.notes:
-            stream.write(f"\n({note})")
-        session.notes = []
-        stream.write("\n")
-    return 0
+    except ChatError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 1
+    except (BrokenPipeError, ValueError, OSError) as err:    # stdout closed under us (ValueError: I/O on closed file)
+        if isinstance(err, ValueError) and "closed file" not in str(err):
+            raise
+        return 0

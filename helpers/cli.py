@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--stage", required=True, choices=sorted(SFT_STAGES) + ["dpo", "reward_model", "rloo",
                                                                              "rloo_instructions"])
     p.add_argument("--profile", default=None)
+    p.add_argument("--restart", action="store_true",
+                   help="train again even if the stage folder holds a finished run of the same config")
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
@@ -62,6 +64,7 @@ def main(argv=None) -> int:
         print(f"initial model: {build_initial_model(cfg)}")
     elif args.command == "train":
         cfg = get_config(args.profile)
+        cfg.restart = cfg.restart or args.restart
         runners = {"dpo": lambda: run_dpo(cfg), "reward_model": lambda: run_reward_model(cfg),
                    "rloo": lambda: run_rloo(cfg, "countdown"),
                    "rloo_instructions": lambda: run_rloo(cfg, "instructions")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,8 +17,60 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class ConfigError(ValueError):
+    """A config value of the wrong type or outside its range; the message names the field."""
+
+
+_POSITIVE = (lambda v: v >= 1, "≥ 1")
+_NON_NEGATIVE = (lambda v: v >= 0, "≥ 0")
+_ABOVE_ZERO = (lambda v: v > 0 and math.isfinite(v), "> 0 and finite")
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+# What a value must be beyond its type, by field name (the same name means the same thing in every section).
+RANGES = {**{name: _POSITIVE for name in (
+              "max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "max_new_tokens",
+              "table_every", "instruction_steps", "sweep_steps", "sweep_eval_rows", "instruction_rows",
+              "countdown_rows", "loss_rows", "n_samples", "sampled_rows", "token_budget", "generation_tokens",
+              "win_rate_rows", "max_prompt_tokens", "countdown_test", "vocab_size", "hidden_size", "num_layers",
+              "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings", "countdown_max_value",
+              "new_token_steps", "notebook_cell_timeout", "max_rows")},
+          **{name: _NON_NEGATIVE for name in (
+              "warmup_steps", "weight_decay", "sft_weight", "kl_coef", "onpolicy_countdown_prompts", "top_k",
+              "instruction_train", "instruction_test", "countdown_train", "warmstart_rows", "preference_train",
+              "preference_train_extra", "preference_test", "pretrain_rows", "seed")},
+          **{name: _ABOVE_ZERO for name in ("lr", "max_grad_norm", "beta", "temperature", "sample_temperature")},
+          "prompt_loss_weight": _UNIT, "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+          "countdown_share": (lambda v: 0 <= v < 1, "in [0, 1)"), "k": (lambda v: v >= 2, "≥ 2 (leave-one-out)"),
+          "max_length": (lambda v: v >= 2, "≥ 2"), "countdown_numbers": (lambda v: v >= 2, "≥ 2"),
+          "quant": (lambda v: v in (4, 8), "4 or 8"), "world": (lambda v: v in ("tiny", "hub"), '"tiny" or "hub"'),
+          "countdown_format": (lambda v: v in ("chat", "warmstart"), '"chat" or "warmstart"')}
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list),
+          "dict": (dict,)}
+
+
+def check_value(owner: str, name: str, annotation: str, value) -> None:
+    """Raise ConfigError unless `value` has the field's type (its annotation) and lies in its range."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    types = tuple(t for k in kinds if k != "None" for t in _TYPES.get(k, (globals().get(k),)))
+    if not isinstance(value, types) or (isinstance(value, bool) and "bool" not in kinds):   # True is an int
+        raise ConfigError(f"{owner}.{name} = {value!r}: must be {' or '.join(kinds)}, not {type(value).__name__}")
+    rule = RANGES.get(name)
+    if rule is not None and not isinstance(value, (tuple, list, dict)) and not rule[0](value):
+        raise ConfigError(f"{owner}.{name} = {value!r}: must be {rule[1]}")
+
+
+class Checked:
+    """Dataclass mixin: every field's type and range checked on construction (and by `check_config` after any
+    change), so a bad value fails at once with its field's name, not deep inside torch three cells later."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check_value(type(self).__name__, f.name, f.type, getattr(self, f.name))
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     world: str = "tiny"               # "tiny": the offline tiny world; "hub": the course's hub datasets (qwen)
     hub_dir: str | None = None        # hub world only: read local files in each hub dataset's schema from here
                                       # (<hub id with / as __>/<hub split>.jsonl) instead of the hub (qwen_smoke)
@@ -42,7 +95,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     name: str = "tiny"                # hub id or local dir; "tiny" = the model 00_data builds locally
     vocab_size: int = 1024            # tiny: BPE vocabulary trained on the tiny world
     hidden_size: int = 192            # tiny: a few million parameters, fast on 2 CPU cores
@@ -57,7 +110,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """Knobs of the one training loop; every stage's config extends this."""
     seed: int = 0                     # data order and initialisation; same seed -> same numbers on CPU
     max_steps: int = 300              # optimizer steps
@@ -129,7 +182,7 @@ class RLOOConfig(TrainConfig):
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     batch_size: int = 64              # prompts per generate call
     max_new_tokens: int = 64          # enough for every tiny answer, including Countdown reasoning
     instruction_rows: int = 200       # held-out instruction tasks scored by exact match
@@ -152,7 +205,7 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
+class Config(Checked):
     profile: str = "tiny"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,6 +217,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     new_tokens: tuple = ("mediventricular", "neurogenix", "X-23S")  # domain words outside the vocabulary
     new_token_steps: int = 160        # LoRA steps of 00_data's new-token demo (tiny: all three learned by 160)
+    restart: bool = False             # train stages again even when their folder holds a finished run of the same
+                                      # config (else it is kept); RESTART=1 in the environment sets it
     notebook_cell_timeout: int | None = 1800  # seconds per notebook cell in `make demo`; None = no limit (the
                                               # qwen stages run for hours)
 
@@ -265,14 +320,26 @@ def get_config(profile: str | None = None, **overrides) -> Config:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     cfg = PROFILES[profile]()
+    cfg.restart = os.environ.get("RESTART", "") not in ("", "0")
     for key, value in overrides.items():
         section, _, name = key.partition("__")
         target = cfg if not name else getattr(cfg, section, None)
         name = name or section
-        known = {f.name for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else set()
-        if name not in known:
-            raise ValueError(f"unknown config field {key!r} for profile {profile!r}")
+        fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+        if name not in fields:
+            raise ConfigError(f"unknown config field {key!r} for profile {profile!r}")
+        check_value(type(target).__name__, name, fields[name].type, value)
         setattr(target, name, value)
+    return check_config(cfg)
+
+
+def check_config(cfg):
+    """Every field of a config (and of its sections) checked again — after fields were set one by one."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        check_value(type(cfg).__name__, f.name, f.type, value)
+        if dataclasses.is_dataclass(value):
+            check_config(value)
     return cfg
 
 
@@ -281,8 +348,8 @@ def replace_config(section, **changes):
     known = {f.name for f in dataclasses.fields(section)}
     unknown = sorted(set(changes) - known)
     if unknown:
-        raise ValueError(f"unknown field(s) {unknown} for {type(section).__name__}")
-    return dataclasses.replace(section, **changes)
+        raise ConfigError(f"unknown field(s) {unknown} for {type(section).__name__}")
+    return dataclasses.replace(section, **changes)        # __post_init__ checks every value
 
 
 def config_dict(cfg) -> dict:

@@ -4,6 +4,7 @@ the package: the reward serves DPO pair labelling, RLOO and evaluation alike."""
 from __future__ import annotations
 
 import ast
+import math
 import re
 
 COUNTDOWN_SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in the mind "
@@ -48,6 +49,9 @@ def parse_countdown_task(text: str):
 
 
 _MAX_EXPRESSION_CHARS = 200          # an honest answer to a Countdown task is a few dozen characters
+# The answer's grammar: decimal integers, + - * /, parentheses and spaces — nothing else reaches the parser, so
+# 0x7, 0o7, 0b1, 1_0, 1e3, 3.5, comments and line continuations are wrong answers, not numbers.
+_ANSWER_CHARS = re.compile(r"[0-9+\-*/() ]+")
 
 
 _ALLOWED_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
@@ -73,8 +77,9 @@ def countdown_reward(completion: str, target, nums) -> float:
     """TinyZero's tiered reward: 0.0 no <answer>; 0.1 answer present but wrong; 1.0 correct.
 
     Correct = uses each given number exactly once and equals the target within 1e-5. The *last* <answer> counts,
-    wherever it is in the text. Model output is untrusted: it is parsed with `ast` and only + - * /, parentheses
-    and non-negative integers are evaluated — never eval/exec — and the function never raises.
+    wherever it is in the text. Model output is untrusted: only decimal integers, + - * / and parentheses are
+    accepted, parsed with `ast` — never eval/exec — and the function never raises. Against ground truth that is not
+    whole numbers (a float or bool among the numbers, a text target) no answer is correct: 0.1 at most.
     """
     if not isinstance(completion, str):
         return 0.0
@@ -83,12 +88,16 @@ def countdown_reward(completion: str, target, nums) -> float:
     if start == -1:
         return 0.0
     expression = completion[start + len("<answer>"):end].strip()
-    if not expression or len(expression) > _MAX_EXPRESSION_CHARS:
+    whole = lambda n: isinstance(n, int) and not isinstance(n, bool)
+    verifiable = (isinstance(target, (int, float)) and not isinstance(target, bool) and math.isfinite(target)
+                  and isinstance(nums, (list, tuple)) and all(whole(n) for n in nums))
+    if not verifiable or not expression or len(expression) > _MAX_EXPRESSION_CHARS \
+            or not _ANSWER_CHARS.fullmatch(expression):
         return 0.1
     try:
         used: list = []
         value = _evaluate_arithmetic(ast.parse(expression, mode="eval"), used)
-        if sorted(used) != sorted(int(n) for n in nums):
+        if sorted(used) != sorted(nums):
             return 0.1
         return 1.0 if abs(value - float(target)) < 1e-5 else 0.1
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, MemoryError, TypeError):
@@ -102,11 +111,15 @@ def solve_countdown(nums, target):
     """
     from fractions import Fraction
     start = [(Fraction(n), str(n), []) for n in nums]
+    dead_ends = set()       # multisets of values already shown not to reach the target: 5 numbers take ms, not s
 
     def search(items):
         if len(items) == 1:
             value, expr, steps = items[0]
             return (expr, steps) if value == target else None
+        values = tuple(sorted(v for v, _, _ in items))
+        if values in dead_ends:
+            return None
         for i in range(len(items)):
             for j in range(len(items)):
                 if i == j:
@@ -127,6 +140,7 @@ def solve_countdown(nums, target):
                     found = search([merged if k == i else items[k] for k in range(len(items)) if k != j])
                     if found:
                         return found
+        dead_ends.add(values)
         return None
 
     return search(start)

@@ -23,14 +23,24 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line; a line that is not UTF-8, not JSON or not an object is named with its number."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: line {line_no} is not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {line_no} is a JSON {type(row).__name__}, not an object")
+            rows.append(row)
     return rows
 
 
@@ -48,37 +58,68 @@ def conversation_problem(messages) -> str | None:
             return f"message {i} has unknown role {m['role']!r}"
         if not isinstance(m.get("content"), str):
             return f"message {i} content is not a string"
-        if m["role"] == "assistant" and not m["content"].strip():
-            return f"message {i} is an empty assistant message"
+        if m["role"] in ("user", "assistant") and not m["content"].strip():
+            return f"message {i} is an empty {m['role']} message"
     if not any(m["role"] == "assistant" for m in messages):
         return "no assistant message"
     return None
 
 
+def prompt_problem(prompt) -> str | None:
+    """Why a prompt (the messages before an answer) cannot be answered, or None: it must be a list of valid messages
+    that ends with the user's turn."""
+    if not isinstance(prompt, list) or not prompt:
+        return f"prompt is not a list of messages ({type(prompt).__name__})"
+    problem = conversation_problem(prompt + [{"role": "assistant", "content": "answer"}])
+    if problem is None and prompt[-1]["role"] != "user":
+        problem = "prompt does not end with a user message"
+    return problem
+
+
 class SkipCounter:
-    """Counts skipped rows by reason and remembers the first few, so nothing is dropped silently."""
+    """Counts skipped rows by reason and remembers the first few, so nothing is dropped silently; also counts rows
+    kept with a remark (`note`), e.g. text that spells a control token."""
 
     def __init__(self, name: str, show: int = 3):
-        self.name, self.show, self.reasons, self.examples = name, show, Counter(), []
+        self.name, self.show, self.reasons, self.examples, self.notes = name, show, Counter(), [], Counter()
 
-    def skip(self, index, reason: str) -> None:
-        self.reasons[reason.split(" (")[0]] += 1
+    def skip(self, index, reason: str, detail: str = "") -> None:
+        self.reasons[reason] += 1
         if len(self.examples) < self.show:
-            self.examples.append(f"row {index}: {reason}")
+            self.examples.append(f"row {index}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def note(self, remark: str) -> None:
+        self.notes[remark] += 1
 
     @property
     def total(self) -> int:
         return sum(self.reasons.values())
 
     def report(self) -> str:
+        kept = "".join(f"; kept {n} row(s) whose {remark}" for remark, n in self.notes.items())
         if not self.total:
-            return f"{self.name}: no rows skipped"
-        return f"{self.name}: skipped {self.total} rows — " + "; ".join(self.examples)
+            return f"{self.name}: no rows skipped" + kept
+        return f"{self.name}: skipped {self.total} rows — " + "; ".join(self.examples) + kept
+
+
+CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def objects(rows, skips: SkipCounter):
+    """(index, row) of every row that is a JSON object; None, numbers, strings and lists are skipped and counted.
+    Rows whose text spells a control token are kept — it stays text (formatting.encode_chat) — and counted."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            skips.skip(i, "row is not an object", type(row).__name__)
+            continue
+        if any(token in json.dumps(row, ensure_ascii=False) for token in CONTROL_TOKENS):
+            skips.note("text spells a control token such as <|im_end|> (kept as text)")
+        yield i, row
 
 
 def convert_smoltalk(rows, skips: SkipCounter) -> list[dict]:
     out = []
-    for i, row in enumerate(rows):
+    for i, row in objects(rows, skips):
         problem = conversation_problem(row.get("messages"))
         if problem:
             skips.skip(i, problem)
@@ -91,7 +132,7 @@ def convert_smoltalk(rows, skips: SkipCounter) -> list[dict]:
 def convert_ultrafeedback(rows, skips: SkipCounter) -> list[dict]:
     """chosen/rejected are full message lists (prompt + answer): keep the prompt once, the two answers as text."""
     out = []
-    for i, row in enumerate(rows):
+    for i, row in objects(rows, skips):
         chosen, rejected = row.get("chosen"), row.get("rejected")
         problem = conversation_problem(chosen) or conversation_problem(rejected)
         if problem is None and (chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant"):
@@ -102,6 +143,8 @@ def convert_ultrafeedback(rows, skips: SkipCounter) -> list[dict]:
                 problem = "empty prompt"
             elif chosen[-1]["content"].strip() == rejected[-1]["content"].strip():
                 problem = "chosen identical to rejected"
+            elif [(m["role"], m["content"]) for m in chosen[:-1]] != [(m["role"], m["content"]) for m in rejected[:-1]]:
+                problem = "chosen and rejected answer different prompts"
         if problem:
             skips.skip(i, problem)
             continue
@@ -115,7 +158,7 @@ def convert_ultrafeedback(rows, skips: SkipCounter) -> list[dict]:
 def _text_pair_rows(rows, skips, fields, build, extra=lambda messages: {}):
     """Rows of text fields -> {"messages", **extra(messages)}; `extra` returns None to skip a row (counted)."""
     out = []
-    for i, row in enumerate(rows):
+    for i, row in objects(rows, skips):
         bad = next((f for f in fields if not isinstance(row.get(f), str)), None)
         if bad:
             skips.skip(i, f"field {bad!r} missing or not a string")
@@ -150,16 +193,39 @@ def convert_alpaca(rows, skips: SkipCounter) -> list[dict]:
     return [dict(r, source="alpaca") for r in _text_pair_rows(rows, skips, ("instruction", "output"), build)]
 
 
+def is_count(value, high: int) -> bool:
+    """A whole number in [0, high] — and not a bool, which Python counts as an int."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+
+
+COUNTDOWN_MAX_NUMBERS, COUNTDOWN_MAX_VALUE = 6, 10_000     # the course's tasks: 3–4 numbers below 100
+
+
 def convert_countdown(rows, skips: SkipCounter) -> list[dict]:
     out = []
-    for i, row in enumerate(rows):
+    for i, row in objects(rows, skips):
         target, nums = row.get("target"), row.get("nums")
-        if not isinstance(target, int) or isinstance(target, bool):
-            skips.skip(i, "field 'target' missing or not an integer")
-        elif not isinstance(nums, list) or not nums or not all(isinstance(n, int) and n >= 0 for n in nums):
-            skips.skip(i, "field 'nums' missing or not a list of non-negative integers")
+        if not is_count(target, COUNTDOWN_MAX_VALUE) or target == 0:
+            skips.skip(i, "field 'target' missing or not a whole number in 1..10000", repr(target)[:40])
+        elif not isinstance(nums, list) or not 2 <= len(nums) <= COUNTDOWN_MAX_NUMBERS \
+                or not all(is_count(n, COUNTDOWN_MAX_VALUE) for n in nums):
+            skips.skip(i, "field 'nums' missing or not 2-6 whole numbers in 0..10000", repr(nums)[:40])
         else:
             out.append({"target": target, "nums": list(nums)})
+    return out
+
+
+def drop_duplicates(rows: list[dict], skips: SkipCounter) -> list[dict]:
+    """Exact duplicate rows (after conversion) are dropped and counted: a repeated row is trained on twice, and a
+    test row repeated in training leaks."""
+    seen, out = set(), []
+    for i, row in enumerate(rows):
+        key = json.dumps(row, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            skips.skip(i, "duplicate of an earlier row")
+            continue
+        seen.add(key)
+        out.append(row)
     return out
 
 
@@ -198,7 +264,8 @@ def write_dataset(cfg: Config, name: str, splits: dict[str, list], source: str, 
         write_jsonl(folder / f"{split}.jsonl", rows)
     manifest = {"name": name, "source": source, "revision": revision, "profile": cfg.profile,
                 "seed": cfg.data.seed, "splits": {s: len(r) for s, r in splits.items()}, "filters": filters,
-                "dropped": dict(skips.reasons) if skips else {}, "content_hash": content_hash(splits)}
+                "dropped": dict(skips.reasons) if skips else {}, "kept_with_notes": dict(skips.notes) if skips else {},
+                "content_hash": content_hash(splits)}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
@@ -248,7 +315,7 @@ def download_and_convert(cfg: Config, name: str) -> Path:
         ds, revision = load_hub_split(cfg, hub_id, theirs)
         if cfg.data.max_rows and len(ds) > cfg.data.max_rows:      # a sample of the whole set, not its first rows
             ds = ds.shuffle(seed=cfg.data.seed).select(range(cfg.data.max_rows))
-        splits[ours] = converter(ds, skips)
+        splits[ours] = drop_duplicates(converter(ds, skips), skips)
     if name == "countdown":
         splits = split_holdout(splits["train"], cfg.data.countdown_test, cfg.data.seed)
     print(skips.report())

@@ -6,12 +6,10 @@ import dataclasses
 
 import torch.nn.functional as F
 
-from .config import Config, device, out_path, seed_everything
+from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
 from .modeling import as_lora_config, disable_dropout, load_model, load_tokenizer
-from .logger import NullLogger, TensorBoardLogger
-from .checkpoints import resumable_state
-from .training import train
+from .training import stage_logger, train
 from .preference import (build_pair_dataset, countdown_onpolicy_pairs, pair_collate, pair_length, pair_logps,
                     pair_sequence_logps, preference_data)
 
@@ -72,7 +70,7 @@ def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
 
 def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log: bool = True) -> dict:
     """DPO from the SFT checkpoint with a precomputed reference; returns {"history", "dir", "model", …}."""
-    dcfg = cfg.dpo
+    dcfg = check_config(cfg).dpo      # a bad value fails here, before any model is loaded
     seed_everything(dcfg.seed)
     start = out_path("checkpoints", cfg, reference)
     tokenizer = load_tokenizer(start)
@@ -104,11 +102,11 @@ def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log:
     stage_dir = out_path("checkpoints", cfg, stage)
     run_config = {"stage": stage, "profile": cfg.profile, "reference": reference, "dpo": dataclasses.asdict(dcfg),
                   "train_pairs": len(train_pairs), "dropped": dict(skips.reasons), "onpolicy": onpolicy_stats}
-    resuming = resumable_state(stage_dir, run_config) is not None
-    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    logger = stage_logger(cfg, stage, run_config, log)
     eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}
     history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight), pair_collate(pad),
-                    stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, length_fn=pair_length)
+                    stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, length_fn=pair_length,
+                    restart=cfg.restart)
     logger.close()
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
             "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,

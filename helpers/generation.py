@@ -1,5 +1,6 @@
 """Generation: batched greedy or sampled responses to chat prompts (left padding, KV cache, stop at
 <|im_end|>, LoRA merged for the duration), and k samples per prompt with their exact token ids for RLOO.
+Prompts are encoded with `encode_chat`: text in a message never becomes a control token.
 Imports: modeling, formatting, batching."""
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import contextlib
 import torch
 
 from .modeling import ENDOFTEXT, IM_END, autocast_context, merged_adapters, model_device
-from .formatting import render_chat
-from .batching import token_budget_batches
+from .formatting import encode_prompt
+from .batching import collate, token_budget_batches
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -27,18 +28,21 @@ GENERATION_TOKENS = 65_536
 
 
 @contextlib.contextmanager
-def generation_mode(model, tokenizer):
-    """Eval mode, left padding (generation continues from the right edge of every row), LoRA merged into the
-    weights and bf16 autocast on CUDA — restored afterwards, whatever happens."""
-    was_training, side = model.training, tokenizer.padding_side
+def generation_mode(model):
+    """Eval mode, LoRA merged into the weights and bf16 autocast on CUDA — restored afterwards, whatever happens."""
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     try:
         with merged_adapters(model), autocast_context(model_device(model)):
             yield
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
+
+
+def left_padded(prompt_ids: list[list[int]], pad_id: int, device) -> dict:
+    """Prompts padded on the left: generation continues from the right edge of every row."""
+    rows = [{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in prompt_ids]
+    return {k: v.to(device) for k, v in collate(rows, pad_id, padding_side="left").items()}
 
 
 @torch.no_grad()
@@ -53,14 +57,12 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
         torch.manual_seed(seed)
-    texts = [render_chat(tokenizer, c, add_generation_prompt=True) for c in conversations]
-    lengths = [len(ids) + max_new_tokens for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    batches = token_budget_batches(lengths, token_budget, max_rows=batch_size)
-    responses = [None] * len(texts)
-    with generation_mode(model, tokenizer):
+    prompts = [encode_prompt(tokenizer, c) for c in conversations]
+    batches = token_budget_batches([len(p) + max_new_tokens for p in prompts], token_budget, max_rows=batch_size)
+    responses = [None] * len(prompts)
+    with generation_mode(model):
         for idx in tqdm(batches, desc="generate", disable=not progress, mininterval=2):
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model_device(model))
+            enc = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
             for row, i in enumerate(idx):
@@ -84,9 +86,8 @@ def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, t
     what was sampled: a list of {"prompt_ids", "response_ids", "text"} of length len(prompts) * k, prompt-major.
     """
     stops = stop_token_ids(tokenizer)
-    with generation_mode(model, tokenizer):
-        texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
+    with generation_mode(model):
+        enc = left_padded([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id, model_device(model))
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                              max_new_tokens=max_new_tokens, num_return_sequences=k, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id)

@@ -7,7 +7,7 @@ import torch
 
 from .config import Config, dataset_name
 from .countdown import countdown_reward
-from .data import SkipCounter, conversation_problem, load_split
+from .data import SkipCounter, load_split, objects, prompt_problem
 from .modeling import model_device
 from .formatting import build_sft_example
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
@@ -26,10 +26,11 @@ def pair_sequence_logps(model, batch) -> torch.Tensor:
 def build_pair_dataset(tokenizer, pairs, max_length: int, name: str = "pairs") -> tuple[list[dict], SkipCounter]:
     """Tokenize preference pairs (prompt messages, chosen text, rejected text) with the SFT mask.
 
-    Dropped and counted: chosen identical to rejected, an empty prompt or response, or a response truncated away.
+    Dropped and counted: a row that is not an object, chosen identical to rejected, an empty or missing response,
+    a prompt that is not a list of messages ending with the user's turn, or a response truncated away.
     """
     skips, out = SkipCounter(name), []
-    for i, pair in enumerate(pairs):
+    for i, pair in objects(pairs, skips):
         prompt, chosen, rejected = pair.get("prompt"), pair.get("chosen"), pair.get("rejected")
         if not isinstance(chosen, str) or not isinstance(rejected, str) or not chosen.strip() or not rejected.strip():
             skips.skip(i, "empty or missing response")
@@ -37,9 +38,9 @@ def build_pair_dataset(tokenizer, pairs, max_length: int, name: str = "pairs") -
         if chosen.strip() == rejected.strip():
             skips.skip(i, "chosen identical to rejected")
             continue
-        if conversation_problem((prompt or []) + [{"role": "assistant", "content": chosen}]) or \
-                not any(m["content"].strip() for m in prompt):
-            skips.skip(i, "empty or malformed prompt")
+        problem = prompt_problem(prompt)
+        if problem:
+            skips.skip(i, "empty or malformed prompt", problem)
             continue
         c = build_sft_example(tokenizer, prompt + [{"role": "assistant", "content": chosen}], max_length)
         r = build_sft_example(tokenizer, prompt + [{"role": "assistant", "content": rejected}], max_length)

@@ -3,18 +3,18 @@ scoring of (prompt, response) pairs for RLOO and best-of-n. Imports: config … 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .config import Config, device, out_path, seed_everything
+from .config import Config, check_config, device, out_path, output_root, seed_everything
 from .modeling import load_model, load_tokenizer, model_device, save_model
-from .formatting import render_chat
+from .formatting import encode_chat
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
-from .logger import NullLogger, TensorBoardLogger
-from .checkpoints import resumable_state
-from .training import train
+from .training import stage_logger, train
 from .logprobs import can_share_prompt, pair_samples, shared_prompt_forward
 from .preference import build_pair_dataset, pair_collate, pair_length, preference_data
 
@@ -58,12 +58,20 @@ def reward_model_accuracy(model, pairs: list[dict], pad_token_id: int, token_bud
     return sum(reward_model_wins(model, pairs, pad_token_id, token_budget)) / max(1, len(pairs))
 
 
+def merged_copy_dir(adapter_dir: Path) -> Path:
+    """<OUTPUT_DIR>/cache/merged/<name>-<fingerprint>: never beside a folder we do not own (a judge's), and a new
+    copy whenever the adapter's files change (a retrained stage is not served from a stale merge)."""
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in adapter_dir.iterdir() if p.is_file())
+    key = hashlib.sha256(json.dumps([str(adapter_dir.resolve()), stats]).encode()).hexdigest()[:12]
+    return output_root() / "cache" / "merged" / f"{adapter_dir.name}-{key}"
+
+
 def load_reward_model(path):
     """A sequence-classification model (scalar head) from a full model dir; a LoRA SFT dir is merged first."""
     from transformers import AutoModelForSequenceClassification
     path = Path(str(path))
-    if (path / "adapter_config.json").exists():      # e.g. qwen's LoRA SFT checkpoint: merge once, next to it
-        merged = path.with_name(path.name + "_merged")
+    if (path / "adapter_config.json").exists():      # e.g. qwen's LoRA SFT checkpoint: merged once, into the cache
+        merged = merged_copy_dir(path)
         if not (merged / "config.json").exists():
             save_model(load_model(path), merged, load_tokenizer(path), merge=True)
         path = merged
@@ -75,8 +83,7 @@ def load_reward_model(path):
 
 def score_responses(reward_model, tokenizer, prompts, responses, token_budget: int = NO_GRAD_TOKENS) -> list[float]:
     """Reward-model scores of (prompt, response) pairs — for RLOO's instruction track, best-of-n and win rate."""
-    ids = [tokenizer(render_chat(tokenizer, p + [{"role": "assistant", "content": r}]),
-                     add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses)]
+    ids = [encode_chat(tokenizer, p + [{"role": "assistant", "content": r}])[0] for p, r in zip(prompts, responses)]
     rows = [{"input_ids": i, "attention_mask": [1] * len(i)} for i in ids]
 
     def per_row(model, batch_rows):
@@ -87,7 +94,7 @@ def score_responses(reward_model, tokenizer, prompts, responses, token_budget: i
 
 def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True) -> dict:
     """The Bradley–Terry reward model from the SFT checkpoint (fp32 master weights, every weight trained)."""
-    rcfg = cfg.reward
+    rcfg = check_config(cfg).reward
     seed_everything(rcfg.seed)
     tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
     model.to(device())
@@ -99,12 +106,11 @@ def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "rewar
     stage_dir = out_path("checkpoints", cfg, stage)
     run_config = {"stage": stage, "profile": cfg.profile, "start": start, "reward": dataclasses.asdict(rcfg),
                   "train_pairs": len(train_pairs), "dropped": dict(skips.reasons)}
-    resuming = resumable_state(stage_dir, run_config) is not None
-    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    logger = stage_logger(cfg, stage, run_config, log)
     history = train(model, tokenizer, train_pairs, rcfg, bradley_terry_loss, pair_collate(pad), stage_dir,
                     length_fn=pair_length,
                     eval_fn=lambda m: {"eval/pairwise_accuracy": reward_model_accuracy(m, test_pairs, pad)},
-                    logger=logger, run_config=run_config, desc=stage)
+                    logger=logger, run_config=run_config, desc=stage, restart=cfg.restart)
     logger.close()
     wins, by_source = reward_model_wins(model, test_pairs, pad), {}
     for pair, win in zip(test_pairs, wins):

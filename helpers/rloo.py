@@ -9,15 +9,15 @@ import random
 
 import torch
 
-from .config import Config, dataset_name, device, out_path, replace_config, replace_sections, seed_everything
+from .config import (Config, check_config, dataset_name, device, out_path,
+                     replace_config, replace_sections, seed_everything)
 from .countdown import countdown_reward
 from .data import countdown_tasks, load_split
 from .modeling import disable_dropout, load_model, load_tokenizer
 from .formatting import fit_prompts, render_chat
 from .batching import collate
-from .logger import NullLogger, TensorBoardLogger
-from .checkpoints import resumable_state
-from .training import train
+from .logger import NullLogger
+from .training import stage_logger, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import generate_eval, sample_completions
 from .scoring import countdown_accuracy, instruction_test_rows
@@ -107,6 +107,7 @@ def run_rloo(cfg: Config, track: str = "countdown", start: str = "sft_masked", s
              log: bool = True) -> dict:
     """RLOO from an SFT checkpoint. track="countdown": rule-based reward on Countdown prompts;
     track="instructions": the reward model on instruction prompts."""
+    check_config(cfg)          # k < 2, temperature 0, … fail here, before any model is loaded
     rcfg = cfg.rloo if track == "countdown" else replace_config(cfg.rloo, max_steps=cfg.rloo.instruction_steps)
     stage = stage or ("rloo" if track == "countdown" else "rloo_instructions")
     seed_everything(rcfg.seed)
@@ -138,11 +139,10 @@ def run_rloo(cfg: Config, track: str = "countdown", start: str = "sft_masked", s
     stage_dir = out_path("checkpoints", cfg, stage)
     run_config = {"stage": stage, "profile": cfg.profile, "track": track, "start": start,
                   "rloo": dataclasses.asdict(rcfg)}
-    resuming = resumable_state(stage_dir, run_config) is not None
-    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    logger = stage_logger(cfg, stage, run_config, log)
     loss_fn = make_rloo_loss(replace_sections(cfg, rloo=rcfg), tokenizer, reward_fn, reference, logger)
     history = train(model, tokenizer, tasks, rcfg, loss_fn, rloo_collate(rcfg.k), stage_dir, eval_fn=eval_fn,
-                    logger=logger, run_config=run_config, desc=stage,
+                    logger=logger, run_config=run_config, desc=stage, restart=cfg.restart, watch_loss=False,
                     length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])))   # prompts of similar length
     logger.close()
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer}

@@ -3,20 +3,20 @@ loss, held-out loss, the SFT mixture of the profile, and `run_sft`. Imports: con
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
-from .config import Config, config_dict, dataset_name, device, out_path, replace_config, seed_everything
+from .config import Config, check_config, config_dict, dataset_name, device, out_path, replace_config, seed_everything
 from .data import load_split
 from .modeling import build_tiny_model, load_model, load_tokenizer, model_device, save_model, train_tiny_tokenizer
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
-from .checkpoints import resumable_state
-from .training import train
+from .training import stage_logger, train
 from .logprobs import trained_weights, weighted_token_logps
 
 
@@ -67,6 +67,7 @@ def build_initial_model(cfg: Config, log: bool = True) -> Path:
         tokenizer = load_tokenizer(cfg.model.name)
         return save_model(load_model(cfg.model.name, dtype=None), target, tokenizer,
                           extra={"run_config.json": config_dict(cfg)})
+    check_config(cfg)
     seed_everything(cfg.pretrain.seed)
     texts = [r["text"] for r in load_split(cfg, "pretrain", "train")]
     chats = [render_chat_plain(r["messages"]) for r in load_split(cfg, "instructions", "train")[:200]]
@@ -79,6 +80,7 @@ def build_initial_model(cfg: Config, log: bool = True) -> Path:
     run_config = {"stage": "pretrain", **config_dict(cfg)}
     train(model, tokenizer, examples[len(held_out):], cfg.pretrain, sft_loss, sft_collate(tokenizer.pad_token_id),
           out_path("checkpoints", cfg, "pretrain_run"), logger=logger, run_config=run_config, desc="pretrain",
+          restart=True, uniform_loss=math.log(len(tokenizer)),
           eval_fn=lambda m: {"eval/loss": evaluate_loss(m, held_out, tokenizer.pad_token_id)})
     logger.close()
     shutil.rmtree(out_path("checkpoints", cfg, "pretrain_run"), ignore_errors=True)
@@ -110,6 +112,7 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
     `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
     """
+    check_config(cfg)
     weight = cfg.sft.prompt_loss_weight if prompt_loss_weight is None else prompt_loss_weight
     train_cfg = replace_config(cfg.sft, prompt_loss_weight=weight,
                                seed=cfg.sft.seed if seed is None else seed,
@@ -131,10 +134,10 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     run_config = {"stage": stage, "profile": cfg.profile, "sft": dataclasses.asdict(train_cfg),
                   "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
                   "train_examples": len(examples), "dropped": dict(skips.reasons)}
-    resuming = resumable_state(stage_dir, run_config) is not None
-    logger = TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not resuming) if log else NullLogger()
+    logger = stage_logger(cfg, stage, run_config, log)
     history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad), stage_dir,
-                    eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage)
+                    eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
+                    uniform_loss=math.log(len(tokenizer)))
     logger.close()
     return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
 

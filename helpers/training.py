@@ -7,21 +7,36 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from .config import Config, TrainConfig, out_path
 from .modeling import autocast_context
-from .batching import length_grouped_batches
-from .logger import NullLogger
-from .checkpoints import load_weights_into, resumable_state, save_checkpoint
+from .batching import length_grouped_batches, to_device
+from .logger import NullLogger, TensorBoardLogger
+from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_status
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss became NaN/inf, rose far above where it started, or sat at the uniform-output value; training
+    stopped and the message says which checkpoint, if any, was kept."""
+
+
+# Divergence beyond NaN: a loss above DIVERGED_FACTOR × its first value + 1 nat, or within UNIFORM_TOLERANCE of
+# ln(vocabulary) (a model that outputs the uniform distribution), for DIVERGED_STEPS steps in a row.
+DIVERGED_FACTOR, UNIFORM_TOLERANCE, DIVERGED_STEPS = 3.0, 0.02, 3
+
+
+def stage_logger(cfg: Config, stage: str, run_config: dict, enabled: bool = True):
+    """The stage's TensorBoard logger: a fresh run clears old events, a resumed or finished run keeps them."""
+    if not enabled:
+        return NullLogger()
+    keep = keeps_events(out_path("checkpoints", cfg, stage), run_config, cfg.restart)
+    return TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not keep)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -33,8 +48,9 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> flo
 
 
 def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, collate_fn, stage_dir,
-          eval_fn=None, logger=None, run_config: dict | None = None, resume: bool = True,
-          stop_after_steps: int | None = None, desc: str = "train", length_fn=None) -> list[dict]:
+          eval_fn=None, logger=None, run_config: dict | None = None, restart: bool = False,
+          stop_after_steps: int | None = None, desc: str = "train", length_fn=None, watch_loss: bool = True,
+          uniform_loss: float | None = None) -> list[dict]:
     """The one training loop. Returns the evaluation history [{step, metric: value, …}].
 
     loss_fn(model, batch) -> (summed_loss, metrics): the loss summed over the batch's units (trained tokens for
@@ -42,7 +58,13 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     is the sum over all its micro-batches divided by the total units of the whole step, so batch 8 × accumulation
     1 and batch 1 × accumulation 8 give the same gradient (the 2024 gradient-accumulation bug).
     `length_fn(example)` gives the length that batches are grouped by (default: len(example["input_ids"])).
-    `stop_after_steps` simulates an interruption (tests); a later call with resume=True picks up the checkpoint.
+    `stop_after_steps` simulates an interruption (tests); a later call picks up the checkpoint.
+
+    stage_dir may hold an unfinished run of the same config (resumed), a finished one (kept: its weights are
+    loaded and its history returned, nothing is trained again), or anything else (CheckpointError naming the file
+    and the fix); `restart=True` deletes it and trains from scratch. `watch_loss` stops a loss that rises far above
+    where it started (off for RLOO, whose loss has no fixed sign), `uniform_loss` (ln V for token losses) one that
+    sits where a model outputs the uniform distribution.
     """
     from tqdm.auto import tqdm
     logger = logger or NullLogger()
@@ -54,8 +76,15 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps))
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "finished": False}
-    saved = resumable_state(stage_dir, run_config) if resume else None
-    if saved is not None:
+    if restart:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    status, saved = stage_status(stage_dir, run_config)
+    if status == "finished":
+        load_weights_into(model, saved["dir"])
+        print(f"{desc}: {stage_dir} already holds this finished run (same config): kept, not trained again "
+              "(restart=True / RESTART=1 trains it again)")
+        return saved["history"]
+    if status == "resume":
         load_weights_into(model, saved["dir"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -94,6 +123,14 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         evaluate()
     model.train()
     progress = tqdm(total=cfg.max_steps, initial=state["step"], desc=desc, mininterval=2)
+    first_loss, strikes, last_saved = None, 0, state["step"] if status == "resume" else None
+
+    def diverged(why: str):
+        optimizer.zero_grad(set_to_none=True)
+        progress.close()
+        kept = (f"the checkpoint of step {last_saved} is kept in {stage_dir}" if last_saved is not None
+                else "no checkpoint had been saved")
+        return TrainingDiverged(f"{desc}: {why} at step {state['step'] + 1}; stopped, {kept} (lower the lr?)")
     while state["step"] < cfg.max_steps:
         if stop_after_steps is not None and state["step"] >= stop_after_steps:
             progress.close()
@@ -103,7 +140,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         total_units = sum(float(b["normalizer"]) for b in micro_batches)
         loss_sum, metric_sums = 0.0, Counter()
         for batch in micro_batches:
-            batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = to_device(batch, dev)
             with autocast_context(dev):
                 summed, metrics = loss_fn(model, batch)
             (summed / total_units).backward()
@@ -112,10 +149,16 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         loss = loss_sum / total_units
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
-            progress.close()
-            raise TrainingDiverged(f"{desc}: loss={loss} grad_norm={grad_norm} at step {state['step'] + 1}; "
-                                   f"stopped, last good checkpoint kept in {stage_dir} (lower the lr?)")
+            raise diverged(f"loss={loss} grad_norm={grad_norm}")
+        first_loss = loss if first_loss is None else first_loss
+        far_above = watch_loss and loss > DIVERGED_FACTOR * abs(first_loss) + 1.0
+        uniform = (uniform_loss is not None and abs(loss - uniform_loss) < UNIFORM_TOLERANCE
+                   and abs(first_loss - uniform_loss) >= UNIFORM_TOLERANCE)
+        strikes = strikes + 1 if far_above or uniform else 0
+        if strikes >= DIVERGED_STEPS:
+            raise diverged(f"loss {loss:.4g} far above its start ({first_loss:.4g})" if far_above else
+                           f"loss {loss:.4g} sits at ln(vocabulary) = {uniform_loss:.4g}: the model outputs the "
+                           "uniform distribution")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -138,5 +181,6 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
             state["finished"] = state["step"] == cfg.max_steps
             save_checkpoint(model, tokenizer, stage_dir, state, optimizer, scheduler, run_config)
+            last_saved = state["step"]
     progress.close()
     return state["history"]

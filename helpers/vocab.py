@@ -90,7 +90,7 @@ def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
                                save_every=10**9, log_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(tokenizer.pad_token_id),
-              Path(tmp) / "run", resume=False, desc="new tokens")
+              Path(tmp) / "run", restart=True, desc="new tokens")
         after = answer(model)
         merged_dir = save_model(model, Path(tmp) / "merged", tokenizer, merge=True)
         reloaded_tok, reloaded = load_tokenizer(merged_dir), load_model(merged_dir).to(device())

@@ -118,3 +118,15 @@ def chat_model_dir(tiny_tokenizer, tmp_path_factory):
     """The lively model saved as a Hugging Face checkpoint, for the chat and the command line."""
     return modeling.save_model(lively_tiny_model(tiny_tokenizer), tmp_path_factory.mktemp("chat") / "model",
                                tiny_tokenizer)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for the README's reliability section: how many hostile-input cases ran, how many failed, the
+    slowest one."""
+    reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "") == "call" and "hostile" in getattr(r, "keywords", {})]
+    if reports:
+        failed = sum(r.outcome != "passed" for r in reports)
+        slowest = max(reports, key=lambda r: r.duration)
+        terminalreporter.write_line(f"hostile inputs: {len(reports)} cases, {failed} failed, slowest "
+                                    f"{slowest.duration * 1000:.0f} ms ({slowest.nodeid.split('::')[-1]})")

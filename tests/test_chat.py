@@ -9,6 +9,7 @@ import torch
 from helpers import chat, config, formatting, generation
 
 
+@pytest.mark.hostile
 def test_load_reports_problems_as_messages(tmp_path, chat_model_dir):
     session = chat.ChatSession()
     missing = session.load(tmp_path / "nowhere")
@@ -123,6 +124,7 @@ def test_stop_ends_the_reply_early(chat_model_dir):
     assert calls[2][1] == 50
 
 
+@pytest.mark.hostile
 def test_very_long_message_is_truncated_to_fit_the_context(chat_model_dir):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=16, max_context_tokens=64)
     calls = record_generate(session)
@@ -136,6 +138,7 @@ def test_very_long_message_is_truncated_to_fit_the_context(chat_model_dir):
     assert message.rstrip().endswith(session.history[0]["content"].strip()[-40:])   # the newest part is kept
 
 
+@pytest.mark.hostile
 def test_long_non_ascii_message_also_fits_the_context(chat_model_dir):
     message = ("Crème brûlée à la française, s'il vous plaît; über Müller naïve! " * 40)[:2000]
     for context in range(60, 68):                 # different cut points: some fall inside a 2-byte character
@@ -157,6 +160,7 @@ def test_older_turns_are_dropped_before_the_new_message_is_cut(chat_model_dir):
     assert session.history[-2]["content"].startswith("tell me a joke")
 
 
+@pytest.mark.hostile
 def test_render_escapes_html(chat_model_dir):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4)
     session.send("<b>x</b> & <script>alert(1)</script>")
@@ -177,8 +181,8 @@ def test_chat_widget_drives_like_a_user(chat_model_dir, output_dir):
     assert session.model is not None and "loaded" in c["status"].value          # loaded at once
 
     c["temperature"].value, c["max_new_tokens"].value = 0.0, 8
-    c["message"].value = "hello there friend"
-    c["do_send"]()
+    c["message"].value = "hello there friend"      # what pressing Enter in the box does: the reply starts...
+    session.wait(60)                                # ...in a background thread (the kernel stays free for Stop)
     conversation = c["conversation"].value
     assert "hello there friend" in conversation and "<b>Assistant:</b>" in conversation
     assert c["message"].value == ""                                              # the box was emptied
@@ -227,6 +231,7 @@ def test_chat_cli_one_prompt(chat_model_dir):
     assert written.strip() == session.send("hi")
 
 
+@pytest.mark.hostile
 def test_chat_cli_missing_model(tmp_path, capsys):
     out = io.StringIO()
     assert chat.chat_cli(str(tmp_path / "missing"), "hi", stream=out) == 2

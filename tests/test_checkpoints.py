@@ -1,5 +1,8 @@
-"""Checkpoints: resume after an interruption gives the same weights; a changed config starts afresh."""
+"""Checkpoints: resume after an interruption gives the same weights; a finished stage is kept, not retrained; a
+changed config, a corrupt or foreign checkpoint is refused with the file and the fix; crashed saves are cleaned."""
 import dataclasses
+
+import pytest
 import torch
 
 from helpers import checkpoints, config, modeling, sft, training
@@ -22,7 +25,7 @@ def test_resume_gives_the_same_weights(sft_world, tmp_path):
 
     straight = fresh_model(cfg, tokenizer)
     history = training.train(straight, tokenizer, examples, train_cfg, sft.sft_loss, collate_fn, tmp_path / "a",
-                      eval_fn=eval_fn, resume=False)
+                      eval_fn=eval_fn, restart=True)
 
     interrupted = fresh_model(cfg, tokenizer)
     training.train(interrupted, tokenizer, examples, train_cfg, sft.sft_loss, collate_fn, tmp_path / "b",
@@ -39,12 +42,88 @@ def test_resume_gives_the_same_weights(sft_world, tmp_path):
     assert (tmp_path / "b" / "model.safetensors").exists() and (tmp_path / "b" / "run_config.json").exists()
 
 
-def test_resume_restarts_when_config_changes(sft_world, tmp_path):
+def run_of(cfg, tokenizer, examples, folder, **changes):
+    train_cfg = config.replace_config(cfg.sft, max_steps=4, batch_size=4, save_every=2, eval_every=100, **changes)
+    model = fresh_model(cfg, tokenizer)
+    history = training.train(model, tokenizer, examples, train_cfg, sft.sft_loss,
+                             sft.sft_collate(tokenizer.pad_token_id), folder)
+    return model, history, train_cfg
+
+
+@pytest.mark.hostile
+def test_a_finished_stage_is_kept_not_trained_again(sft_world, tmp_path):
+    cfg, tokenizer, examples = sft_world
+    trained, history, _ = run_of(cfg, tokenizer, examples, tmp_path / "s")
+    stamp = (tmp_path / "s" / "model.safetensors").stat().st_mtime_ns
+    again, history_again, _ = run_of(cfg, tokenizer, examples, tmp_path / "s")
+    assert (tmp_path / "s" / "model.safetensors").stat().st_mtime_ns == stamp          # not overwritten
+    assert history_again == history and torch.equal(flat_params(again), flat_params(trained))
+
+
+@pytest.mark.hostile
+def test_a_changed_config_is_refused_naming_the_difference_and_the_fix(sft_world, tmp_path):
+    cfg, tokenizer, examples = sft_world
+    _, _, train_cfg = run_of(cfg, tokenizer, examples, tmp_path / "s")
+    with pytest.raises(checkpoints.CheckpointError, match=r"finished run of another config \(train\.lr: 0\.001 → 0\.002"
+                       r".*restart=True"):
+        run_of(cfg, tokenizer, examples, tmp_path / "s", lr=2e-3)
+    model = fresh_model(cfg, tokenizer)              # asked explicitly: trained again from scratch
+    other = config.replace_config(train_cfg, lr=2e-3)
+    training.train(model, tokenizer, examples, other, sft.sft_loss, sft.sft_collate(tokenizer.pad_token_id),
+                   tmp_path / "s", restart=True)
+    assert checkpoints.read_run(tmp_path / "s")[1]["train"]["lr"] == 2e-3
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("damage", ["truncated weights", "flipped byte", "truncated state", "garbage config",
+                                    "missing config", "foreign folder"])
+def test_a_corrupt_checkpoint_is_named_with_the_fix(sft_world, tmp_path, damage):
+    cfg, tokenizer, examples = sft_world
+    folder = tmp_path / "s"
+    run_of(cfg, tokenizer, examples, folder)
+    weights, state = folder / "model.safetensors", folder / "training_state.pt"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "flipped byte":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "truncated state":
+        state.write_bytes(state.read_bytes()[:100])
+    elif damage == "garbage config":
+        (folder / "run_config.json").write_text("{not json")
+    elif damage == "missing config":
+        (folder / "run_config.json").unlink()
+    else:
+        for p in folder.iterdir():
+            p.unlink()
+        (folder / "notes.txt").write_text("someone else's files")
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        run_of(cfg, tokenizer, examples, folder)
+    message = str(err.value)
+    assert str(folder) in message and "restart=True" in message and "Traceback" not in message
+
+
+@pytest.mark.hostile
+def test_a_crash_inside_a_save_leaves_nothing_behind(sft_world, tmp_path):
+    """Killed after the old folder was moved aside and before the new one was moved in: the complete new copy is
+    put back and every temporary (a full model copy each) is removed."""
+    cfg, tokenizer, examples = sft_world
+    folder = tmp_path / "s"
+    trained, history, train_cfg = run_of(cfg, tokenizer, examples, folder)
+    (tmp_path / "s.tmp-999999").mkdir()                                  # an incomplete save of a dead process
+    (tmp_path / "s.tmp-999999" / "model.safetensors").write_bytes(b"half")
+    folder.rename(tmp_path / "s.tmp-123456")                             # the complete new copy, not yet swapped in
+    again, history_again, _ = run_of(cfg, tokenizer, examples, folder)
+    assert history_again == history and torch.equal(flat_params(again), flat_params(trained))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_resume_state_of_an_unfinished_run(sft_world, tmp_path):
     cfg, tokenizer, examples = sft_world
     collate_fn = sft.sft_collate(tokenizer.pad_token_id)
     train_cfg = config.replace_config(cfg.sft, max_steps=4, batch_size=4, save_every=2)
     training.train(fresh_model(cfg, tokenizer), tokenizer, examples, train_cfg, sft.sft_loss, collate_fn,
                    tmp_path / "c", stop_after_steps=2)
-    other = config.replace_config(train_cfg, lr=train_cfg.lr / 2)
-    assert checkpoints.resumable_state(tmp_path / "c", {"train": dataclasses.asdict(train_cfg)}) is not None
-    assert checkpoints.resumable_state(tmp_path / "c", {"train": dataclasses.asdict(other)}) is None
+    status, state = checkpoints.stage_status(tmp_path / "c", {"train": dataclasses.asdict(train_cfg)})
+    assert status == "resume" and state["step"] == 2

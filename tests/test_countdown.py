@@ -85,6 +85,7 @@ def answer(expression: str) -> str:
     ("1 / (8 - 8) * 0", 0, [1, 8, 8, 0]),
     ("99999999999999999999 * 99999999999999999999 / 1", 1, [99999999999999999999, 99999999999999999999, 1]),
 ])
+@pytest.mark.hostile
 def test_hostile_expressions_score_present_but_wrong_fast(expression, target, nums):
     started = time.perf_counter()
     reward = countdown_reward(answer(expression), target, nums)
@@ -92,6 +93,7 @@ def test_hostile_expressions_score_present_but_wrong_fast(expression, target, nu
     assert reward == 0.1
 
 
+@pytest.mark.hostile
 def test_answer_never_executes_code(tmp_path):
     marker = tmp_path / "pwned"
     expression = f"__import__('os').makedirs({str(marker)!r})"
@@ -100,6 +102,7 @@ def test_answer_never_executes_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("depth", [150, 3000, 50_000])
 def test_deep_nesting_returns_a_tier(depth):
     started = time.perf_counter()
@@ -120,18 +123,21 @@ def test_long_but_honest_chain_within_the_length_limit():
 NUMS, TARGET = [8, 9, 5], 12
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("completion", [None, 12, 12.0, b"<answer> (8 + 9) - 5 </answer>",
                                         ["<answer> (8 + 9) - 5 </answer>"], {"text": "x"}])
 def test_non_string_completion_scores_zero(completion):
     assert countdown_reward(completion, TARGET, NUMS) == 0.0
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("target, nums", [(None, NUMS), ("twelve", NUMS), (TARGET, None), (TARGET, ["a", "b"]),
                                           (TARGET, 5), (float("nan"), NUMS), (float("inf"), NUMS)])
 def test_malformed_ground_truth_never_raises(target, nums):
     assert countdown_reward(answer("(8 + 9) - 5"), target, nums) == 0.1
 
 
+@pytest.mark.hostile
 def test_one_megabyte_completions_are_fast():
     filler = "x" * 1_000_000 + answer("(8 + 9) - 5")
     many = answer("(8 + 9) - 5") * (1_000_000 // len(answer("(8 + 9) - 5")) + 1)
@@ -143,6 +149,7 @@ def test_one_megabyte_completions_are_fast():
         assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.hostile
 def test_ten_kilobyte_completion_under_ten_milliseconds():
     reasoning = "<think> " + "Let me try 8 + 9 = 17, then 17 - 5 = 12. " * 245 + "</think>\n"
     completion = reasoning + "<answer> (8 + 9) - 5 </answer>"
@@ -155,6 +162,7 @@ def test_ten_kilobyte_completion_under_ten_milliseconds():
     assert min(timings) < 0.010
 
 
+@pytest.mark.hostile
 def test_unclosed_answer_tags_are_linear():
     completion = "<answer>" * 4000            # 32 kB
     started = time.perf_counter()

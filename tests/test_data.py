@@ -15,6 +15,7 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
+@pytest.mark.hostile
 def test_convert_smoltalk_good_and_bad_rows():
     rows = [
         {"messages": [{"role": "system", "content": "Be kind."}, user("Hi!"), assistant("Hello! How can I help?")],
@@ -61,6 +62,7 @@ def uf_row(prompt, chosen, rejected, **extra):
             "messages": [user(prompt), assistant(chosen)], "score_chosen": 8.0, "score_rejected": 3.5, **extra}
 
 
+@pytest.mark.hostile
 def test_convert_ultrafeedback_good_and_bad_rows():
     rows = [
         uf_row("What is 2 + 2?", "2 + 2 = 4.", "It is 5."),                                      # 0 good
@@ -88,6 +90,7 @@ def test_convert_ultrafeedback_good_and_bad_rows():
     assert "row 1: chosen identical to rejected" in skips.report()
 
 
+@pytest.mark.hostile
 def test_convert_warmstart_good_and_bad_rows():
     query = "Using the numbers [8, 9, 5], create an equation that equals 12."
     completion = "<think> 8 + 9 = 17, 17 - 5 = 12 </think>\n<answer> (8 + 9) - 5 </answer>"
@@ -107,6 +110,7 @@ def test_convert_warmstart_good_and_bad_rows():
     assert "row 1: field 'completion' missing or not a string" in skips.report()
 
 
+@pytest.mark.hostile
 def test_convert_countdown_good_and_bad_rows():
     rows = [{"target": 12, "nums": [8, 9, 5]},               # 0 good
             {"target": 98, "nums": [44, 19, 35]},            # 1 good
@@ -116,16 +120,22 @@ def test_convert_countdown_good_and_bad_rows():
             {"target": 12, "nums": [8, 9.5]},                # 5 float in nums
             {"target": 12, "nums": []},                      # 6 empty nums
             {"target": True, "nums": [1]},                   # 7 bool is not a target
-            {"target": 3, "nums": [1, 2], "extra": "x"}]     # 8 good, extra field dropped
+            {"target": 3, "nums": [1, 2], "extra": "x"},     # 8 good, extra field dropped
+            {"target": 12, "nums": [True, 11]},              # 9 bool in nums
+            {"target": -5, "nums": [1, 6]},                  # 10 negative target
+            {"target": 12, "nums": list(range(10_000))},     # 11 ten thousand numbers
+            None, 7, "text", [1, 2]]                         # 12-15 not objects
     skips = SkipCounter("countdown")
     out = data.convert_countdown(rows, skips)
     assert out == [{"target": 12, "nums": [8, 9, 5]}, {"target": 98, "nums": [44, 19, 35]},
                    {"target": 3, "nums": [1, 2]}]
-    assert skips.reasons == {"field 'nums' missing or not a list of non-negative integers": 3,
-                             "field 'target' missing or not an integer": 3}
+    assert skips.reasons == {"field 'nums' missing or not 2-6 whole numbers in 0..10000": 5,
+                             "field 'target' missing or not a whole number in 1..10000": 4,
+                             "row is not an object": 4}
     assert "row 2: field 'nums'" in skips.report()
 
 
+@pytest.mark.hostile
 def test_convert_alpaca_good_and_bad_rows():
     rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},          # 0 good, with input
             {"instruction": " Name a colour. ", "input": "", "output": " Blue. "},            # 1 good, empty input
@@ -144,6 +154,7 @@ def test_convert_alpaca_good_and_bad_rows():
     assert "row 3: field 'output' missing or not a string" in skips.report()
 
 
+@pytest.mark.hostile
 def test_convert_alpaca_non_string_input_does_not_crash():
     skips = SkipCounter("alpaca")
     out = data.convert_alpaca([{"instruction": "Say hi.", "input": None, "output": "Hi."},
@@ -196,11 +207,13 @@ def test_content_hash_sees_rows_moving_between_splits():
     assert data.content_hash({"test": [a], "train": [b]}) != data.content_hash({"test": [a, b], "train": []})
 
 
+@pytest.mark.hostile
 def test_load_split_names_the_fix_when_missing():
     with pytest.raises(FileNotFoundError, match="00_data"):
         data.load_split(config.get_config("smoke"), "nothing_here", "train")
 
 
+@pytest.mark.hostile
 def test_read_jsonl_reports_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": 1}\n\n{"a": \n')

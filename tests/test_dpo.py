@@ -55,7 +55,7 @@ def test_dpo_training_raises_preference_accuracy_on_its_pairs(preference_world, 
     before = dpo.preference_accuracy(model, pairs, tokenizer.pad_token_id)["reward_accuracy"]
     train_cfg = config.replace_config(cfg.dpo, max_steps=30, batch_size=8, lr=3e-3, save_every=100, eval_every=100)
     training.train(model, tokenizer, pairs, train_cfg, dpo.make_dpo_loss(0.5),
-                   preference.pair_collate(tokenizer.pad_token_id), tmp_path / "dpo", resume=False,
+                   preference.pair_collate(tokenizer.pad_token_id), tmp_path / "dpo", restart=True,
                    length_fn=preference.pair_length)
     after = dpo.preference_accuracy(model, pairs, tokenizer.pad_token_id)["reward_accuracy"]
     assert before == 0.0            # policy == reference: every implicit reward margin is 0

@@ -85,6 +85,7 @@ def test_importing_the_package_changes_no_global_state():
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+@pytest.mark.hostile
 def test_helpers_never_calls_eval_or_exec():
     call = re.compile(r"(?<![\w.])(eval|exec)\s*\(")
     assert call.search("value = eval(text)") and call.search("exec (code)")          # the check can fail
@@ -94,6 +95,7 @@ def test_helpers_never_calls_eval_or_exec():
     assert hits == []
 
 
+@pytest.mark.hostile
 def test_torch_load_always_refuses_pickled_code():
     """Checkpoints are loaded with weights_only=True: a pickle cannot run code on load."""
     for path in SOURCES.values():

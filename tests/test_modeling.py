@@ -15,12 +15,14 @@ def test_tiny_tokenizer_has_qwen_special_tokens_and_default_system(tiny_tokenize
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nTell me a joke.<|im_end|>\n")
 
 
+@pytest.mark.hostile
 def test_load_model_names_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(FileNotFoundError, match="neither config.json nor adapter_config.json"):
         modeling.load_model(tmp_path)
 
 
+@pytest.mark.hostile
 def test_quantisation_without_cuda_is_a_clear_error(tmp_path, tiny_tokenizer):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

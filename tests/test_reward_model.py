@@ -31,7 +31,7 @@ def test_reward_model_learns_its_pairs(preference_world, tmp_path):
                                       eval_every=1000)
     collate_fn = preference.pair_collate(rm_tok.pad_token_id)
     training.train(rm, rm_tok, pairs, train_cfg, reward_model.bradley_terry_loss, collate_fn, tmp_path / "rm",
-                   resume=False, length_fn=preference.pair_length)
+                   restart=True, length_fn=preference.pair_length)
     assert reward_model.reward_model_accuracy(rm, pairs, rm_tok.pad_token_id) >= 0.9
     # per-pair wins, in token-budget batches of ~3 pairs, agree with scoring the full sequences in one batch
     full, n = reward_model.reward_scores(rm.eval(), collate_fn(pairs)), len(pairs)
@@ -45,7 +45,7 @@ def test_reward_model_learns_its_pairs(preference_world, tmp_path):
                           atol=1e-5)
 
 
-def test_reward_model_from_a_lora_sft_checkpoint(preference_world, tmp_path):
+def test_reward_model_from_a_lora_sft_checkpoint(preference_world, tmp_path, output_dir):
     """qwen's SFT checkpoints are LoRA adapters: the reward model merges them once, then adds its head."""
     cfg, tokenizer, pairs = preference_world
     base = tmp_path / "base"
@@ -55,6 +55,7 @@ def test_reward_model_from_a_lora_sft_checkpoint(preference_world, tmp_path):
     modeling.save_model(lora, tmp_path / "sft", tokenizer)
     assert (tmp_path / "sft" / "adapter_config.json").exists()
     rm_tok, rm = reward_model.load_reward_model(tmp_path / "sft")
-    assert (tmp_path / "sft_merged" / "config.json").exists()
+    merged = list((output_dir / "cache" / "merged").glob("sft-*"))
+    assert len(merged) == 1 and (merged[0] / "config.json").exists() and not (tmp_path / "sft_merged").exists()
     batch = preference.pair_collate(rm_tok.pad_token_id)(pairs[:2])
     assert reward_model.reward_scores(rm, batch).shape == (4,)

@@ -70,6 +70,7 @@ def test_tiny_world_countdown_disjoint_solvable_and_warmstart_scores_one(smoke_w
         assert countdown.countdown_reward(row["messages"][-1]["content"], row["target"], row["nums"]) == 1.0
 
 
+@pytest.mark.hostile
 def test_tiny_world_asking_for_more_countdown_tasks_than_exist_is_a_clear_error():
     data = config.replace_config(config.get_config("smoke").data, countdown_numbers=2, countdown_max_value=3)
     with pytest.raises(ValueError, match="countdown_max_value"):

@@ -1,4 +1,7 @@
-"""The one training loop: accumulation equivalence, NaN stop, the warmup-cosine schedule."""
+"""The one training loop: accumulation equivalence, divergence stops (NaN, far above the start, uniform output) with
+a truthful message, the warmup-cosine schedule."""
+import math
+
 import pytest
 import torch
 
@@ -33,6 +36,7 @@ def test_accumulation_gives_the_same_gradient(sft_world):
     assert not torch.allclose(grads[0], naive, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.hostile
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(sft_world, tmp_path):
     cfg, tokenizer, examples = sft_world
     train_cfg = config.replace_config(cfg.sft, max_steps=6, batch_size=4, save_every=2)
@@ -44,13 +48,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sft_world, tmp_path):
         return (summed * float("nan") if calls["n"] > 3 else summed), metrics
 
     model = fresh_model(cfg, tokenizer)
-    with pytest.raises(training.TrainingDiverged, match="step 4"):
+    with pytest.raises(training.TrainingDiverged, match=r"step 4; stopped, the checkpoint of step 2 is kept"):
         training.train(model, tokenizer, examples, train_cfg, exploding_loss, sft.sft_collate(tokenizer.pad_token_id),
                 tmp_path / "d")
     state = torch.load(tmp_path / "d" / "training_state.pt", weights_only=True)
     assert state["step"] == 2 and not state["finished"]
     reloaded = modeling.load_model(tmp_path / "d")
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("lr, why", [(1e3, "sits at ln\\(vocabulary\\)"), (10.0, "far above its start")])
+def test_divergence_without_nan_is_caught_and_the_message_tells_the_truth(sft_world, tmp_path, lr, why):
+    """lr 1e3 pins the loss at ln(V) (uniform output), lr 10 sends it to thousands — neither is NaN, both used to
+    'finish'. Stopped within a few steps; no checkpoint existed yet, and the message says so."""
+    cfg, tokenizer, examples = sft_world
+    train_cfg = config.replace_config(cfg.sft, max_steps=40, batch_size=8, lr=lr, warmup_steps=1, save_every=10)
+    with pytest.raises(training.TrainingDiverged, match=why + r".*no checkpoint had been saved"):
+        training.train(fresh_model(cfg, tokenizer), tokenizer, examples, train_cfg, sft.sft_loss,
+                       sft.sft_collate(tokenizer.pad_token_id), tmp_path / "d", uniform_loss=math.log(len(tokenizer)))
+    assert not (tmp_path / "d").exists()
 
 
 def test_warmup_cosine_schedule():
