@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks notebooks-sync qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
+.PHONY: setup setup-dev demo test notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
 	bench-rloo bench-memory bench-sample clean
 
 $(VENV)/.installed: requirements.txt
@@ -37,6 +37,11 @@ notebooks:
 # notebooks/NN.py (jupytext) are the sources; this rewrites the paired .ipynb (no outputs)
 notebooks-sync: setup
 	$(PY) tools/sync_notebooks.py
+
+# the masked-vs-unmasked experiment (seeds at full length, the confound controlled, the weight × data-size grid):
+# hours on 2 cores; resumable (each cell cached under outputs/); its results are committed and 02 shows them
+experiment: setup
+	PROFILE=$(PROFILE) $(PY) -m helpers experiment
 
 # the qwen code path end to end on CPU: a local Qwen2.5-architecture checkpoint (not a project requirement:
 # ../shared/tools/get-real-qwen.sh DIR builds one; tools/make_tied_qwen.py makes its tied-embedding twin)

@@ -1,8 +1,8 @@
 """Shared mechanics for the notebooks: one module per stage of the pipeline, in its order.
 
     config · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
-    training · logprobs · sft · generation · scoring · results · comparison · preference · dpo · reward_model ·
-    rloo · evaluation · report · chat · vocab · cli
+    training · logprobs · sft · generation · scoring · results · comparison · experiment · preference · dpo ·
+    reward_model · rloo · rft · evaluation · report · chat · vocab · cli
 
 A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
 the names below are their API, in notebook order. The command line is `python -m helpers --help`.
@@ -24,8 +24,9 @@ from .training import train
 from .checkpoints import load_history
 from .sft import run_sft, sft_loss
 from .results import timestamp, write_summary
-from .comparison import (evaluate_checkpoints, plot_sft_comparison, run_prompt_weight_sweep, seed_noise_verdict,
-                         write_dataset_results)
+from .comparison import evaluate_checkpoints, plot_sft_comparison, write_dataset_results
+from .experiment import (conclusion, headline, latest_experiment, mean_std, noise_verdict, run_experiment,
+                         write_experiment)
 
 # 03_dpo: DPO and the reward model
 from .dpo import dpo_loss, run_dpo
@@ -35,6 +36,7 @@ from .reward_model import bradley_terry_loss, run_reward_model
 from .logprobs import shared_prompt_logps
 from .scoring import evaluate_checkpoint
 from .rloo import rloo_advantages, run_rloo
+from .rft import keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft
 
 # 05_evaluation
 from .scoring import best_of_n, pass_at_k
@@ -46,5 +48,6 @@ from .chat import ChatSession, build_chat_widget, side_by_side
 
 # the modules in pipeline order: each imports only those before it (tests/test_layout.py)
 MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
-           "checkpoints", "training", "logprobs", "sft", "generation", "scoring", "results", "comparison", "preference",
-           "dpo", "reward_model", "rloo", "evaluation", "report", "chat", "vocab", "cli")
+           "checkpoints", "training", "logprobs", "sft", "generation", "scoring", "results", "comparison",
+           "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "evaluation", "report", "chat", "vocab",
+           "cli")

@@ -13,7 +13,7 @@ def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right"
     """Pad to the longest sequence of this batch (never to a fixed max_length)."""
     longest = max(len(e["input_ids"]) for e in examples)
     batch = {}
-    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100, "loss_weights": 0.0}
+    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100, "loss_weights": 0.0, "response": 0}
     for key, pad in pad_values.items():
         if key not in examples[0]:
             continue

@@ -204,7 +204,7 @@ def tokenizer_problem(tokenizer, model) -> str | None:
 
 def available_checkpoints(cfg: Config) -> dict[str, Path]:
     """Chat-able checkpoints of the profile, in pipeline order (final first); the reward model is not one."""
-    order = ["final", *STAGES, "rloo_instructions"]
+    order = ["final", *STAGES]
     root = out_path("checkpoints", cfg)
     found = [p for p in root.glob("*") if p.name in order and
              ((p / "config.json").exists() or (p / "adapter_config.json").exists())]

@@ -12,6 +12,8 @@ from .sft import SFT_STAGES, build_initial_model, run_sft
 from .dpo import run_dpo
 from .reward_model import run_reward_model
 from .rloo import run_rloo
+from .rft import run_rft
+from .experiment import run_experiment, write_experiment
 from .chat import chat_cli
 
 
@@ -42,10 +44,13 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default=None)
     p = sub.add_parser("train", help="train one stage")
     p.add_argument("--stage", required=True, choices=sorted(SFT_STAGES) + ["dpo", "reward_model", "rloo",
-                                                                             "rloo_instructions"])
+                                                                             "rft"])
     p.add_argument("--profile", default=None)
     p.add_argument("--restart", action="store_true",
                    help="train again even if the stage folder holds a finished run of the same config")
+    p = sub.add_parser("experiment", help="the masked-vs-unmasked experiment: seeds, the control, the grid "
+                                          "(resumable; results under evaluation_results/<profile>/sft_sweep)")
+    p.add_argument("--profile", default=None)
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
@@ -66,10 +71,13 @@ def main(argv=None) -> int:
         cfg = get_config(args.profile)
         cfg.restart = cfg.restart or args.restart
         runners = {"dpo": lambda: run_dpo(cfg), "reward_model": lambda: run_reward_model(cfg),
-                   "rloo": lambda: run_rloo(cfg, "countdown"),
-                   "rloo_instructions": lambda: run_rloo(cfg, "instructions")}
+                   "rloo": lambda: run_rloo(cfg), "rft": lambda: run_rft(cfg)}
         result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage])
         print(f"{args.stage}: saved to {result['dir']}; last evaluation {result['history'][-1]}")
+    elif args.command == "experiment":
+        cfg = get_config(args.profile)
+        for kind, path in write_experiment(cfg, run_experiment(cfg)).items():
+            print(f"{kind}: {path if not isinstance(path, dict) else path['md']}")
     elif args.command == "chat":
         return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
     elif args.command == "run-notebook":

@@ -1,15 +1,11 @@
-"""The central experiment of 01/02: masked vs unmasked SFT on the same held-out measures, its figure, the
-prompt-loss-weight sweep over seeds and the seed-noise verdict. Imports: config … sft, scoring, results."""
+"""01/02's comparison of the demo's own runs: masked vs unmasked SFT on the same held-out measures, its figure and
+the per-dataset workbook (the seeded experiment is `experiment`). Imports: config, scoring, results."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from .config import Config, out_path, replace_config, replace_sections
-from .modeling import load_tokenizer
-from .formatting import build_sft_dataset
-from .sft import run_sft, sft_mixture
-from .scoring import evaluate_checkpoint, evaluate_model
+from .config import Config
+from .scoring import evaluate_checkpoint
 from .results import grouped_bars, save_figure
 
 
@@ -54,40 +50,3 @@ def write_dataset_results(final, path: Path) -> Path:
             final[["model"] + [m for m in metrics if m in final.columns]].to_excel(writer, sheet_name=sheet,
                                                                                   index=False)
     return path
-
-
-def run_prompt_weight_sweep(cfg: Config, progress: bool = True):
-    """Short SFT runs for every (prompt_loss_weight, seed) of the config; returns (per-run rows, mean ± std)."""
-    import pandas as pd
-    rows, tokenizer = [], load_tokenizer(out_path("checkpoints", cfg, "initial"))
-    for weight in cfg.sft.sweep_weights:
-        dataset = build_sft_dataset(tokenizer, sft_mixture(cfg), cfg.sft.max_length, weight)   # once for all seeds
-        for seed in cfg.sft.sweep_seeds:
-            stage = f"sweep/w{weight:g}_s{seed}"
-            run = run_sft(cfg, stage, weight, seed=seed, max_steps=cfg.sft.sweep_steps, log=False, quiet=True,
-                          dataset=dataset)
-            n = cfg.sft.sweep_eval_rows
-            small = replace_sections(cfg, eval=replace_config(cfg.eval, instruction_rows=n, countdown_rows=n,
-                                                                loss_rows=n))
-            metrics = evaluate_model(run["model"], run["tokenizer"], small)
-            rows.append({"prompt_loss_weight": weight, "seed": seed, **metrics})
-            shutil.rmtree(run["dir"], ignore_errors=True)
-            if progress:
-                print(f"weight {weight:g} seed {seed}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-    runs = pd.DataFrame(rows)
-    metric_cols = [c for c in runs.columns if c not in ("prompt_loss_weight", "seed")]
-    agg = runs.groupby("prompt_loss_weight")[metric_cols].agg(["mean", "std"])
-    summary = pd.DataFrame({"prompt_loss_weight": agg.index})
-    for col in metric_cols:
-        summary[col] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(agg[(col, "mean")], agg[(col, "std")])]
-    return runs, summary
-
-
-def seed_noise_verdict(runs, metric: str, a: float, b: float) -> str:
-    """Is the difference of mean `metric` between weights a and b larger than the seed noise (2 × pooled std)?"""
-    x = runs[runs.prompt_loss_weight == a][metric]
-    y = runs[runs.prompt_loss_weight == b][metric]
-    diff, noise = float(y.mean() - x.mean()), 2 * float(((x.std() ** 2 + y.std() ** 2) / 2) ** 0.5)
-    verdict = "exceeds" if abs(diff) > noise else "is within"
-    return (f"{metric}: weight {b:g} − weight {a:g} = {diff:+.4f}, which {verdict} the seed noise "
-            f"(2 × pooled std = {noise:.4f}, {len(x)} and {len(y)} seeds)")

@@ -28,8 +28,9 @@ _UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
 # What a value must be beyond its type, by field name (the same name means the same thing in every section).
 RANGES = {**{name: _POSITIVE for name in (
               "max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "max_new_tokens",
-              "table_every", "instruction_steps", "sweep_steps", "sweep_eval_rows", "instruction_rows",
-              "countdown_rows", "loss_rows", "n_samples", "sampled_rows", "token_budget", "generation_tokens",
+              "table_every", "rounds", "steps_per_round", "steps", "eval_rows", "instruction_rows",
+              "train_conversations", "countdown_rows", "loss_rows",
+              "n_samples", "sampled_rows", "token_budget", "generation_tokens",
               "win_rate_rows", "max_prompt_tokens", "countdown_test", "vocab_size", "hidden_size", "num_layers",
               "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings", "countdown_max_value",
               "new_token_steps", "notebook_cell_timeout", "max_rows")},
@@ -39,7 +40,14 @@ RANGES = {**{name: _POSITIVE for name in (
               "preference_train_extra", "preference_test", "pretrain_rows", "seed")},
           **{name: _ABOVE_ZERO for name in ("lr", "max_grad_norm", "beta", "temperature", "sample_temperature")},
           "prompt_loss_weight": _UNIT, "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-          "countdown_share": (lambda v: 0 <= v < 1, "in [0, 1)"), "k": (lambda v: v >= 2, "≥ 2 (leave-one-out)"),
+          "countdown_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
+          "instruction_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
+          "onpolicy_samples": (lambda v: v >= 2, "≥ 2 (a best and a worst)"),
+          "instruction_reward": (lambda v: v in ("verifier", "reward_model"), '"verifier" or "reward_model"'),
+          "loss_normalization": (lambda v: v in ("trained_tokens", "response_tokens"),
+                                 '"trained_tokens" or "response_tokens"'),
+          "flat_tolerance": (lambda v: 0 < v < 1, "in (0, 1)"),
+          "k": (lambda v: v >= 2, "≥ 2 (leave-one-out)"),
           "max_length": (lambda v: v >= 2, "≥ 2"), "countdown_numbers": (lambda v: v >= 2, "≥ 2"),
           "quant": (lambda v: v in (4, 8), "4 or 8"), "world": (lambda v: v in ("tiny", "hub"), '"tiny" or "hub"'),
           "countdown_format": (lambda v: v in ("chat", "warmstart"), '"chat" or "warmstart"')}
@@ -139,10 +147,25 @@ class SFTConfig(TrainConfig):
     max_steps: int = 600              # tiny: at 300 steps the model wrote the Countdown format but copied no numbers
     prompt_loss_weight: float = 0.0   # 0 = masked (response only), 1 = unmasked (whole sequence)
     countdown_share: float = 0.5      # fraction of the SFT mixture taken from WarmStart Countdown rows
-    sweep_weights: tuple = (0.0, 0.01, 0.1, 1.0)  # the prompt-loss-weight sweep of the comparison
-    sweep_seeds: tuple = (0, 1, 2)    # >= 3 seeds per weight, to tell a difference from seed noise
-    sweep_steps: int = 60             # shorter runs for the sweep (the main runs use max_steps): CPU budget
-    sweep_eval_rows: int = 100        # held-out rows per measure for each sweep run
+    train_conversations: int | None = None  # instruction conversations in the mixture (None = all; WarmStart rows
+                                            # follow countdown_share): the experiment's data-size axis
+    loss_normalization: str = "trained_tokens"  # divide a step's loss by its trained tokens (weighted), or by its
+                                                # "response_tokens": then the response gets the same gradient masked
+                                                # or not, and only the prompt's term is added (the experiment's control)
+
+
+@dataclass
+class ExperimentConfig(Checked):
+    """`make experiment`: masked vs whole-sequence loss with seeds at full length, the gradient-dilution confound
+    controlled, and a prompt-loss-weight × SFT-data-size grid — every cell a cached run, resumable."""
+    weights: tuple = (0.0, 0.01, 0.1, 1.0)  # prompt-loss weights (0 = masked, 1 = unmasked)
+    data_sizes: tuple = (300, 1000, 3000)   # instruction conversations (Shi et al. 2024: prompt loss helps small sets)
+    seeds: tuple = (0, 1, 2)          # data order and initialisation; ≥ 3 to tell an effect from seed noise
+    steps: int = 600                  # every cell at the main SFT length (tiny: the response loss has flattened)
+    controlled_weights: tuple = (0.1, 1.0)  # rerun at the largest size with loss_normalization="response_tokens"
+    eval_rows: int = 200              # held-out rows per measure for each cell
+    flat_tolerance: float = 0.03      # "learned": held-out response loss moved < 3 % over the last fifth of steps
+    run_in_notebook: bool = False     # 02 reruns the grid (else it shows the committed one); EXPERIMENT=1 forces it
 
 
 @dataclass
@@ -151,7 +174,10 @@ class DPOConfig(TrainConfig):
     lr: float = 5e-4                  # DPO moves a trained model: a smaller step than SFT
     max_steps: int = 600              # tiny: held-out preference accuracy was 0.88 at 400 steps, 0.90 at 600
     warmup_steps: int = 10
-    onpolicy_countdown_prompts: int = 256  # Countdown prompts sampled twice for on-policy pairs (0 = none)
+    onpolicy_countdown_prompts: int = 800  # Countdown prompts sampled for on-policy pairs (0 = none)
+    onpolicy_samples: int = 4         # samples per prompt; the best and the worst by the reward make the pair
+    countdown_share: float = 0.25     # share of each epoch's pairs that are Countdown pairs (repeated to reach it):
+                                      # 79 of 6,079 pairs let DPO erase Countdown (README log)
     sample_temperature: float = 1.0   # sampling temperature for the on-policy pairs
     reference_from_disabled_adapters: bool = False  # LoRA only: reference = model with adapters off
     sft_weight: float = 1.0           # α of the RPO term (NLL of chosen); 0 = plain DPO. Plain DPO cost the tiny
@@ -177,8 +203,24 @@ class RLOOConfig(TrainConfig):
     max_new_tokens: int = 64          # room for a Countdown <think> … </think> <answer> … </answer>
     kl_coef: float = 0.05             # KL penalty to the reference, folded into the reward
     table_every: int = 10             # steps between TensorBoard text tables of sampled completions
-    instruction_steps: int = 10       # the (short) instruction-following track with the reward model
-    eval_every: int = 100             # greedy evaluations of 200 tasks cost ~8 s each on the CPU
+    instruction_share: float = 0.25   # share of prompts from instruction following, so RLOO from DPO keeps its gains
+    instruction_reward: str = "verifier"  # instruction track's reward: "verifier" (exact match with the tiny world's
+                                          # one answer) or "reward_model" (the Bradley–Terry model of 03)
+    group_by_length: bool = False     # mixed tracks in every batch (grouping by length would separate them)
+    eval_every: int = 25              # held-out greedy evaluations (both tracks): the RLOO-vs-RFT curve's points
+
+
+@dataclass
+class RFTConfig(TrainConfig):
+    """Rejection-sampling fine-tuning (expert iteration): sample n per prompt, keep the best by the verifier or the
+    reward model, fine-tune on what was kept; repeated for `rounds` on fresh prompts. It draws as many samples as
+    RLOO (prompts per round are derived from the RLOO config), so the two compare at equal samples."""
+    rounds: int = 4                   # one held-out evaluation after each: the curve's points
+    steps_per_round: int = 50         # SFT steps on each round's kept completions
+    batch_size: int = 16
+    lr: float = 3e-4                  # as RLOO's: the same model, moved by the same step size
+    warmup_steps: int = 5
+    max_steps: int = 200              # rounds × steps_per_round (checked)
 
 
 @dataclass
@@ -201,7 +243,7 @@ class EvalConfig(Checked):
     reference_model: str | None = None  # win-rate opponent on UltraFeedback test prompts (qwen:
                                         # Qwen/Qwen2.5-0.5B-Instruct); None = no win rate
     win_rate_rows: int = 200          # UltraFeedback test_prefs prompts (tiny: held-out preference prompts)
-    final_rule: str = "mean_quality"  # `final` = the checkpoint with the highest value of this metric
+    final_stage: str = "rloo"         # `final` = the end of the chain (sft_masked → dpo → rloo)
 
 
 @dataclass
@@ -214,6 +256,8 @@ class Config(Checked):
     dpo: DPOConfig = field(default_factory=DPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     rloo: RLOOConfig = field(default_factory=RLOOConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     new_tokens: tuple = ("mediventricular", "neurogenix", "X-23S")  # domain words outside the vocabulary
     new_token_steps: int = 160        # LoRA steps of 00_data's new-token demo (tiny: all three learned by 160)
@@ -236,13 +280,16 @@ def _smoke() -> Config:
     cfg.model = ModelConfig(vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
                             intermediate_size=64, max_position_embeddings=256)
     cfg.pretrain = PretrainConfig(max_steps=6, batch_size=8, eval_every=3, save_every=3, log_every=1)
-    cfg.sft = SFTConfig(max_steps=6, batch_size=8, eval_every=3, save_every=3, log_every=1, warmup_steps=2,
-                        sweep_weights=(0.0, 1.0), sweep_seeds=(0, 1), sweep_steps=3)
+    cfg.sft = SFTConfig(max_steps=6, batch_size=8, eval_every=3, save_every=3, log_every=1, warmup_steps=2)
+    cfg.experiment = ExperimentConfig(weights=(0.0, 1.0), data_sizes=(60,), seeds=(0, 1), steps=3,
+                                      controlled_weights=(1.0,), eval_rows=8, run_in_notebook=True)
     cfg.dpo = DPOConfig(max_steps=4, batch_size=8, eval_every=2, save_every=2, log_every=1, warmup_steps=1,
-                        onpolicy_countdown_prompts=8)
+                        onpolicy_countdown_prompts=8, onpolicy_samples=2)
     cfg.reward = RewardConfig(max_steps=4, batch_size=8, eval_every=2, save_every=2, log_every=1, warmup_steps=1)
-    cfg.rloo = RLOOConfig(max_steps=3, batch_size=4, k=2, eval_every=3, save_every=3, log_every=1, warmup_steps=1,
-                          max_new_tokens=12, table_every=1, instruction_steps=2)
+    cfg.rloo = RLOOConfig(max_steps=4, batch_size=4, k=2, eval_every=2, save_every=2, log_every=1, warmup_steps=1,
+                          max_new_tokens=12, table_every=1)
+    cfg.rft = RFTConfig(rounds=2, steps_per_round=2, max_steps=4, batch_size=4, warmup_steps=1, eval_every=2,
+                        save_every=2, log_every=1)
     cfg.eval = EvalConfig(batch_size=16, max_new_tokens=12, instruction_rows=12, countdown_rows=8, loss_rows=16,
                           n_samples=2, sampled_rows=4)
     return cfg
@@ -264,7 +311,9 @@ def _qwen() -> Config:
     # SFT: 2e-4 is the usual LoRA SFT rate (QLoRA, the alignment-handbook's LoRA recipes); 1,024 tokens because a
     # course SFT model's Countdown completions have a median of 434 tokens and 39 % exceed 512 (the course: 1,024)
     cfg.sft = SFTConfig(max_steps=1000, batch_size=8, grad_accum=4, lr=2e-4, warmup_steps=50, max_length=1024,
-                        eval_every=200, save_every=100, sweep_seeds=(0,), sweep_weights=(0.0, 1.0), sweep_steps=200)
+                        eval_every=200, save_every=100)
+    cfg.experiment = ExperimentConfig(weights=(0.0, 0.1, 1.0), data_sizes=(2000, 20_000), seeds=(0, 1, 2),
+                                      steps=1000, controlled_weights=(1.0,), eval_rows=500)
     # DPO: β = 0.1 (Rafailov et al. 2023; TRL's default). TRL's lr default 1e-6 is for full fine-tuning; LoRA
     # adapters want roughly 10× a full fine-tune's rate (Biderman et al. 2024, "LoRA Learns Less and Forgets Less")
     cfg.dpo = DPOConfig(batch_size=4, grad_accum=8, lr=2e-5, max_steps=500, warmup_steps=25, max_length=1024,
@@ -278,7 +327,9 @@ def _qwen() -> Config:
     # 1.0 as TinyZero samples; 1,024 new tokens as the course evaluates
     cfg.rloo = RLOOConfig(batch_size=8, grad_accum=8, k=8, lr=2e-5, kl_coef=0.001, temperature=1.0, max_steps=100,
                           warmup_steps=5, max_new_tokens=1024, max_length=1024, eval_every=25, save_every=5,
-                          table_every=5, instruction_steps=50)
+                          table_every=5, instruction_reward="reward_model")
+    cfg.rft = RFTConfig(rounds=4, steps_per_round=50, max_steps=200, batch_size=8, grad_accum=4, lr=2e-5,
+                        max_length=1024, eval_every=50, save_every=50)
     # evaluation: the course's sampling settings (temperature 0.6, top_p 0.95, top_k 20) are EvalConfig's defaults
     cfg.eval = EvalConfig(batch_size=64, max_new_tokens=1024, instruction_rows=500, countdown_rows=500,
                           loss_rows=500, sampled_rows=200, generation_tokens=131_072,
@@ -299,12 +350,14 @@ def _qwen_smoke() -> Config:
                               countdown_test=16, max_prompt_tokens=384)
     cfg.model = replace_config(cfg.model, name=model_dir)
     steps = dict(warmup_steps=1, eval_every=2, save_every=2, log_every=1, max_length=256)
-    cfg.sft = SFTConfig(max_steps=3, batch_size=2, grad_accum=1, lr=2e-4, sweep_seeds=(0,), sweep_weights=(0.0, 1.0),
-                        sweep_steps=1, sweep_eval_rows=4, **steps)
+    cfg.sft = SFTConfig(max_steps=3, batch_size=2, grad_accum=1, lr=2e-4, **steps)
+    cfg.experiment = ExperimentConfig(weights=(0.0, 1.0), data_sizes=(8,), seeds=(0,), steps=1,
+                                      controlled_weights=(), eval_rows=4)
     cfg.dpo = replace_config(cfg.dpo, max_steps=2, batch_size=2, grad_accum=1, onpolicy_countdown_prompts=4, **steps)
     cfg.reward = replace_config(cfg.reward, max_steps=2, batch_size=2, grad_accum=1, **steps)
     cfg.rloo = replace_config(cfg.rloo, max_steps=2, batch_size=2, grad_accum=1, k=2, max_new_tokens=24,
-                              table_every=1, instruction_steps=1, **steps)
+                              table_every=1, **steps)
+    cfg.rft = replace_config(cfg.rft, rounds=1, steps_per_round=1, max_steps=1, batch_size=2, grad_accum=1, **steps)
     cfg.eval = replace_config(cfg.eval, batch_size=8, max_new_tokens=24, instruction_rows=4, countdown_rows=4,
                               loss_rows=4, sampled_rows=2, n_samples=2, win_rate_rows=2,
                               reference_model=model_dir or None)     # the same checkpoint stands in for Instruct
@@ -388,7 +441,7 @@ def replace_sections(cfg: Config, **sections) -> Config:
     return new
 
 
-STAGES = ("initial", "sft_masked", "sft_unmasked", "dpo", "rloo")
+STAGES = ("initial", "sft_masked", "sft_unmasked", "dpo", "rloo", "rft")   # rft: beside rloo, from the same start
 
 # The two worlds name their datasets differently: the role a dataset plays -> its name in data/<profile>/
 DATASETS = {"tiny": {"instructions": "instructions", "preferences": "preferences"},

@@ -10,8 +10,8 @@ from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
 from .modeling import as_lora_config, disable_dropout, load_model, load_tokenizer
 from .training import stage_logger, train
-from .preference import (build_pair_dataset, countdown_onpolicy_pairs, pair_collate, pair_length, pair_logps,
-                    pair_sequence_logps, preference_data)
+from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
+                         pair_length, pair_logps, pair_sequence_logps, preference_data)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
@@ -68,13 +68,14 @@ def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
     return result
 
 
-def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log: bool = True) -> dict:
-    """DPO from the SFT checkpoint with a precomputed reference; returns {"history", "dir", "model", …}."""
+def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: bool = True) -> dict:
+    """DPO from `start` (the chain's SFT model; name another checkpoint to branch), which is also the reference,
+    precomputed; returns {"history", "dir", "model", …}."""
     dcfg = check_config(cfg).dpo      # a bad value fails here, before any model is loaded
     seed_everything(dcfg.seed)
-    start = out_path("checkpoints", cfg, reference)
-    tokenizer = load_tokenizer(start)
-    model = load_model(start).to(device())
+    start_dir = out_path("checkpoints", cfg, start)
+    tokenizer = load_tokenizer(start_dir)
+    model = load_model(start_dir).to(device())
     fresh_adapters = False
     if cfg.model.lora is not None and not hasattr(model, "disable_adapter"):
         from peft import get_peft_model
@@ -91,6 +92,7 @@ def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log:
         write_jsonl(out_path("data", cfg, "countdown_onpolicy_pairs", "train.jsonl"), onpolicy)
         rows = rows + onpolicy
     train_pairs, skips = build_pair_dataset(tokenizer, rows, dcfg.max_length, "dpo train")
+    train_pairs = balance_tracks(train_pairs, dcfg.countdown_share)
     test_pairs, test_skips = build_pair_dataset(tokenizer, preference_data(cfg, "test"), dcfg.max_length, "dpo test")
     print(skips.report(), "|", test_skips.report(), "| on-policy Countdown:", onpolicy_stats)
     # adapters off = the reference only for adapters created here; a LoRA SFT checkpoint's trained adapters
@@ -100,7 +102,7 @@ def run_dpo(cfg: Config, stage: str = "dpo", reference: str = "sft_masked", log:
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
     before = preference_accuracy(model, test_pairs, pad)
     stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "reference": reference, "dpo": dataclasses.asdict(dcfg),
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "dpo": dataclasses.asdict(dcfg),
                   "train_pairs": len(train_pairs), "dropped": dict(skips.reasons), "onpolicy": onpolicy_stats}
     logger = stage_logger(cfg, stage, run_config, log)
     eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}

@@ -96,16 +96,24 @@ def evaluate_stage(model, tokenizer, cfg: Config, name: str, reward_model=None, 
     return metrics
 
 
-def choose_final(table, rule: str) -> str:
-    """The best checkpoint by the config's rule: the highest value of the named metric (ties: later stage)."""
-    if rule not in table.columns:
-        raise ValueError(f"final_rule metric {rule!r} is not among the evaluated metrics {list(table.columns)}")
-    best = table[table[rule] == table[rule].max()]
-    return str(best["model"].iloc[-1])
+def publish_final(cfg: Config) -> str | None:
+    """checkpoints/<profile>/final: a copy of the chain's last stage (`cfg.eval.final_stage`), the fully fine-tuned
+    weights — without the training state, so it loads as a plain model. None (and a note) while that stage does not
+    exist yet."""
+    final = cfg.eval.final_stage
+    source, target = out_path("checkpoints", cfg, final), out_path("checkpoints", cfg, "final")
+    if not source.exists():
+        print(f"no `final` yet: it is a copy of the chain's end, {source}, which does not exist (run 04_rloo)")
+        return None
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("training_state.pt", "checksums.json"))
+    (target / "FINAL_IS.txt").write_text(f"{final}: the end of the chain sft_masked → dpo → rloo\n")
+    return final
 
 
 def evaluate_all_stages(cfg: Config, stages=STAGES):
-    """One row per existing checkpoint of the profile (and `final`), one column per metric."""
+    """One row per existing checkpoint of the profile, one column per metric; `final` is published as a copy of the
+    chain's last stage. Returns (table, the name of the stage `final` copies)."""
     import pandas as pd
     found = [s for s in stages if any((out_path("checkpoints", cfg, s) / f).exists()
                                       for f in ("config.json", "adapter_config.json"))]
@@ -127,17 +135,7 @@ def evaluate_all_stages(cfg: Config, stages=STAGES):
         rows.append({"model": name, **evaluate_stage(model, tokenizer, cfg, name, reward_model, judge, reference,
                                                      cache)})
         print(f"evaluated {name}")
-    table = pd.DataFrame(rows)
-    table["mean_quality"] = (table[quality_metric(cfg)] + table["countdown_accuracy"]) / 2
-    final = choose_final(table, cfg.eval.final_rule)
-    target = out_path("checkpoints", cfg, "final")
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(out_path("checkpoints", cfg, final), target,
-                    ignore=shutil.ignore_patterns("training_state.pt"))
-    (target / "FINAL_IS.txt").write_text(f"{final} (rule: highest {cfg.eval.final_rule})\n")
-    final_row = table[table.model == final].copy()
-    final_row["model"] = f"final (= {final})"
-    return pd.concat([table, final_row], ignore_index=True), final
+    return pd.DataFrame(rows), publish_final(cfg)
 
 
 def plot_stage_metrics(table, path: Path, metrics=("exact_match", "countdown_accuracy", "countdown_reward",

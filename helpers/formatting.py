@@ -91,6 +91,7 @@ def build_sft_example(tokenizer, messages, max_length: int, prompt_loss_weight: 
         example["labels"] = [t if r else -100 for t, r in zip(input_ids, is_response)]
     else:
         example["labels"] = list(input_ids)
+        example["response"] = [int(r) for r in is_response]     # for a loss normalised by response tokens
         if prompt_loss_weight < 1.0:
             example["loss_weights"] = [1.0 if r else prompt_loss_weight for r in is_response]
     return example

@@ -79,22 +79,37 @@ def pair_logps(model, pairs: list[dict], pad_token_id: int, token_budget: int = 
 
 
 def countdown_onpolicy_pairs(model, tokenizer, tasks: list[dict], cfg: Config, seed: int) -> tuple[list, dict]:
-    """The course project's on-policy pairs: 2 samples per Countdown prompt (tasks from `countdown_tasks`) from the
-    SFT model (temperature > 0), labelled by the rule-based reward; ties dropped (and counted)."""
+    """The course project's on-policy pairs: `cfg.dpo.onpolicy_samples` samples per Countdown prompt (tasks from
+    `countdown_tasks`) from the model DPO starts from (temperature > 0), scored by the rule-based reward; the best
+    is chosen, the worst rejected (the first of each among equals); prompts whose samples all score alike are
+    dropped (and counted). More samples per prompt: more prompts with a correct and a wrong answer."""
+    n = cfg.dpo.onpolicy_samples
     prompts = [t["prompt"] for t in tasks]
-    samples = generate_eval(model, tokenizer, prompts * 2, cfg.eval, temperature=cfg.dpo.sample_temperature,
-                            top_p=1.0, seed=seed)
+    flat = generate_eval(model, tokenizer, [p for p in prompts for _ in range(n)], cfg.eval,
+                         temperature=cfg.dpo.sample_temperature, top_p=1.0, seed=seed)
     pairs, ties = [], 0
     for i, (task, prompt) in enumerate(zip(tasks, prompts)):
-        a, b = samples[i], samples[i + len(tasks)]
-        ra, rb = countdown_reward(a, task["target"], task["nums"]), countdown_reward(b, task["target"], task["nums"])
-        if ra == rb:
+        samples = flat[i * n:(i + 1) * n]
+        rewards = [countdown_reward(s, task["target"], task["nums"]) for s in samples]
+        best, worst = rewards.index(max(rewards)), rewards.index(min(rewards))
+        if rewards[best] == rewards[worst]:
             ties += 1
             continue
-        chosen, rejected = (a, b) if ra > rb else (b, a)
-        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": "countdown/on-policy",
-                      "reward_chosen": max(ra, rb), "reward_rejected": min(ra, rb)})
-    return pairs, {"prompts": len(tasks), "pairs": len(pairs), "ties_dropped": ties}
+        pairs.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
+                      "source": "countdown/on-policy", "reward_chosen": rewards[best],
+                      "reward_rejected": rewards[worst]})
+    return pairs, {"prompts": len(tasks), "samples_per_prompt": n, "pairs": len(pairs), "ties_dropped": ties}
+
+
+def balance_tracks(pairs: list[dict], share: float) -> list[dict]:
+    """The pairs with the Countdown ones repeated (cycled) until they make `share` of the list — a per-track balance,
+    so a few hundred Countdown pairs are not drowned by thousands of instruction pairs."""
+    countdown = [p for p in pairs if str(p.get("source", "")).startswith("countdown")]
+    others = [p for p in pairs if not str(p.get("source", "")).startswith("countdown")]
+    if not countdown or share <= 0:
+        return pairs
+    wanted = max(len(countdown), round(len(others) * share / (1 - share)))
+    return others + [countdown[i % len(countdown)] for i in range(wanted)]
 
 
 def preference_data(cfg: Config, split: str) -> list[dict]:

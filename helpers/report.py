@@ -1,5 +1,5 @@
 """report/report.md, generated from the saved summaries only (no number typed in). Imports: config, results,
-comparison."""
+experiment."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .config import Config, out_path, output_root, quality_metric
 from .results import latest_summary, markdown_table
-from .comparison import seed_noise_verdict
+from .experiment import conclusion, headline, latest_experiment
 
 
 def report_path(cfg: Config) -> Path:
@@ -34,17 +34,20 @@ def write_report(cfg: Config, stages, final: str) -> Path:
               f"Sampled measures: temperature {cfg.eval.temperature}, top_p {cfg.eval.top_p}, top_k {cfg.eval.top_k}, "
               f"{cfg.eval.n_samples} samples on {cfg.eval.sampled_rows} prompts.", "",
               "## Every stage on the same held-out sets", "", markdown_table(stages), "",
-              f"`final` = `{final}` (rule: highest `{cfg.eval.final_rule}`).", "",
+              f"`final` = `{final}`, the end of the chain `sft_masked` → `dpo` → `rloo`.", "",
               "![stage metrics](../assets/stage_metrics.png)", "",
               "![learning curves](../assets/learning_curves.png)", "",
               "## Masked vs unmasked SFT", "", "![comparison](../assets/Comparison.png)", ""]
-    runs = latest_summary(cfg, "sft_sweep")
-    if runs is not None:
-        weights = sorted(runs.prompt_loss_weight.unique())
-        summary = latest_summary(cfg, "sft_sweep_mean_std")
-        lines += ["Prompt-loss-weight sweep (mean ± std over seeds, shorter runs):", "", markdown_table(summary), ""]
-        lines += [f"- {seed_noise_verdict(runs, m, weights[0], w)}" for m in ("response_loss", quality)
-                  for w in weights[1:]]
+    results = latest_experiment(cfg)
+    if results:
+        rows = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in h.items()}
+                for h in headline(results, ("response_loss", quality, "countdown_accuracy"))]
+        import pandas as pd
+        lines += ["Seeded comparison at full length (`make experiment`; mean over seeds, difference against "
+                  "2 × pooled std):", "", markdown_table(pd.DataFrame(rows)[["comparison", "metric", "from", "to",
+                                                                              "difference", "noise", "verdict"]]),
+                  "", "![grid](../assets/sweep_heatmap.png)", "", "**Conclusion.** " + " ".join(conclusion(results,
+                                                                                                        quality)), ""]
     by = {r["model"]: r for r in stages.to_dict("records")}
     notes = []
     for a, b, metric in [("initial", "sft_masked", quality), ("sft_masked", "dpo", quality),

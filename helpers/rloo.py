@@ -3,14 +3,14 @@
 Imports: config … scoring, reward_model."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import random
 
 import torch
 
-from .config import (Config, check_config, dataset_name, device, out_path,
-                     replace_config, replace_sections, seed_everything)
+from .config import Config, check_config, dataset_name, device, out_path, seed_everything
 from .countdown import countdown_reward
 from .data import countdown_tasks, load_split
 from .modeling import disable_dropout, load_model, load_tokenizer
@@ -19,8 +19,8 @@ from .batching import collate
 from .logger import NullLogger
 from .training import stage_logger, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
-from .generation import generate_eval, sample_completions
-from .scoring import countdown_accuracy, instruction_test_rows
+from .generation import sample_completions
+from .scoring import exact_match, track_scores
 from .reward_model import load_reward_model, score_responses
 
 
@@ -33,16 +33,43 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - baseline
 
 
-def countdown_reward_fn(prompts, completions, tasks) -> list[float]:
-    """The shared reward signature: (prompts, completions, task rows) -> one float per completion."""
-    return [countdown_reward(c, t["target"], t["nums"]) for c, t in zip(completions, tasks)]
+def rl_tasks(cfg: Config, tokenizer, split: str = "train") -> list[dict]:
+    """The prompts RLOO and RFT learn from: every Countdown task (rewarded by the rule) and, in the share
+    `cfg.rloo.instruction_share`, instruction prompts (rewarded by the verifier or the reward model) — so a policy
+    that comes from DPO keeps following instructions while it learns Countdown. Each task carries its "track"."""
+    tasks = [dict(t, track="countdown") for t in countdown_tasks(cfg, split)]
+    share = cfg.rloo.instruction_share
+    if share > 0:
+        rows = load_split(cfg, dataset_name(cfg, "instructions"), split)
+        fits, too_long = fit_prompts(tokenizer, [r["messages"][:-1] for r in rows], cfg.data.max_prompt_tokens)
+        rows = [r for r, ok in zip(rows, fits) if ok]
+        random.Random(cfg.rloo.seed).shuffle(rows)
+        wanted = round(len(tasks) * share / (1 - share))
+        tasks += [{"track": "instructions", "prompt": r["messages"][:-1],
+                   "reference": r.get("reference", r["messages"][-1]["content"])} for r in rows[:wanted]]
+        if too_long:
+            print(f"instruction prompts: {too_long} longer than {cfg.data.max_prompt_tokens} tokens left out")
+    return tasks
 
 
-def reward_model_fn(reward_model, tokenizer):
-    """The reward model behind the same signature as the rule-based reward."""
-    def fn(prompts, completions, tasks):
-        return score_responses(reward_model, tokenizer, prompts, completions)
-    return fn
+def make_reward_fn(cfg: Config, reward_model=None):
+    """The reward of every sampled completion, by its task's track: Countdown by `countdown_reward`; instructions by
+    exact match with the task's one answer ("verifier", the tiny world) or by the reward model's score."""
+    use_model = cfg.rloo.instruction_reward == "reward_model"
+    if use_model and reward_model is None:
+        raise ValueError("instruction_reward='reward_model' needs the reward model (run 03_dpo first)")
+
+    def reward_fn(prompts, completions, tasks) -> list[float]:
+        rewards = [countdown_reward(c, t["target"], t["nums"]) if t["track"] == "countdown" else
+                   0.0 if use_model else exact_match(c, t["reference"]) for c, t in zip(completions, tasks)]
+        rows = [i for i, t in enumerate(tasks) if t["track"] != "countdown"]
+        if use_model and rows:
+            rm_tok, rm = reward_model
+            for i, score in zip(rows, score_responses(rm, rm_tok, [prompts[i] for i in rows],
+                                                      [completions[i] for i in rows])):
+                rewards[i] = score
+        return rewards
+    return reward_fn
 
 
 def sample_rows(samples: list[dict]) -> list[dict]:
@@ -88,12 +115,18 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
             rows = "\n".join(f"| {json.dumps(rep_tasks[i]['prompt'][-1]['content'][:80])} | "
                              f"{json.dumps(samples[i]['text'][:120])} | {rewards[i]:.2f} |" for i in picks)
             logger.text("rloo/samples", "| prompt | completion | reward |\n|---|---|---|\n" + rows, calls["n"])
-        return loss_sum, {"rloo/reward_mean": rewards.mean(), "rloo/reward_std": rewards.std(),
-                          "rloo/fraction_correct": (rewards == 1.0).float().mean(),
-                          "rloo/fraction_format_only": ((rewards > 0) & (rewards < 1)).float().mean(),
-                          "rloo/kl": kl.mean(),
-                          "rloo/response_length": sum(len(s["response_ids"]) for s in samples) / len(samples),
-                          "rloo/zero_variance_groups": (grouped.std(dim=1) == 0).float().mean()}
+        countdown = torch.tensor([t.get("track") == "countdown" for t in rep_tasks])
+        metrics = {"rloo/reward_mean": rewards.mean(), "rloo/reward_std": rewards.std(), "rloo/kl": kl.mean(),
+                   "rloo/response_length": sum(len(s["response_ids"]) for s in samples) / len(samples),
+                   "rloo/zero_variance_groups": (grouped.std(dim=1) == 0).float().mean()}
+        if countdown.any():        # per track: the two rewards live on different scales
+            cd = rewards[countdown]
+            metrics.update({"rloo/reward_countdown": cd.mean(), "rloo/fraction_correct": (cd == 1.0).float().mean(),
+                            "rloo/fraction_format_only": ((cd > 0) & (cd < 1)).float().mean()})
+        instructions = torch.tensor([t.get("track") == "instructions" for t in rep_tasks])
+        if instructions.any():
+            metrics["rloo/reward_instructions"] = rewards[instructions].mean()
+        return loss_sum, metrics
     return loss_fn
 
 
@@ -103,13 +136,10 @@ def rloo_collate(k: int):
     return collate_fn
 
 
-def run_rloo(cfg: Config, track: str = "countdown", start: str = "sft_masked", stage: str | None = None,
-             log: bool = True) -> dict:
-    """RLOO from an SFT checkpoint. track="countdown": rule-based reward on Countdown prompts;
-    track="instructions": the reward model on instruction prompts."""
-    check_config(cfg)          # k < 2, temperature 0, … fail here, before any model is loaded
-    rcfg = cfg.rloo if track == "countdown" else replace_config(cfg.rloo, max_steps=cfg.rloo.instruction_steps)
-    stage = stage or ("rloo" if track == "countdown" else "rloo_instructions")
+def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = True) -> dict:
+    """RLOO from `start` (the chain: sft_masked → dpo → rloo; name another checkpoint to branch) on a mixture of
+    Countdown prompts and instruction prompts (`rl_tasks`), each rewarded by its own track (`make_reward_fn`)."""
+    rcfg = check_config(cfg).rloo      # k < 2, temperature 0, … fail here, before any model is loaded
     seed_everything(rcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
@@ -120,29 +150,19 @@ def run_rloo(cfg: Config, track: str = "countdown", start: str = "sft_masked", s
     if rcfg.kl_coef > 0:        # frozen, no-grad forwards only: bf16 where it runs under bf16 autocast anyway
         reference = load_model(start_dir, dtype=torch.bfloat16 if device().type == "cuda" else torch.float32)
         reference = reference.to(device()).eval().requires_grad_(False)
-    if track == "countdown":
-        tasks = countdown_tasks(cfg, "train")
-        reward_fn = countdown_reward_fn
-        eval_fn = lambda m: {f"eval/{k}": v for k, v in countdown_accuracy(m, tokenizer, cfg).items()}
-    else:
+    judge = None
+    if rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model":
         rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
-        reward_fn = reward_model_fn(rm.to(device()), rm_tok)
-        name = dataset_name(cfg, "instructions")
-        prompts = [r["messages"][:-1] for r in load_split(cfg, name, "train")]
-        fits, too_long = fit_prompts(tokenizer, prompts, cfg.data.max_prompt_tokens)
-        print(f"instruction prompts: {too_long} of {len(prompts)} longer than {cfg.data.max_prompt_tokens} "
-              "tokens left out")
-        tasks = [{"prompt": p} for p, ok in zip(prompts, fits) if ok]
-        held = [r["messages"][:-1] for r in instruction_test_rows(cfg, tokenizer, 64)]
-        eval_fn = lambda m: {"eval/reward_model_score": sum(reward_fn(held, generate_eval(m, tokenizer, held, cfg.eval),
-                                                                      None)) / len(held)}
+        judge = (rm_tok, rm.to(device()))
+    tasks = rl_tasks(cfg, tokenizer)
+    eval_fn = lambda m: {f"eval/{k}": v for k, v in track_scores(m, tokenizer, cfg).items()}
     stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "track": track, "start": start,
-                  "rloo": dataclasses.asdict(rcfg)}
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "rloo": dataclasses.asdict(rcfg),
+                  "tasks": dict(collections.Counter(t["track"] for t in tasks))}
     logger = stage_logger(cfg, stage, run_config, log)
-    loss_fn = make_rloo_loss(replace_sections(cfg, rloo=rcfg), tokenizer, reward_fn, reference, logger)
+    loss_fn = make_rloo_loss(cfg, tokenizer, make_reward_fn(cfg, judge), reference, logger)
     history = train(model, tokenizer, tasks, rcfg, loss_fn, rloo_collate(rcfg.k), stage_dir, eval_fn=eval_fn,
                     logger=logger, run_config=run_config, desc=stage, restart=cfg.restart, watch_loss=False,
-                    length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])))   # prompts of similar length
+                    length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])))
     logger.close()
-    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer}
+    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "tasks": len(tasks)}

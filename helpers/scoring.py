@@ -52,6 +52,24 @@ def instruction_test_rows(cfg: Config, tokenizer, rows: int) -> list[dict]:
     return [r for r, ok in zip(test, fits) if ok][:rows]
 
 
+def greedy_instructions(model, tokenizer, cfg: Config):
+    """Greedy answers to the held-out instruction tasks, scored (exact match, or ROUGE-L on the hub):
+    (prompts, answers, references, scores)."""
+    rows = instruction_test_rows(cfg, tokenizer, cfg.eval.instruction_rows)
+    prompts = [r["messages"][:-1] for r in rows]
+    references = [r.get("reference", r["messages"][-1]["content"]) for r in rows]
+    answers = generate_eval(model, tokenizer, prompts, cfg.eval)
+    scorer = rouge_l if quality_metric(cfg) == "rouge_l" else exact_match
+    return prompts, answers, references, [scorer(a, r) for a, r in zip(answers, references)]
+
+
+def track_scores(model, tokenizer, cfg: Config) -> dict:
+    """Both tracks, greedy, on the held-out sets: Countdown accuracy and mean reward, and instruction quality —
+    what RLOO and RFT are evaluated on while they train (no losses: those are `evaluate_model`'s)."""
+    scores = greedy_instructions(model, tokenizer, cfg)[3]
+    return {**countdown_accuracy(model, tokenizer, cfg), quality_metric(cfg): sum(scores) / max(1, len(scores))}
+
+
 def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = None,
                    records: list | None = None) -> dict:
     """Held-out response-only loss / perplexity, whole-sequence loss, instruction quality, Countdown score.
@@ -61,13 +79,8 @@ def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = 
     response_loss = evaluate_loss(model, held["response"], pad, budget)
     metrics = {"response_loss": response_loss, "response_ppl": math.exp(min(response_loss, 50)),
                "sequence_loss": evaluate_loss(model, held["sequence"], pad, budget)}
-    rows = instruction_test_rows(cfg, tokenizer, cfg.eval.instruction_rows)
-    prompts = [r["messages"][:-1] for r in rows]
-    references = [r.get("reference", r["messages"][-1]["content"]) for r in rows]
-    answers = generate_eval(model, tokenizer, prompts, cfg.eval)
+    prompts, answers, references, scores = greedy_instructions(model, tokenizer, cfg)
     metric = quality_metric(cfg)
-    scorer = rouge_l if metric == "rouge_l" else exact_match
-    scores = [scorer(a, r) for a, r in zip(answers, references)]
     metrics[metric] = sum(scores) / len(scores)
     tasks, cd_answers, rewards = greedy_countdown(model, tokenizer, cfg)
     metrics["countdown_reward"] = sum(rewards) / len(rewards)
@@ -106,6 +119,7 @@ def evaluate_checkpoint(cfg: Config, name: str) -> tuple[dict, list[dict]]:
     tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
     records: list = []
     metrics = evaluate_model(model, tokenizer, cfg, out_path("outputs", cfg, name, "responses.jsonl"), records)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({"key": key, "metrics": metrics, "records": records}, default=str))
     return metrics, records
 

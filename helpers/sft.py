@@ -32,10 +32,15 @@ def sft_loss(model, batch):
     return -(logps * weights).sum(), {}
 
 
-def sft_collate(pad_token_id: int):
+def sft_collate(pad_token_id: int, normalization: str = "trained_tokens"):
+    """Pad a batch and count its loss units: the trained tokens (Σ w_t), or — normalization="response_tokens" — the
+    response tokens only, so whole-sequence loss adds the prompt's gradient without thinning the response's."""
     def collate_fn(examples):
         batch = collate(examples, pad_token_id)
-        batch["normalizer"] = trained_weights(batch).sum()
+        if normalization == "response_tokens" and "response" in batch:
+            batch["normalizer"] = batch["response"][:, 1:].sum().float()
+        else:
+            batch["normalizer"] = trained_weights(batch).sum()
         return batch
     return collate_fn
 
@@ -96,6 +101,7 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
     instructions = load_split(cfg, dataset_name(cfg, "instructions"), split)
     if split != "train":
         return instructions
+    instructions = instructions[:cfg.sft.train_conversations]           # None: all of them
     warmstart = load_split(cfg, "warmstart", "train")
     share = cfg.sft.countdown_share
     n_warm = min(len(warmstart), int(round(len(instructions) * share / max(1e-9, 1 - share))))
@@ -135,7 +141,8 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
                   "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
                   "train_examples": len(examples), "dropped": dict(skips.reasons)}
     logger = stage_logger(cfg, stage, run_config, log)
-    history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad), stage_dir,
+    history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad, train_cfg.loss_normalization),
+                    stage_dir,
                     eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
                     uniform_loss=math.log(len(tokenizer)))
     logger.close()

@@ -1,12 +1,15 @@
 # %% [markdown]
 # # 02 · SFT with loss on the whole sequence ("unmasked"), and the fair comparison
 #
-# **Purpose.** Train exactly like `01_sft_masked` but with the loss on every token; then compare both runs on the
-# same held-out measures, and sweep the prompt-loss weight over several seeds to tell a real difference from noise.
-# **Inputs.** `checkpoints/<profile>/initial`, `checkpoints/<profile>/sft_masked` (run `00`, `01` first).
-# **Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Comparison.png`, `assets/Dataset_results.xlsx`,
-# `evaluation_results/<profile>/sft_comparison/…` and `…/sft_sweep/…` (csv/md/txt/xlsx).
-# **Run time.** tiny ≈ 6 min on 2 CPU cores (2 min training + the sweep) · smoke ≈ 30 s · qwen ≈ 1 h per run.
+# **Purpose.** Train exactly like `01_sft_masked` but with the loss on every token; compare both runs on the same
+# held-out measures; then read the seeded experiment (`make experiment`): masked vs whole-sequence loss with 3 seeds
+# at full length, the gradient-dilution confound controlled, and a prompt-loss-weight × data-size grid.
+# **Inputs.** `checkpoints/<profile>/initial`, `checkpoints/<profile>/sft_masked` (run `00`, `01` first); the
+# committed experiment under `evaluation_results/<profile>/sft_sweep/`.
+# **Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Dataset_results.xlsx`,
+# `evaluation_results/<profile>/sft_comparison/…`; with `EXPERIMENT=1` (or where none is committed, in `smoke`) the
+# experiment itself: `…/sft_sweep/…`, `assets/Comparison.png`, `assets/sweep_heatmap.png`.
+# **Run time.** tiny ≈ 3 min on 2 CPU cores (the experiment: hours, `make experiment`) · smoke ≈ 30 s · qwen ≈ 1 h.
 
 # %%
 import os
@@ -38,7 +41,6 @@ result = H.run_sft(cfg, "sft_unmasked", prompt_loss_weight=1.0)
 stamp = H.timestamp()
 final = H.evaluate_checkpoints(cfg, ["initial", "sft_masked", "sft_unmasked"])
 histories = {name: H.load_history(H.out_path("checkpoints", cfg, name)) for name in ["sft_masked", "sft_unmasked"]}
-H.plot_sft_comparison(histories, final, H.assets_dir(cfg) / "Comparison.png")
 H.write_dataset_results(final, H.assets_dir(cfg) / "Dataset_results.xlsx")
 paths = H.write_summary(final, cfg, "sft_comparison", stamp)
 print(final.to_string(index=False))
@@ -46,23 +48,38 @@ print("\nwritten:", *paths.values(), sep="\n  ")
 
 # %%
 from IPython.display import Image, display
-display(Image(filename=str(H.assets_dir(cfg) / "Comparison.png")))
+figure = H.plot_sft_comparison(histories, final, H.out_path("outputs", cfg, "sft_comparison.png"))
+display(Image(filename=str(figure)))
 
 # %% [markdown]
-# ## Beyond masked vs unmasked: the prompt-loss weight as a knob, and seed noise
+# ## One seed is not an experiment: seeds, the confound, and when whole-sequence loss helps
 #
-# The weight is continuous: 0 is masked, 1 unmasked; Huerta-Enochian & Ko (2024) found small values such as 0.01–0.1
-# best for short completions. Each setting is trained with several seeds (shorter runs, `cfg.sft.sweep_steps`), so
-# a difference between settings is reported only when it exceeds the spread across seeds.
+# The runs above differ by one argument, but they are one seed each, and they hide a confound: the loss is averaged
+# over trained tokens, and most trained tokens of the unmasked run are prompt tokens — at the same learning rate the
+# response gets several times less gradient. `make experiment` (hours on 2 cores, resumable, its results committed)
+# trains every setting with 3 seeds at the full length, adds a **controlled** arm — the whole-sequence loss divided
+# by the response tokens only, so the response gets exactly the masked run's gradient — and a grid over the
+# prompt-loss weight (0, 0.01, 0.1, 1) and the SFT data size, where the literature says the answer may change
+# (Shi et al. 2024: loss on instructions helps small sets with short completions; Huerta-Enochian & Ko 2024: a small
+# weight is best). A difference is reported only when it exceeds 2 × the pooled std across seeds.
 
 # %%
-runs, summary = H.run_prompt_weight_sweep(cfg)
-H.write_summary(runs, cfg, "sft_sweep", stamp)
-H.write_summary(summary, cfg, "sft_sweep_mean_std", stamp)
-print(summary.to_string(index=False))
+results = H.latest_experiment(cfg)
+if os.environ.get("EXPERIMENT") == "1" or (results is None and cfg.experiment.run_in_notebook):
+    results = H.run_experiment(cfg)
+    print(H.write_experiment(cfg, results))
+if results is None:
+    print("no experiment yet for this profile: run `make experiment` (or EXPERIMENT=1 for this notebook)")
+else:
+    import pandas as pd
+    quality = "exact_match" if cfg.data.world == "tiny" else "rouge_l"
+    table = pd.DataFrame(H.headline(results, ("response_loss", quality, "countdown_accuracy")))
+    columns = ["comparison", "metric", "from", "to", "difference", "noise", "verdict"]
+    print(table[columns].round(3).to_string(index=False))
+    print()
+    print("\n".join(H.conclusion(results, quality)))
 
 # %%
-weights = list(cfg.sft.sweep_weights)
-for metric in ["response_loss", "exact_match" if "exact_match" in runs else "rouge_l", "countdown_reward"]:
-    for w in weights[1:]:
-        print(H.seed_noise_verdict(runs, metric, weights[0], w))
+if results is not None:
+    display(Image(filename=str(H.assets_dir(cfg) / "Comparison.png")))
+    display(Image(filename=str(H.assets_dir(cfg) / "sweep_heatmap.png")))

@@ -48,12 +48,15 @@ print(f"equal log-probs: loss = {loss.item():.4f} = log 2 = {math.log(2):.4f}")
 # %% [markdown]
 # ## On-policy Countdown pairs
 #
-# As the course project does: sample two completions per Countdown prompt from the SFT model (temperature > 0),
-# label the better one *chosen* with the rule-based reward, and drop ties. They join the preference pairs.
+# As the course project does: sample completions per Countdown prompt from the SFT model (temperature > 0), make the
+# best one by the rule-based reward *chosen* and the worst *rejected*, and drop prompts where all tie. With 79
+# Countdown pairs among 6,000 instruction pairs, DPO erased Countdown (0.22 → 0.01); so here 800 prompts are sampled
+# 4 times each, and the Countdown pairs are repeated until they are a quarter of the pairs
+# (`cfg.dpo.countdown_share`): the two tracks are balanced.
 
 # %%
 print(cfg.dpo)
-result = H.run_dpo(cfg, reference="sft_masked")
+result = H.run_dpo(cfg, start="sft_masked")          # the chain: sft_masked → dpo → rloo
 print("on-policy Countdown pairs:", result["onpolicy"])
 print("held-out preference accuracy before DPO (SFT model, its own log-probs):", result["before"]["logp_accuracy"])
 print("held-out preference accuracy after DPO (implicit reward):", result["after"]["reward_accuracy"])

@@ -2,8 +2,8 @@
 # # 05 · Evaluation: every stage side by side
 #
 # **Purpose.** Measure every checkpoint of the profile — `initial`, `sft_masked`, `sft_unmasked`, `dpo`, `rloo` and
-# `final` (the best by `cfg.eval.final_rule`) — on the same held-out sets, save every response, write the summaries,
-# the figures and the report.
+# `rft` — on the same held-out sets, save every response, write the summaries, the figures and the report, and
+# publish `final`: the end of the chain `sft_masked` → `dpo` → `rloo`, the fully fine-tuned weights.
 # **Inputs.** Whichever checkpoints exist under `checkpoints/<profile>/` (run `00`–`04` first for all of them).
 # **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 # `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
@@ -43,7 +43,7 @@ stamp = H.timestamp()
 table, final = H.evaluate_all_stages(cfg)
 paths = H.write_summary(table, cfg, "stages", stamp)
 print(table.T.to_string())
-print(f"\nfinal = {final}")
+print(f"\nfinal = a copy of {final}, the end of the chain")
 print("written:", *paths.values(), sep="\n  ")
 
 # %%

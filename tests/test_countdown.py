@@ -265,7 +265,7 @@ def test_every_countdown_step_asks_with_the_prompt_sft_trained_on(output_dir, ti
     monkeypatch.setattr(rloo, "sample_completions", recording(generation.sample_completions))
     paths = {}
     for stage, run in [("dpo", lambda: dpo.run_dpo(cfg, log=False)),
-                       ("rloo", lambda: rloo.run_rloo(cfg, "countdown", log=False)),
+                       ("rloo", lambda: rloo.run_rloo(cfg, log=False)),
                        ("evaluation", lambda: evaluation.evaluate_all_stages(cfg, stages=("sft_masked",)))]:
         sent.clear()
         run()

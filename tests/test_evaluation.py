@@ -1,28 +1,46 @@
-"""Evaluation of every stage: the final-checkpoint rule and the win rate against a reference model."""
+"""Evaluation of every stage: the chain's wiring (which checkpoint each stage starts from), `final` as the end of the
+chain, and the win rate against a reference model."""
 import json
+import shutil
 
-import pandas as pd
 import pytest
 
-from helpers import config, data, evaluation, reward_model, sft
+from helpers import config, data, dpo, evaluation, reward_model, rft, rloo, sft
 
 
-def test_choose_final_picks_the_max_and_the_later_row_on_ties():
-    table = pd.DataFrame({"model": ["initial", "sft_masked", "sft_unmasked", "dpo", "rloo"],
-                          "exact_match": [0.0, 0.50, 0.40, 0.50, 0.30],
-                          "countdown_accuracy": [0.0, 0.10, 0.20, 0.05, 0.60],
-                          "mean_quality": [0.0, 0.30, 0.30, 0.275, 0.45]})
-    assert evaluation.choose_final(table, "exact_match") == "dpo"          # tie with sft_masked: the later row
-    assert evaluation.choose_final(table, "countdown_accuracy") == "rloo"
-    assert evaluation.choose_final(table.iloc[:4], "mean_quality") == "sft_unmasked"   # tie 0.30 / 0.30 → later
-    with pytest.raises(ValueError, match="no_such_metric"):
-        evaluation.choose_final(table, "no_such_metric")
+class Loaded(Exception):
+    """Raised by a stand-in loader, carrying the folder a stage tried to start from."""
+
+
+@pytest.mark.parametrize("run, start", [(lambda cfg: dpo.run_dpo(cfg, log=False), "sft_masked"),
+                                        (lambda cfg: rloo.run_rloo(cfg, log=False), "dpo"),
+                                        (lambda cfg: rft.run_rft(cfg, log=False), "dpo"),
+                                        (lambda cfg: rloo.run_rloo(cfg, start="sft_masked", log=False), "sft_masked")])
+def test_the_chain_wiring_each_stage_starts_from_the_one_before(monkeypatch, output_dir, run, start):
+    """sft_masked → dpo → rloo (and rft beside rloo, from the same start); a `start` argument branches."""
+    def loader(path, *args, **kwargs):
+        raise Loaded(str(path))
+    for module in (dpo, rloo, rft):
+        monkeypatch.setattr(module, "load_tokenizer", loader)
+    with pytest.raises(Loaded) as loaded:
+        run(config.get_config("smoke"))
+    assert loaded.value.args[0] == str(config.out_path("checkpoints", config.get_config("smoke"), start))
+
+
+def test_final_is_a_copy_of_the_end_of_the_chain(output_dir, chat_model_dir):
+    cfg = config.get_config("smoke")
+    rloo_dir = config.out_path("checkpoints", cfg, "rloo")
+    shutil.copytree(chat_model_dir, rloo_dir)
+    (rloo_dir / "training_state.pt").write_bytes(b"state")
+    assert evaluation.publish_final(cfg) == "rloo"
+    final = config.out_path("checkpoints", cfg, "final")
+    assert (final / "model.safetensors").read_bytes() == (rloo_dir / "model.safetensors").read_bytes()
+    assert not (final / "training_state.pt").exists() and "rloo" in (final / "FINAL_IS.txt").read_text()
 
 
 def test_win_rate_against_a_reference_model(tmp_path, monkeypatch):
     """Win rate on the held-out preference prompts, judged by the reward model: a model against itself ties on every
     prompt, and a tie counts half."""
-    import shutil
     monkeypatch.setenv("OUTPUT_DIR", str(tmp_path))
     cfg = config.get_config("smoke")
     data.prepare_data(cfg)

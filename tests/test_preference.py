@@ -1,7 +1,7 @@
 """Preference pairs: dropped rows are counted, the SFT mask is kept, one prompt run per pair equals full rows."""
 import torch
 
-from helpers import logprobs, modeling, preference
+from helpers import config, logprobs, modeling, preference
 
 
 def test_pair_dropping_is_counted(preference_world):
@@ -41,3 +41,26 @@ def test_pair_prompt_run_once_gives_full_sequence_logps_and_gradients(preference
     model.activation_checkpointing_enable()     # no KV cache: the full sequences are scored instead
     assert not logprobs.can_share_prompt(model)
     assert torch.allclose(preference.pair_sequence_logps(model, batch), full, atol=1e-5)
+
+
+def test_onpolicy_pairs_take_the_best_and_the_worst_sample_and_drop_ties(monkeypatch):
+    cfg = config.get_config("smoke")
+    cfg.dpo = config.replace_config(cfg.dpo, onpolicy_samples=3)
+    tasks = [{"nums": [3, 4], "target": 7, "prompt": [{"role": "user", "content": "a"}]},
+             {"nums": [2, 5], "target": 10, "prompt": [{"role": "user", "content": "b"}]}]
+    outputs = ["<answer> 4 </answer>", "<answer> 3 + 4 </answer>", "nothing",       # task 0: 0.1, 1.0, 0.0
+               "<answer> 7 </answer>", "<answer> 2 </answer>", "<answer> 1 </answer>"]  # task 1: all 0.1
+    monkeypatch.setattr(preference, "generate_eval", lambda model, tok, prompts, *a, **k: outputs[:len(prompts)])
+    pairs, stats = preference.countdown_onpolicy_pairs(None, None, tasks, cfg, seed=0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("<answer> 3 + 4 </answer>", "nothing")]
+    assert stats == {"prompts": 2, "samples_per_prompt": 3, "pairs": 1, "ties_dropped": 1}
+
+
+def test_balance_tracks_repeats_countdown_pairs_up_to_their_share():
+    others = [{"source": "tiny/add"}] * 9
+    countdown = [{"source": "countdown/on-policy", "i": i} for i in range(2)]
+    balanced = preference.balance_tracks(others + countdown, share=0.25)
+    assert len(balanced) == 12 and balanced[:9] == others
+    assert [p["i"] for p in balanced[9:]] == [0, 1, 0]                      # cycled to 3 = 25 % of 12
+    assert preference.balance_tracks(others, 0.25) == others                 # nothing to balance
+    assert len(preference.balance_tracks(others + countdown * 10, 0.25)) == 29   # never fewer than they are

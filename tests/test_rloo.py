@@ -53,3 +53,43 @@ def test_rloo_loss_is_the_same_on_the_full_sequence_path(tiny_tokenizer):
         losses.append(float(loss))
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
     assert losses[0] != 0.0
+
+
+def test_mixed_batches_reward_each_row_by_its_own_track():
+    """Countdown rows by the rule, instruction rows by exact match (tiny) or by the reward model — never crossed."""
+    cfg = config.get_config("smoke")
+    countdown_task = {"track": "countdown", "nums": [3, 4], "target": 7, "prompt": []}
+    instruction_task = {"track": "instructions", "reference": "12", "prompt": [{"role": "user", "content": "7+5?"}]}
+    tasks = [countdown_task, instruction_task, countdown_task, instruction_task]
+    completions = ["<answer> 3 + 4 </answer>", "12", "<answer> 12 </answer>", "<answer> 3 + 4 </answer>"]
+    verifier = rloo.make_reward_fn(cfg)
+    assert verifier([t["prompt"] for t in tasks], completions, tasks) == [1.0, 1.0, 0.1, 0.0]
+
+    scored = []
+
+    def fake_scores(model, tokenizer, prompts, responses, *args):
+        scored.extend(responses)
+        return [len(r) / 10 for r in responses]
+    cfg.rloo = config.replace_config(cfg.rloo, instruction_reward="reward_model")
+    original, rloo.score_responses = rloo.score_responses, fake_scores
+    try:
+        by_model = rloo.make_reward_fn(cfg, reward_model=("tokenizer", "model"))
+        assert by_model([t["prompt"] for t in tasks], completions, tasks) == [1.0, 0.2, 0.1, 2.4]
+    finally:
+        rloo.score_responses = original
+    assert scored == ["12", "<answer> 3 + 4 </answer>"]            # only the instruction rows reach the model
+    with pytest.raises(ValueError, match="needs the reward model"):
+        rloo.make_reward_fn(cfg)
+
+
+def test_rl_tasks_mix_the_tracks_in_the_configured_share(tiny_tokenizer, output_dir):
+    from helpers import data
+    cfg = config.get_config("smoke")
+    data.prepare_data(cfg)
+    tasks = rloo.rl_tasks(cfg, tiny_tokenizer)
+    tracks = [t["track"] for t in tasks]
+    assert tracks.count("countdown") == cfg.data.countdown_train
+    assert tracks.count("instructions") == round(cfg.data.countdown_train * 0.25 / 0.75)
+    assert all(t["reference"] for t in tasks if t["track"] == "instructions")
+    cfg.rloo = config.replace_config(cfg.rloo, instruction_share=0.0)
+    assert {t["track"] for t in rloo.rl_tasks(cfg, tiny_tokenizer)} == {"countdown"}

@@ -1,0 +1,144 @@
+"""Rejection-sampling fine-tuning (RFT; expert iteration, as in the brief's Qwen-7B project): sample n completions
+per prompt, keep the best by the verifier (Countdown, the tiny world's instruction answers) or the reward model,
+fine-tune on what was kept — round after round on fresh prompts — and compare with RLOO at the same number of
+sampled completions. Imports: config … rloo."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+
+from .config import Config, check_config, device, out_path, replace_config, seed_everything
+from .modeling import load_model, load_tokenizer, save_model
+from .formatting import build_sft_example
+from .training import stage_logger, train
+from .sft import sft_collate, sft_loss
+from .results import save_figure
+from .generation import sample_completions
+from .scoring import track_scores
+from .reward_model import load_reward_model
+from .rloo import make_reward_fn, rl_tasks
+
+
+def keep_best(tasks: list[dict], samples: list[dict], rewards: list[float], n: int, use_model: bool) -> list[dict]:
+    """One completion per prompt, or none: the highest-reward sample of its n (the first among equals), kept if it
+    passes — a correct Countdown answer (reward 1.0), an exact instruction answer, or, judged by a reward model
+    (no pass mark), simply the best of n."""
+    kept = []
+    for i, task in enumerate(tasks):
+        scores = rewards[i * n:(i + 1) * n]
+        best = scores.index(max(scores))
+        passes = scores[best] == 1.0 or (use_model and task["track"] != "countdown")
+        if passes:
+            kept.append({"task": task, "completion": samples[i * n + best]["text"], "reward": scores[best]})
+    return kept
+
+
+def samples_per_step(cfg: Config) -> int:
+    """Completions RLOO samples per optimizer step: prompts per micro-batch × micro-batches × k."""
+    return cfg.rloo.batch_size * cfg.rloo.grad_accum * cfg.rloo.k
+
+
+def prompts_per_round(cfg: Config) -> int:
+    """RFT's prompts per round, so that rounds × prompts × k equals RLOO's samples over its whole run."""
+    return cfg.rloo.max_steps * cfg.rloo.batch_size * cfg.rloo.grad_accum // cfg.rft.rounds
+
+
+def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = True) -> dict:
+    """RFT from `start` (RLOO's start, for a fair comparison), drawing exactly as many samples as RLOO does:
+    `rounds` rounds of (RLOO's prompts ÷ rounds) prompts × k samples each, from RLOO's task mixture, at RLOO's
+    temperature. Returns {"curve": [{"samples", "round", scores…}], "dir", "kept", …}."""
+    fcfg, rcfg = check_config(cfg).rft, cfg.rloo
+    if fcfg.max_steps != fcfg.rounds * fcfg.steps_per_round:
+        raise ValueError(f"RFTConfig.max_steps = {fcfg.max_steps}: must be rounds × steps_per_round = "
+                         f"{fcfg.rounds * fcfg.steps_per_round}")
+    seed_everything(fcfg.seed)
+    start_dir, stage_dir = out_path("checkpoints", cfg, start), out_path("checkpoints", cfg, stage)
+    tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
+    use_model = rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model"
+    judge = None
+    if use_model:
+        rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
+        judge = (rm_tok, rm.to(device()))
+    reward_fn = make_reward_fn(cfg, judge)
+    tasks = rl_tasks(cfg, tokenizer)
+    random.Random(fcfg.seed).shuffle(tasks)
+    per_round = prompts_per_round(cfg)
+    if per_round * fcfg.rounds > len(tasks):
+        raise ValueError(f"RFT needs {per_round * fcfg.rounds} prompts for {fcfg.rounds} rounds; there are "
+                         f"{len(tasks)}")
+    run_config = json.loads(json.dumps({"stage": stage, "profile": cfg.profile, "start": start,
+                                        "rft": dataclasses.asdict(fcfg), "rloo": dataclasses.asdict(rcfg)}))
+    saved = stage_dir / "run_config.json"
+    if not cfg.restart and saved.exists() and json.loads(saved.read_text()) == run_config:
+        print(f"{stage}: {stage_dir} already holds this finished run: kept (restart=True trains it again)")
+        return {"curve": load_curve(stage_dir), "dir": stage_dir, "model": load_model(stage_dir).to(device()),
+                "tokenizer": tokenizer, "kept": None, "prompts_per_round": per_round}
+    logger = stage_logger(cfg, stage, run_config, log)
+    curve = [{"samples": 0, "round": 0, **track_scores(model, tokenizer, cfg)}]
+    kept_total = 0
+    for r in range(fcfg.rounds):
+        round_tasks = tasks[r * per_round:(r + 1) * per_round]
+        samples = []
+        for i in range(0, len(round_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
+            batch = round_tasks[i:i + rcfg.batch_size]
+            samples += sample_completions(model, tokenizer, [t["prompt"] for t in batch], rcfg.k,
+                                          rcfg.max_new_tokens, rcfg.temperature)
+        rep = [t for t in round_tasks for _ in range(rcfg.k)]
+        rewards = reward_fn([t["prompt"] for t in rep], [s["text"] for s in samples], rep)
+        kept = keep_best(round_tasks, samples, rewards, rcfg.k, use_model)
+        kept_total += len(kept)
+        examples = [e for e in (build_sft_example(tokenizer, k["task"]["prompt"] + [
+            {"role": "assistant", "content": k["completion"]}], fcfg.max_length) for k in kept) if e]
+        by_track = {track: sum(k["task"]["track"] == track for k in kept) for track in ("countdown", "instructions")}
+        if examples:
+            round_cfg = replace_config(fcfg, max_steps=fcfg.steps_per_round, eval_every=10 ** 9, save_every=10 ** 9,
+                                       seed=fcfg.seed + r)
+            train(model, tokenizer, examples, round_cfg, sft_loss, sft_collate(tokenizer.pad_token_id),
+                  stage_dir.with_name(f"{stage}.round"), restart=True, desc=f"{stage} round {r + 1}")
+        point = {"samples": (r + 1) * per_round * rcfg.k, "round": r + 1, "kept": len(kept), **by_track,
+                 **track_scores(model, tokenizer, cfg)}
+        curve.append(point)
+        logger.scalars({f"rft/{k}": v for k, v in point.items() if k not in ("samples", "round")}, point["samples"])
+        print(f"RFT round {r + 1}/{fcfg.rounds}: kept {len(kept)} of {len(round_tasks)} prompts {by_track}; "
+              + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if isinstance(v, float)))
+    logger.close()
+    shutil.rmtree(stage_dir.with_name(f"{stage}.round"), ignore_errors=True)
+    save_model(model, stage_dir, tokenizer, extra={"run_config.json": run_config, "rft_curve.json": curve})
+    return {"curve": curve, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "kept": kept_total,
+            "prompts_per_round": per_round}
+
+
+def load_curve(stage_dir) -> list[dict]:
+    return json.loads((stage_dir / "rft_curve.json").read_text())
+
+
+def rft_vs_rloo(cfg: Config, rloo_history: list[dict], rft_curve: list[dict]):
+    """One table: held-out scores of RLOO (at its evaluations) and RFT (after each round) against the number of
+    completions each had sampled by then."""
+    import pandas as pd
+    quality = [k for k in ("exact_match", "rouge_l") if k in rft_curve[0]][0]
+    rows = [{"method": "rloo", "samples": h["step"] * samples_per_step(cfg), "countdown_accuracy":
+             h["eval/countdown_accuracy"], quality: h[f"eval/{quality}"]}
+            for h in rloo_history if "eval/countdown_accuracy" in h]
+    rows += [{"method": "rft", "samples": p["samples"], "countdown_accuracy": p["countdown_accuracy"],
+              quality: p[quality]} for p in rft_curve]
+    return pd.DataFrame(rows)
+
+
+def plot_rft_vs_rloo(table, path):
+    """Held-out Countdown accuracy and instruction quality against samples drawn, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    quality = [c for c in table.columns if c in ("exact_match", "rouge_l")][0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("countdown_accuracy", quality)):
+        for method, part in table.groupby("method", sort=False):
+            ax.plot(part["samples"], part[metric], marker="o", label=method.upper())
+        ax.set(xlabel="completions sampled", ylabel=f"held-out {metric.replace('_', ' ')}",
+               title=metric.replace("_", " "))
+        ax.legend()
+    fig.suptitle("RLOO and rejection-sampling fine-tuning from the same start, at equal samples")
+    return save_figure(fig, path)

@@ -1,0 +1,73 @@
+"""The central experiment: mean ± std and the seed-noise verdict by hand, the grid's cells, and a grid that resumes
+without redoing finished cells."""
+import json
+import math
+
+import pytest
+
+from helpers import config, experiment
+
+
+def test_mean_std_and_the_noise_verdict_by_hand():
+    assert experiment.mean_std([0.5, 0.6, 0.7]) == (pytest.approx(0.6), pytest.approx(0.1))
+    assert experiment.mean_std([0.3]) == (0.3, 0.0)
+    # 0.5, 0.6, 0.7 → 0.2, 0.3, 0.4: difference −0.3; noise 2 × sqrt((0.1² + 0.1²) / 2) = 0.2 → exceeds
+    verdict = experiment.noise_verdict([0.5, 0.6, 0.7], [0.2, 0.3, 0.4], "exact_match")
+    assert verdict["difference"] == pytest.approx(-0.3) and verdict["noise"] == pytest.approx(0.2)
+    assert verdict["verdict"] == "exceeds the seed noise"
+    close = experiment.noise_verdict([0.5, 0.6, 0.7], [0.45, 0.55, 0.65], "exact_match")
+    assert close["difference"] == pytest.approx(-0.05) and close["verdict"] == "within the seed noise"
+
+
+def test_the_grid_has_every_cell_and_the_controlled_arm():
+    cfg = config.get_config("tiny")
+    cells = experiment.grid_cells(cfg)
+    assert len(cells) == 4 * 3 * 3 + 2 * 3
+    controlled = [c for c in cells if c["normalization"] == "response_tokens"]
+    assert {(c["weight"], c["size"]) for c in controlled} == {(0.1, 3000), (1.0, 3000)}
+    assert len({experiment.cell_key(c) for c in cells}) == len(cells)
+
+
+def test_flattened_looks_at_the_last_fifth_of_the_run():
+    assert experiment.flattened([(0, 9.0), (400, 1.0), (480, 0.71), (600, 0.70)], 600, 0.03)
+    assert not experiment.flattened([(0, 9.0), (480, 0.9), (600, 0.7)], 600, 0.03)
+
+
+def fake_run(calls):
+    def run(cfg, cell):
+        calls.append(experiment.cell_key(cell))
+        if len(calls) == 3 and not any("done" in c for c in calls):
+            raise KeyboardInterrupt                    # the user stops the grid in its third cell
+        score = 0.5 - 0.2 * cell["weight"] + 0.01 * cell["seed"]
+        return {**cell, "exact_match": score, "response_loss": 1.0 + cell["weight"], "countdown_accuracy": 0.1,
+                "flattened": True, "curve": [(0, 9.0), (3, 1.0 + cell["weight"])]}
+    return run
+
+
+def test_an_interrupted_grid_finishes_without_redoing_finished_cells(output_dir):
+    cfg = config.get_config("smoke")
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_experiment(cfg, run=fake_run(calls), progress=lambda line: None)
+    assert len(calls) == 3                             # two finished, the third interrupted
+    calls.append("done")
+    lines = []
+    results = experiment.run_experiment(cfg, run=fake_run(calls), progress=lines.append)
+    cells = experiment.grid_cells(cfg)
+    assert calls[4:] == [experiment.cell_key(c) for c in cells[2:]]     # resumed at the interrupted cell
+    assert len(results) == len(cells) and "to go" in lines[0] and "min" in lines[0]
+    cfg.experiment = config.replace_config(cfg.experiment, steps=4)     # another setting: every cell again
+    calls.clear()
+    experiment.run_experiment(cfg, run=fake_run(["done"] + calls), progress=lambda line: None)
+
+
+def test_headline_and_written_results(output_dir):
+    cfg = config.get_config("smoke")
+    results = experiment.run_experiment(cfg, run=fake_run(["done"]), progress=lambda line: None)
+    lines = experiment.headline(results)
+    masked_unmasked = [h for h in lines if h["comparison"] == "masked → unmasked" and h["metric"] == "exact_match"]
+    assert masked_unmasked[0]["difference"] == pytest.approx(-0.2)
+    paths = experiment.write_experiment(cfg, results)
+    assert paths["heatmap"].exists() and paths["comparison"].exists()
+    assert experiment.latest_experiment(cfg) == json.loads(json.dumps(results))
+    assert not math.isnan(masked_unmasked[0]["noise"])
