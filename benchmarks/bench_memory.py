@@ -39,6 +39,7 @@ from helpers import batching, config, logprobs, modeling, preference, sft  # noq
 from helpers.rloo import sample_rows  # noqa: E402
 from helpers.batching import collate, to_device  # noqa: E402
 from helpers.modeling import autocast_context, model_device  # noqa: E402
+import qwen_budget  # noqa: E402
 
 VOCAB, PAD = 151_936, 151_643          # Qwen2.5's vocabulary and <|endoftext|>
 QWEN_05B = dict(vocab_size=VOCAB, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -357,6 +358,12 @@ def main():
                       f"{new['delta_mib'] / new['tokens']:>11.3f} {old['seconds']:>6.0f} {new['seconds']:>6.0f}  "
                       f"{abs(old['value'] - new['value']):.2e}")
         fits = extrapolate(results)
+        if set(fits) == set(SIZES):     # every pass measured: the per-stage estimate at the preset (README table)
+            saved = Path(tempfile.gettempdir()) / "bench_memory_fits.json"
+            saved.write_text(json.dumps(fits, indent=1))
+            print(f"\n(phase lines saved to {saved}; `python benchmarks/qwen_budget.py {saved}` prints the tables)")
+            qwen_budget.print_memory(fits)
+            qwen_budget.print_time()
         if "sft_step" in passes:
             rows, length = SFT_STEP["rows"], SFT_STEP["length"]
             got = child(["--child", "sft_step", "new", str(rows), str(length), "--model", model_dir], env)

@@ -9,12 +9,13 @@ the names below are their API, in notebook order. The command line is `python -m
 Nothing here runs on import: no seeds set, no global state changed.
 """
 # every notebook: the profile's config, seeds, where outputs go
-from .config import REPO_ROOT, assets_dir, dataset_name, get_config, out_path, output_root, seed_everything
+from .config import (REPO_ROOT, assets_dir, dataset_name, describe_config, get_config, out_path, output_root,
+                     seed_everything)
 
 # 00_data: datasets, Countdown, the base model, the loss mask, new tokens
 from .data import load_split, prepare_data
 from .countdown import countdown_completion, countdown_prompt, countdown_reward
-from .modeling import count_parameters, load_model, load_tokenizer
+from .modeling import count_parameters, load_model, load_tokenizer, quiet_output
 from .formatting import build_sft_example, render_chat, show_mask
 from .sft import build_initial_model
 from .vocab import add_new_tokens, demo_new_tokens, token_fragmentation
@@ -24,24 +25,26 @@ from .training import train
 from .checkpoints import load_history
 from .sft import run_sft, sft_loss
 from .results import timestamp, write_summary
-from .comparison import evaluate_checkpoints, plot_sft_comparison, write_dataset_results
+from .comparison import (countdown_changes, evaluate_checkpoints, plot_sft_comparison, unfaithful_reasoning,
+                         write_dataset_results)
 from .experiment import (conclusion, headline, latest_experiment, mean_std, noise_verdict, run_experiment,
                          write_experiment)
 
 # 03_dpo: DPO and the reward model
-from .dpo import dpo_loss, run_dpo
+from .dpo import dpo_loss, make_dpo_loss, run_dpo
 from .reward_model import bradley_terry_loss, run_reward_model
 
 # 04_rloo
 from .logprobs import shared_prompt_logps
 from .scoring import evaluate_checkpoint
-from .rloo import rloo_advantages, run_rloo
+from .logger import read_tensorboard_scalars
+from .rloo import plot_rloo_dynamics, rloo_advantages, rloo_loss, run_rloo
 from .rft import keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft
 
 # 05_evaluation
 from .scoring import best_of_n, pass_at_k
-from .evaluation import evaluate_all_stages, plot_learning_curves, plot_stage_metrics
-from .report import write_report
+from .evaluation import LEGEND, evaluate_all_stages, plot_learning_curves, plot_stage_metrics, stage_tables
+from .report import chain_notes, write_report
 
 # 06_chat
 from .chat import ChatSession, build_chat_widget, side_by_side

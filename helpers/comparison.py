@@ -50,3 +50,28 @@ def write_dataset_results(final, path: Path) -> Path:
             final[["model"] + [m for m in metrics if m in final.columns]].to_excel(writer, sheet_name=sheet,
                                                                                   index=False)
     return path
+
+
+def countdown_changes(cfg: Config, before: str, after: str, n: int = 3) -> dict:
+    """What a stage did to Countdown, read from both checkpoints' saved greedy answers to the same held-out tasks:
+    answers without an `<answer>` tag, tasks solved only before / only after, and up to n lost tasks side by side."""
+    rows = {name: [r for r in evaluate_checkpoint(cfg, name)[1] if r["task"] == "countdown"]
+            for name in (before, after)}
+    pairs = list(zip(rows[before], rows[after]))
+    lost = [(b, a) for b, a in pairs if b["reward"] == 1.0 and a["reward"] < 1.0]
+    return {"tasks": len(pairs),
+            "no_answer_tag": {name: sum("<answer>" not in r["response"] for r in rs) for name, rs in rows.items()},
+            "lost": len(lost), "gained": sum(b["reward"] < 1.0 and a["reward"] == 1.0 for b, a in pairs),
+            "examples": [{"task": f"{b['nums']} → {b['target']}", before: b["response"], after: a["response"]}
+                         for b, a in lost[:n]]}
+
+
+def unfaithful_reasoning(records: list[dict]) -> dict:
+    """Correct Countdown answers whose <think> restates another target ("make 26:" for 261): the reward checks only
+    the <answer>, so it pays for reasoning that is wrong. Counts the greedy answers of one checkpoint."""
+    import re
+    correct = [r for r in records if r.get("task") == "countdown" and r["reward"] == 1.0]
+    wrong = [r for r in correct
+             if (m := re.search(r"make (\d+)", r["response"].split("</think>")[0])) and int(m[1]) != r["target"]]
+    return {"correct": len(correct), "wrong_target_in_think": len(wrong),
+            "examples": [f"target {r['target']}: {r['response']}" for r in wrong[:2]]}

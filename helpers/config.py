@@ -409,6 +409,13 @@ def config_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def describe_config(section) -> str:
+    """One config section as short readable lines (`lr 0.0005 · beta 0.1 · …`) instead of a raw dataclass print."""
+    import textwrap
+    parts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in dataclasses.asdict(section).items()]
+    return textwrap.fill(type(section).__name__ + ": " + " · ".join(parts), 110, subsequent_indent="  ")
+
+
 def output_root() -> Path:
     """Every output lives under $OUTPUT_DIR (default: the repo root), so tests can point it at a temp dir."""
     return Path(os.environ.get("OUTPUT_DIR", REPO_ROOT))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
-from .modeling import as_lora_config, disable_dropout, load_model, load_tokenizer
+from .modeling import add_lora, disable_dropout, load_model, load_tokenizer
 from .training import stage_logger, train
 from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
                          pair_length, pair_logps, pair_sequence_logps, preference_data)
@@ -78,8 +78,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     model = load_model(start_dir).to(device())
     fresh_adapters = False
     if cfg.model.lora is not None and not hasattr(model, "disable_adapter"):
-        from peft import get_peft_model
-        model, fresh_adapters = get_peft_model(model, as_lora_config(cfg.model.lora)), True
+        model, fresh_adapters = add_lora(model, cfg.model.lora), True
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     disable_dropout(model)      # the loss's log-probs come from the same function as the reference's

@@ -138,33 +138,100 @@ def evaluate_all_stages(cfg: Config, stages=STAGES):
     return pd.DataFrame(rows), publish_final(cfg)
 
 
-def plot_stage_metrics(table, path: Path, metrics=("exact_match", "countdown_accuracy", "countdown_reward",
-                                                       "pass@8", "best_of_8_reward_model")) -> Path:
+# Tables a person reads: one theme each, stages as rows, every metric defined once (the wide table stays in the
+# csv/xlsx). pass@1 is the sampled accuracy and pass@8 the verifier's best of 8, so neither is repeated.
+THEMES = {
+    "instruction following": ["exact_match", "rouge_l", "best_of_4_reward_model", "best_of_8_reward_model",
+                              "win_rate"],
+    "Countdown": ["countdown_accuracy", "countdown_reward", "countdown_accuracy_sampled", "pass@4", "pass@8"],
+    "held-out losses": ["response_loss", "response_ppl", "sequence_loss"],
+}
+LEGEND = {
+    "exact_match": "greedy answer equals the one correct answer (tiny world)",
+    "rouge_l": "ROUGE-L F1 of the greedy answer against the reference (hub data)",
+    "best_of_4_reward_model": "exact match of the answer the reward model picks among 4 samples",
+    "best_of_8_reward_model": "the same among 8 samples",
+    "win_rate": "share of preference test prompts where the judge prefers this model's answer to the reference "
+                "model's (a tie counts half)",
+    "countdown_accuracy": "greedy answer is a correct equation (reward 1.0)",
+    "countdown_reward": "mean rule-based reward of the greedy answer (0 no answer, 0.1 wrong, 1 correct)",
+    "countdown_accuracy_sampled": "share of sampled answers that are correct (= pass@1)",
+    "pass@4": "chance that at least one of 4 samples is correct (unbiased estimator; = best of 4 by the verifier)",
+    "pass@8": "the same for 8 samples",
+    "response_loss": "held-out loss on response tokens only (nats per token)",
+    "response_ppl": "exp(response loss): how many tokens the model hesitates between; a vocabulary of 1,024 "
+                    "allows far more than 1,024 when the model is confidently wrong",
+    "sequence_loss": "held-out loss on every token, prompt included",
+}
+
+
+def stage_tables(table) -> dict:
+    """The stage table split by theme ({theme: DataFrame}), numbers at 3 decimals, ≤ 6 columns each."""
+    out = {}
+    for theme, metrics in THEMES.items():
+        present = [m for m in metrics if m in table.columns]
+        if present:
+            out[theme] = table[["model"] + present].round(3)
+    return out
+
+
+def plot_stage_metrics(table, path: Path) -> Path:
+    """One panel per theme, stages as groups of bars, each axis labelled with its unit."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    metrics = [m for m in metrics if m in table.columns]
-    fig, ax = plt.subplots(figsize=(12, 4))
-    grouped_bars(ax, table, metrics, labels=False)
-    ax.set(ylabel="held-out score (higher is better)", title="Every stage on the same held-out sets")
+    panels = {"instruction following (higher is better)": [m for m in ("exact_match", "rouge_l", "win_rate")
+                                                           if m in table.columns],
+              "Countdown (higher is better)": [m for m in ("countdown_accuracy", "countdown_reward", "pass@8")
+                                               if m in table.columns],
+              "held-out response-only loss (lower is better)": ["response_loss"]}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1.3, 0.8]})
+    for ax, (title, metrics) in zip(axes, panels.items()):
+        grouped_bars(ax, table, metrics, labels=True)
+        ax.set(title=title, ylabel="nats per token" if "loss" in title else "share of held-out tasks")
+        if "loss" in title:
+            ax.set_yscale("log")
+    for ax in axes[1:]:              # one legend (the stages) is enough
+        if ax.get_legend():
+            ax.get_legend().remove()
     return save_figure(fig, path)
 
 
 def plot_learning_curves(cfg: Config, path: Path) -> Path:
-    """One panel per stage, its key curves read back from the TensorBoard logs."""
+    """A grid, one panel per stage, its key curves read back from the TensorBoard logs: y-labels with units, a
+    second axis where two scales meet, markers where there are only a few measured points (no implied trend)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    wanted = {"pretrain": ["train/loss", "eval/loss"], "sft_masked": ["eval/response_loss"],
-              "sft_unmasked": ["eval/response_loss"], "dpo": ["rewards/margins", "eval/preference_reward_accuracy"],
-              "reward_model": ["eval/pairwise_accuracy"], "rloo": ["rloo/reward_mean", "eval/countdown_accuracy"]}
-    present = [s for s in wanted if out_path("tensorboard_events", cfg, s).exists()]
-    fig, axes = plt.subplots(1, max(1, len(present)), figsize=(3.6 * max(1, len(present)), 3.2), squeeze=False)
-    for ax, stage in zip(axes[0], present):
+    panels = [("pretrain", "train/loss", "training loss (nats/token)", "eval/loss", None),
+              ("sft_masked", "eval/response_loss", "held-out response loss (nats/token)", None, None),
+              ("sft_unmasked", "eval/response_loss", "held-out response loss (nats/token)", None, None),
+              ("dpo", "rewards/margins", "reward margin β·Δlog-ratio (nats)", "eval/preference_reward_accuracy",
+               "held-out preference accuracy"),
+              ("reward_model", "eval/pairwise_accuracy", "held-out pairwise accuracy", None, None),
+              ("rloo", "rloo/reward_mean", "mean sampled reward", "eval/countdown_accuracy",
+               "held-out Countdown accuracy (greedy)")]
+    present = [p for p in panels if out_path("tensorboard_events", cfg, p[0]).exists()]
+    cols = 3
+    rows = max(1, -(-len(present) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(15, 3.6 * rows), squeeze=False)
+    for ax, (stage, left, left_label, right, right_label) in zip(axes.flat, present):
         curves = read_tensorboard_scalars(out_path("tensorboard_events", cfg, stage))
-        for tag in wanted[stage]:
-            if tag in curves:
-                ax.plot(*zip(*curves[tag]), label=tag, marker="." if len(curves[tag]) < 20 else None)
-        ax.set(title=stage, xlabel="step")
-        ax.legend(fontsize=7)
+        points = curves.get(left, [])
+        if points:
+            ax.plot(*zip(*points), color="C0", marker="o" if len(points) < 25 else None, ms=3, label=left)
+        if stage == "pretrain" and "eval/loss" in curves:
+            ax.plot(*zip(*curves["eval/loss"]), color="C1", marker="o", ms=3, label="eval/loss")
+            ax.legend(fontsize=7)
+        elif right and right in curves:
+            twin = ax.twinx()
+            twin.plot(*zip(*curves[right]), color="C3", marker="o", ms=4, linestyle="none", label=right)
+            twin.set_ylabel(right_label, color="C3", fontsize=8)
+            twin.set_ylim(0, 1)
+        ax.set(title=stage, xlabel="optimizer step")
+        ax.set_ylabel(left_label, color="C0", fontsize=8)
+        if "loss" in left and points and max(v for _, v in points) > 5 * min(v for _, v in points):
+            ax.set_yscale("log")        # step 0 would squash the rest of the curve
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
     return save_figure(fig, path)

@@ -11,6 +11,7 @@ import torch
 from .modeling import ENDOFTEXT, IM_END, autocast_context, merged_adapters, model_device
 from .formatting import encode_prompt
 from .batching import collate, token_budget_batches
+from .logger import progress_bar
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -52,7 +53,6 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
     """Responses to chat prompts (lists of messages): batched with left padding and the KV cache, greedy unless
     temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped. Batches are the longest
     prompts first, sized by `token_budget` (and at most `batch_size` rows); results come back in input order."""
-    from tqdm.auto import tqdm
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
@@ -61,7 +61,7 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
     batches = token_budget_batches([len(p) + max_new_tokens for p in prompts], token_budget, max_rows=batch_size)
     responses = [None] * len(prompts)
     with generation_mode(model):
-        for idx in tqdm(batches, desc="generate", disable=not progress, mininterval=2):
+        for idx in progress_bar(batches, desc="generate", disable=not progress):
             enc = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                  pad_token_id=tokenizer.pad_token_id, **sampling)

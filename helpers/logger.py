@@ -48,3 +48,16 @@ def read_tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags().get("scalars", []):
             curves.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return {tag: sorted(points) for tag, points in curves.items()}
+
+
+def progress_bar(iterable=None, **options):
+    """One text progress bar for our own long loops (training steps, generate calls): plain text on stderr, so an
+    executed notebook keeps a readable line instead of a widget that shows 0% without its state; TQDM_DISABLE=1
+    turns it off. Updates every 2 s in a terminal, every 10 s elsewhere (notebook outputs keep every update)."""
+    import os
+    import sys
+    from tqdm.std import tqdm
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true"):   # tqdm reads it once, at import
+        options["disable"] = True
+    return tqdm(iterable, file=sys.stderr, mininterval=2 if interactive else 10, ncols=100, **options)

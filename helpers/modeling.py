@@ -82,6 +82,34 @@ def as_lora_config(lora_cfg):
     return LoraConfig(**lora_cfg)
 
 
+def add_lora(model, lora_cfg):
+    """LoRA adapters on a model (peft). peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5
+    deprecated in favour of `is_activation_checkpointing`: that one FutureWarning, from that one read, is silenced
+    here — every other warning stays."""
+    import warnings
+    from peft import get_peft_model
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, as_lora_config(lora_cfg))
+
+
+def quiet_output() -> None:
+    """Notebooks call this in their first cell: Hugging Face's own progress bars (loading and writing weights,
+    downloads) and info logs off — in an executed notebook they are dozens of widgets that read 0 %. Errors still
+    show; the project's own long loops keep one progress bar each."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except ImportError:       # datasets is only needed by the hub profiles
+        pass
+
+
 def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.float32,
                trust_remote_code: bool = False):
     """A causal LM from a hub id or local dir; optional 4/8-bit (bitsandbytes, CUDA only) and LoRA adapters.
@@ -114,11 +142,20 @@ def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.
     model = AutoModelForCausalLM.from_pretrained(str(model_name), **kwargs)
     lora = as_lora_config(lora_cfg)
     if lora is not None:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training
         if quant is not None:
             model = prepare_model_for_kbit_training(model)
-        model = get_peft_model(model, lora)
+        model = add_lora(model, lora)
     return model
+
+
+def embeddings_resized(peft_model) -> bool:
+    """Has the embedding table grown beyond the base checkpoint's vocabulary (new tokens)? Then an adapter
+    checkpoint must carry the embedding layers, or it cannot be loaded onto the base model again."""
+    from transformers import AutoConfig
+    base = next(iter(peft_model.peft_config.values())).base_model_name_or_path
+    rows = peft_model.get_input_embeddings().weight.shape[0]
+    return bool(base) and rows != AutoConfig.from_pretrained(base).vocab_size
 
 
 def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict | None = None) -> Path:
@@ -130,7 +167,10 @@ def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict
     save_dir.mkdir(parents=True, exist_ok=True)
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(save_dir, safe_serialization=True)
+    options = {}
+    if hasattr(model, "peft_config"):       # peft's "auto" would guess, and warn, when new tokens resized the table
+        options["save_embedding_layers"] = embeddings_resized(model)
+    model.save_pretrained(save_dir, safe_serialization=True, **options)
     if tokenizer is not None:
         tokenizer.save_pretrained(save_dir)
     for name, content in (extra or {}).items():

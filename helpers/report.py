@@ -1,5 +1,5 @@
 """report/report.md, generated from the saved summaries only (no number typed in). Imports: config, results,
-experiment."""
+experiment, evaluation."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,41 @@ from pathlib import Path
 from .config import Config, out_path, output_root, quality_metric
 from .results import latest_summary, markdown_table
 from .experiment import conclusion, headline, latest_experiment
+from .evaluation import LEGEND, stage_tables
 
 
 def report_path(cfg: Config) -> Path:
     return output_root() / "report" / ("report.md" if cfg.profile == "tiny" else f"report_{cfg.profile}.md")
+
+
+CHAIN = ("initial", "sft_masked", "dpo", "rloo")
+
+
+def chain_notes(by: dict, quality: str) -> list[str]:
+    """Stage by stage along the chain, both tracks: what each stage gained, and whether it kept the other track
+    (at most 2 points lost) — the report's "what improved"."""
+    notes = []
+    for a, b in zip(CHAIN, CHAIN[1:]):
+        if a not in by or b not in by:
+            continue
+        parts = []
+        for metric in (quality, "countdown_accuracy"):
+            delta = by[b][metric] - by[a][metric]
+            word = "improved" if delta > 0 else ("unchanged" if delta == 0 else "worse")
+            kept = "" if delta >= -0.02 or a == "initial" else " — lost more than 2 points"
+            parts.append(f"{metric} {by[a][metric]:.3f} → {by[b][metric]:.3f} ({word}, {100 * delta:+.1f} "
+                         f"points{kept})")
+        notes.append(f"- `{a}` → `{b}`: " + "; ".join(parts) + ".")
+    if "sft_masked" in by and "sft_unmasked" in by:
+        delta = by["sft_unmasked"][quality] - by["sft_masked"][quality]
+        notes.append(f"- masked vs unmasked SFT (the demo's single seed; seeded results above): {quality} "
+                     f"{by['sft_masked'][quality]:.3f} vs {by['sft_unmasked'][quality]:.3f} "
+                     f"({100 * delta:+.1f} points for whole-sequence loss).")
+    if "rloo" in by and "rft" in by:
+        notes.append(f"- RLOO vs rejection-sampling fine-tuning at equal samples, from `dpo`: Countdown "
+                     f"{by['rloo']['countdown_accuracy']:.3f} vs {by['rft']['countdown_accuracy']:.3f}, {quality} "
+                     f"{by['rloo'][quality]:.3f} vs {by['rft'][quality]:.3f} (curve: `assets/rft_vs_rloo.png`).")
+    return notes
 
 
 def write_report(cfg: Config, stages, final: str) -> Path:
@@ -33,7 +64,12 @@ def write_report(cfg: Config, stages, final: str) -> Path:
               f"{cfg.dpo.max_steps} steps; RLOO: k = {cfg.rloo.k}, {cfg.rloo.max_steps} steps, KL {cfg.rloo.kl_coef}. "
               f"Sampled measures: temperature {cfg.eval.temperature}, top_p {cfg.eval.top_p}, top_k {cfg.eval.top_k}, "
               f"{cfg.eval.n_samples} samples on {cfg.eval.sampled_rows} prompts.", "",
-              "## Every stage on the same held-out sets", "", markdown_table(stages), "",
+              "## Every stage on the same held-out sets", ""]
+    for theme, part in stage_tables(stages).items():
+        lines += [f"**{theme}**", "", markdown_table(part), ""]
+    lines += ["<details><summary>What each column measures</summary>", ""]
+    lines += [f"- `{m}`: {meaning}" for m, meaning in LEGEND.items() if m in stages.columns]
+    lines += ["", "</details>", "",
               f"`final` = `{final}`, the end of the chain `sft_masked` → `dpo` → `rloo`.", "",
               "![stage metrics](../assets/stage_metrics.png)", "",
               "![learning curves](../assets/learning_curves.png)", "",
@@ -49,15 +85,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
                   "", "![grid](../assets/sweep_heatmap.png)", "", "**Conclusion.** " + " ".join(conclusion(results,
                                                                                                         quality)), ""]
     by = {r["model"]: r for r in stages.to_dict("records")}
-    notes = []
-    for a, b, metric in [("initial", "sft_masked", quality), ("sft_masked", "dpo", quality),
-                         ("sft_masked", "dpo", "countdown_accuracy"), ("sft_masked", "rloo", "countdown_accuracy"),
-                         ("sft_masked", "sft_unmasked", quality)]:
-        if a in by and b in by and metric in by[a]:
-            delta = by[b][metric] - by[a][metric]
-            word = "improved" if delta > 0 else ("did not change" if delta == 0 else "got worse")
-            notes.append(f"- {metric}: `{a}` {by[a][metric]:.3f} → `{b}` {by[b][metric]:.3f} ({word}, "
-                         f"{100 * delta:+.1f} points).")
+    notes = chain_notes(by, quality)
     prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
     if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
         acc = dict(zip(prefs.model, prefs.preference_accuracy))

@@ -16,11 +16,12 @@ from .data import countdown_tasks, load_split
 from .modeling import disable_dropout, load_model, load_tokenizer
 from .formatting import fit_prompts, render_chat
 from .batching import collate
-from .logger import NullLogger
+from .logger import NullLogger, read_tensorboard_scalars
 from .training import stage_logger, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import sample_completions
 from .scoring import exact_match, track_scores
+from .results import save_figure
 from .reward_model import load_reward_model, score_responses
 
 
@@ -31,6 +32,15 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
         raise ValueError("RLOO needs k >= 2 samples per prompt")
     baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
     return rewards - baseline
+
+
+def rloo_loss(logps: torch.Tensor, rewards: torch.Tensor, k: int, kl: torch.Tensor | None = None,
+              kl_coef: float = 0.0) -> torch.Tensor:
+    """−Σ_i A_i · log π(y_i|x) over k samples per prompt (rows grouped by prompt), the advantages computed from the
+    KL-shaped rewards r_i − β_KL · (log π(y_i|x) − log π_ref(y_i|x)); the loop divides by the samples of the step."""
+    shaped = rewards if kl is None or kl_coef == 0 else rewards - kl_coef * kl
+    advantages = rloo_advantages(shaped.view(-1, k)).flatten().to(logps.device)
+    return -(advantages * logps).sum()
 
 
 def rl_tasks(cfg: Config, tokenizer, split: str = "train") -> list[dict]:
@@ -101,13 +111,11 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         else:
             logps_of = lambda m: shared_prompt_logps(m, samples, rcfg.k, pad)
         logps = logps_of(model)
-        shaped, kl = rewards.clone(), torch.zeros_like(rewards)
+        kl = torch.zeros_like(rewards)
         if reference is not None and rcfg.kl_coef > 0:
             with torch.no_grad():
                 kl = (logps.detach() - logps_of(reference)).float().cpu()
-            shaped = rewards - rcfg.kl_coef * kl
-        advantages = rloo_advantages(shaped.view(len(tasks), rcfg.k)).flatten().to(logps.device)
-        loss_sum = -(advantages * logps).sum()
+        loss_sum = rloo_loss(logps, rewards, rcfg.k, kl, rcfg.kl_coef)
         grouped = rewards.view(len(tasks), rcfg.k)
         calls["n"] += 1
         if calls["n"] % rcfg.table_every == 1 or rcfg.table_every == 1:
@@ -166,3 +174,26 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
                     length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])))
     logger.close()
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "tasks": len(tasks)}
+
+
+def plot_rloo_dynamics(cfg: Config, path, stage: str = "rloo"):
+    """What RLOO did step by step, read back from its TensorBoard logs: the reward of each track, the fraction of
+    Countdown samples that are correct, the share of groups that teach nothing (all k rewards equal), the KL."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curves = read_tensorboard_scalars(out_path("tensorboard_events", cfg, stage))
+    panels = [(["rloo/reward_countdown", "rloo/reward_instructions"], "mean sampled reward (0–1)"),
+              (["rloo/fraction_correct", "rloo/fraction_format_only"], "share of Countdown samples"),
+              (["rloo/zero_variance_groups"], "share of groups with k equal rewards"),
+              (["rloo/kl"], "KL to the start, log π − log π_ref (nats/sample)")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, (tags, label) in zip(axes, panels):
+        for tag in tags:
+            if curves.get(tag):
+                ax.plot(*zip(*curves[tag]), marker="o" if len(curves[tag]) < 25 else None, ms=3,
+                        label=tag.removeprefix("rloo/"))
+        ax.set(xlabel="optimizer step", ylabel=label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"RLOO, step by step ({stage})")
+    return save_figure(fig, path)

@@ -17,7 +17,7 @@ import torch
 from .config import Config, TrainConfig, out_path
 from .modeling import autocast_context
 from .batching import length_grouped_batches, to_device
-from .logger import NullLogger, TensorBoardLogger
+from .logger import NullLogger, TensorBoardLogger, progress_bar
 from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_status
 
 
@@ -66,7 +66,6 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     where it started (off for RLOO, whose loss has no fixed sign), `uniform_loss` (ln V for token losses) one that
     sits where a model outputs the uniform distribution.
     """
-    from tqdm.auto import tqdm
     logger = logger or NullLogger()
     run_config = json.loads(json.dumps(run_config or {"train": dataclasses.asdict(cfg)}, default=str))
     stage_dir = Path(stage_dir)
@@ -122,7 +121,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     if state["step"] == 0:
         evaluate()
     model.train()
-    progress = tqdm(total=cfg.max_steps, initial=state["step"], desc=desc, mininterval=2)
+    progress = progress_bar(total=cfg.max_steps, initial=state["step"], desc=desc)
     first_loss, strikes, last_saved = None, 0, state["step"] if status == "resume" else None
 
     def diverged(why: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, device, out_path, replace_config, seed_everything
-from .modeling import load_model, load_tokenizer, save_model
+from .modeling import add_lora, load_model, load_tokenizer, save_model
 from .formatting import build_sft_example
 from .training import train
 from .sft import sft_collate, sft_loss
@@ -70,7 +70,6 @@ def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
     rows trainable), then check on held-out phrasings that the model produces each word as its single new token —
     and that save → merge → reload keeps that behaviour."""
     import tempfile
-    from peft import get_peft_model
     words = list(cfg.new_tokens)[:len(DOMAIN_FACTS)]
     seed_everything(seed)
     base = out_path("checkpoints", cfg, "initial")
@@ -78,7 +77,7 @@ def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
     added = add_new_tokens(tokenizer, model, words)
     lora = lora_config_for_new_tokens(dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                            task_type="CAUSAL_LM"), tokenizer, words)
-    model = get_peft_model(model, lora)
+    model = add_lora(model, lora)
     train_rows = (new_token_conversations(words, "What is the name of {key}?")
                   + new_token_conversations(words, "Tell me the term for {key}."))
     test_rows = new_token_conversations(words, "Which word means {key}?")
@@ -97,6 +96,7 @@ def demo_new_tokens(cfg: Config, steps: int = 160, seed: int = 0) -> dict:
         reloaded_answers = generate_responses(reloaded, reloaded_tok, [r["messages"][:1] for r in test_rows],
                                               max_new_tokens=4, progress=False)
     single = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in words]
-    return {"added": added, "words": words, "single_token": single, "before": before, "after": after,
+    return {"added": added, "words": words, "prompts": [r["messages"][0]["content"] for r in test_rows],
+            "single_token": single, "before": before, "after": after,
             "after_merge_and_reload": reloaded_answers,
             "correct_after": sum(a == w for a, w in zip(after, words)) / len(words)}

@@ -14,6 +14,7 @@ import sys
 import inspect
 sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
+H.quiet_output()          # Hugging Face's own progress bars and info logs off
 
 PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
 cfg = H.get_config(PROFILE)
@@ -153,5 +154,25 @@ if qwen_dir.exists():
 
 # %%
 demo = H.demo_new_tokens(cfg, steps=cfg.new_token_steps)
-for key in ["added", "single_token", "before", "after", "after_merge_and_reload", "correct_after"]:
-    print(f"{key:>24}: {demo[key]}")
+print(f"added {demo['added']} tokens; each now one token: {all(demo['single_token'])}")
+print(pd.DataFrame({"held-out phrasing": demo["prompts"], "target": demo["words"], "before": demo["before"],
+                    "after training": demo["after"], "after merge + reload": demo["after_merge_and_reload"]}
+                   ).to_string(index=False))
+right = sum(a == w for a, w in zip(demo["after"], demo["words"]))
+same = demo["after"] == demo["after_merge_and_reload"]
+print(f"\nWhat we see: {right} of {len(demo['words'])} held-out phrasings answered with the new word after "
+      f"{cfg.new_token_steps} steps; merge → save → reload {'kept every answer' if same else 'CHANGED answers'}."
+      + ("" if right == len(demo["words"]) else " The misses show how little 160 steps on 6 conversations teach: "
+         "try more steps or more phrasings (exercise 3)."))
+
+
+# %% [markdown]
+# ## Try next
+# 1. Change `cfg.data.countdown_max_value` (or the number of Countdown numbers) and rebuild: how many tasks stay
+#    solvable, and how long do the WarmStart completions get?
+# 2. Show the mask of a Countdown row with `prompt_loss_weight=0.5`: which tokens carry half a weight?
+# 3. Add a fourth domain word to `cfg.new_tokens` and rerun section 5 with twice the steps.
+#
+# **Where the code lives:** `helpers/data.py` (`prepare_data`, manifests, converters), `helpers/tiny_world.py`,
+# `helpers/countdown.py` (tasks, solver, prompt), `helpers/formatting.py` (`build_sft_example`, `show_mask`,
+# `encode_chat`), `helpers/sft.py` (`build_initial_model`), `helpers/vocab.py` (new tokens).

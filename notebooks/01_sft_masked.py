@@ -14,6 +14,7 @@ import sys
 import inspect
 sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
+H.quiet_output()          # Hugging Face's own progress bars and info logs off
 
 PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
 cfg = H.get_config(PROFILE)
@@ -40,7 +41,7 @@ print(inspect.getsource(H.sft_loss))
 # is saved next to the checkpoint (`run_config.json`).
 
 # %%
-print(cfg.sft)
+print(H.describe_config(cfg.sft))
 result = H.run_sft(cfg, "sft_masked", prompt_loss_weight=0.0)
 
 # %%
@@ -57,8 +58,29 @@ plt.show()
 
 # %%
 table = H.evaluate_checkpoints(cfg, ["initial", "sft_masked"])
-print(table.to_string(index=False))
+for theme, part in H.stage_tables(table).items():
+    print(f"{theme}\n{part.to_string(index=False)}\n")
 base, sft = table.iloc[0], table.iloc[1]
 quality = "exact_match" if "exact_match" in table else "rouge_l"
-print(f"\nheld-out response-only loss: base {base.response_loss:.3f} → masked SFT {sft.response_loss:.3f}")
-print(f"held-out {quality}: base {base[quality]:.3f} → masked SFT {sft[quality]:.3f}")
+
+# %% [markdown]
+# ### What we see
+
+# %%
+print(f"Held-out response-only loss fell from {base.response_loss:.2f} to {sft.response_loss:.2f} nats per token "
+      f"(perplexity {base.response_ppl:,.0f} → {sft.response_ppl:.2f}): the base model had never seen a chat turn.")
+print(f"{quality}: {base[quality]:.3f} → {sft[quality]:.3f}; Countdown accuracy: {base.countdown_accuracy:.3f} → "
+      f"{sft.countdown_accuracy:.3f} (reward {sft.countdown_reward:.3f}: the format is learned before the arithmetic).")
+print(f"The whole-sequence loss ({sft.sequence_loss:.2f}) stays high: the prompts were never trained — the point of "
+      "masking, and the question of 02.")
+
+
+# %% [markdown]
+# ## Try next
+# 1. Halve `cfg.sft.max_steps`: where does the held-out curve stand, and is Countdown learned yet?
+# 2. `cfg.sft.countdown_share = 0.2`: fewer WarmStart rows — what happens to Countdown accuracy and exact match?
+# 3. `cfg.sft.lr = 3e-3`: a faster start, or a loss spike (the loop stops a run that diverges)?
+#
+# **Where the code lives:** `helpers/sft.py` (`sft_loss`, `sft_collate`, `run_sft`, `evaluate_loss`),
+# `helpers/training.py` (the one loop), `helpers/batching.py` (length-grouped batches),
+# `helpers/checkpoints.py` (atomic, resumable saves), `helpers/scoring.py` (held-out measures).

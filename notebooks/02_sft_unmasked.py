@@ -16,6 +16,7 @@ import os
 import sys
 sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
+H.quiet_output()          # Hugging Face's own progress bars and info logs off
 
 PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
 cfg = H.get_config(PROFILE)
@@ -43,8 +44,18 @@ final = H.evaluate_checkpoints(cfg, ["initial", "sft_masked", "sft_unmasked"])
 histories = {name: H.load_history(H.out_path("checkpoints", cfg, name)) for name in ["sft_masked", "sft_unmasked"]}
 H.write_dataset_results(final, H.assets_dir(cfg) / "Dataset_results.xlsx")
 paths = H.write_summary(final, cfg, "sft_comparison", stamp)
-print(final.to_string(index=False))
-print("\nwritten:", *paths.values(), sep="\n  ")
+for theme, part in H.stage_tables(final).items():
+    print(f"{theme}\n{part.to_string(index=False)}\n")
+print("written:", *paths.values(), sep="\n  ")
+by = final.set_index("model")
+quality = "exact_match" if "exact_match" in by else "rouge_l"
+print("\nWhat we see (one seed each — the experiment below says whether it exceeds seed noise):")
+for metric, better in (("response_loss", "lower"), (quality, "higher"), ("countdown_accuracy", "higher")):
+    m, u = by[metric]["sft_masked"], by[metric]["sft_unmasked"]
+    winner = "masked" if (m < u if better == "lower" else m > u) else "unmasked" if m != u else "neither"
+    print(f"  {metric}: masked {m:.3f}, unmasked {u:.3f} ({better} is better: {winner})")
+print(f"  whole-sequence loss: masked {by['sequence_loss']['sft_masked']:.2f}, unmasked "
+      f"{by['sequence_loss']['sft_unmasked']:.2f} — unmasked learned the prompts, as it was asked to.")
 
 # %%
 from IPython.display import Image, display
@@ -83,3 +94,14 @@ else:
 if results is not None:
     display(Image(filename=str(H.assets_dir(cfg) / "Comparison.png")))
     display(Image(filename=str(H.assets_dir(cfg) / "sweep_heatmap.png")))
+
+
+# %% [markdown]
+# ## Try next
+# 1. `run_sft(cfg, "sft_pw01", prompt_loss_weight=0.1)`: a small prompt weight, between the two runs above.
+# 2. Rerun both runs with `loss_normalization="response_tokens"`: the response gets the same gradient in both —
+#    how much of the gap is left?
+# 3. Cut the instruction data (`train_conversations=300`): Shi et al. (2024) expect prompt loss to help small sets.
+#
+# **Where the code lives:** `helpers/sft.py` (`run_sft`, `sft_collate` and its normalisation),
+# `helpers/comparison.py` (this comparison), `helpers/experiment.py` (`run_experiment`, `headline`, `conclusion`).

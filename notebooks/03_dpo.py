@@ -14,6 +14,7 @@ import sys
 import inspect
 sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
+H.quiet_output()          # Hugging Face's own progress bars and info logs off
 
 PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
 cfg = H.get_config(PROFILE)
@@ -32,12 +33,18 @@ print(f"profile={cfg.profile}  seed={SEED}  outputs under {H.output_root()}")
 # log-probs are computed **once** before training, so training holds a single model in memory.
 # On the tiny model, plain DPO pushed the likelihood of *both* answers down and cost 10 points of exact match, so
 # `cfg.dpo.sft_weight` adds $\alpha\cdot$NLL of the chosen answer (the RPO variant, Pang et al. 2024); set it to 0
-# for plain DPO.
+# for plain DPO. The loss that is **trained** is therefore
+#
+# $$\mathcal{L} = \mathcal{L}_\text{DPO} + \alpha\,\Big(-\tfrac{1}{|y_w|}\log\pi_\theta(y_w|x)\Big),
+# \qquad \alpha = \texttt{cfg.dpo.sft\_weight}$$
+#
+# (the NLL per response token of the chosen answer, so long and short answers weigh alike).
 # Chosen and rejected share their prompt, so `pair_sequence_logps` runs it once and repeats its KV cache for
 # the two answers (as RLOO does for its k samples, `04`): the same numbers as the two full sequences (tested).
 
 # %%
 print(inspect.getsource(H.dpo_loss))
+print(inspect.getsource(H.make_dpo_loss))      # what the training loop calls: DPO + α · NLL(chosen)
 
 # %%
 import math
@@ -55,24 +62,43 @@ print(f"equal log-probs: loss = {loss.item():.4f} = log 2 = {math.log(2):.4f}")
 # (`cfg.dpo.countdown_share`): the two tracks are balanced.
 
 # %%
-print(cfg.dpo)
+print(H.describe_config(cfg.dpo))
 result = H.run_dpo(cfg, start="sft_masked")          # the chain: sft_masked → dpo → rloo
-print("on-policy Countdown pairs:", result["onpolicy"])
-print("held-out preference accuracy before DPO (SFT model, its own log-probs):", result["before"]["logp_accuracy"])
-print("held-out preference accuracy after DPO (implicit reward):", result["after"]["reward_accuracy"])
-after, before = result["after"]["reward_accuracy"], result["before"]["logp_accuracy"]
-print("target (>= 0.9 and above the SFT model):", "reached" if after >= 0.9 and after > before else "NOT reached")
+print("on-policy Countdown pairs:", ", ".join(f"{k} {v}" for k, v in result["onpolicy"].items()))
+before, after = result["before"], result["after"]
+print(f"held-out preference accuracy, ranked by the model's own log-probs: SFT {before['logp_accuracy']:.3f} → "
+      f"DPO {after['logp_accuracy']:.3f}")
+print(f"the same pairs ranked by DPO's implicit reward β(log π − log π_ref): {after['reward_accuracy']:.3f}")
+print("target (implicit reward >= 0.9 and above the SFT model):",
+      "reached" if after["reward_accuracy"] >= 0.9 and after["reward_accuracy"] > before["logp_accuracy"]
+      else "NOT reached")
 
 # %% [markdown]
 # ## Did DPO keep what SFT taught? The same held-out measures for both
 
 # %%
 table = H.evaluate_checkpoints(cfg, ["sft_masked", "dpo"])
-table["preference_accuracy"] = [result["before"]["logp_accuracy"], result["after"]["reward_accuracy"]]
+table["preference_accuracy"] = [before["logp_accuracy"], after["logp_accuracy"]]    # the same measure for both
 quality = "exact_match" if "exact_match" in table else "rouge_l"
-print(table.to_string(index=False))
-print(f"\n{quality}: SFT {table[quality][0]:.3f} → DPO {table[quality][1]:.3f} "
-      f"({100 * (table[quality][1] - table[quality][0]):+.1f} points)")
+for theme, part in H.stage_tables(table).items():
+    print(f"{theme}\n{part.to_string(index=False)}\n")
+
+# %% [markdown]
+# ### What we see
+# Computed from this run's numbers (they vary a little by machine): what DPO gave, what it cost, and — from the
+# saved greedy answers to the same held-out Countdown tasks — *how* Countdown answers changed.
+
+# %%
+change = H.countdown_changes(cfg, "sft_masked", "dpo")
+q_gain = 100 * (table[quality][1] - table[quality][0])
+cd_gain = 100 * (table["countdown_accuracy"][1] - table["countdown_accuracy"][0])
+print(f"DPO moved {quality} by {q_gain:+.1f} points and Countdown accuracy by {cd_gain:+.1f} points "
+      f"({'kept' if cd_gain >= -2 else 'LOST'}: the chain allows at most 2 points).")
+print(f"Of {change['tasks']} Countdown tasks, {change['lost']} were solved before DPO and not after, "
+      f"{change['gained']} the other way round; answers without an <answer> tag: "
+      + ", ".join(f"{k} {v}" for k, v in change["no_answer_tag"].items()) + ".")
+for example in change["examples"]:
+    print(f"\n{example['task']}\n  SFT: {example['sft_masked']!r}\n  DPO: {example['dpo']!r}")
 
 # %% [markdown]
 # ## The reward model (Bradley–Terry)
@@ -88,7 +114,7 @@ print(f"\n{quality}: SFT {table[quality][0]:.3f} → DPO {table[quality][1]:.3f}
 print(inspect.getsource(H.bradley_terry_loss))
 
 # %%
-print(cfg.reward)
+print(H.describe_config(cfg.reward))
 rm = H.run_reward_model(cfg, start="sft_masked")
 print(f"reward model held-out pairwise accuracy: {rm['accuracy']:.3f}  (saved to {rm['dir']})")
 print("target (>= 0.9):", "reached" if rm["accuracy"] >= 0.9 else "NOT reached")
@@ -102,3 +128,17 @@ print("by family:", {source: round(acc, 2) for source, acc in rm["accuracy_by_so
 table["reward_model_accuracy"] = [None, rm["accuracy"]]
 paths = H.write_summary(table, cfg, "dpo")
 print("written:", *paths.values(), sep="\n  ")
+
+
+# %% [markdown]
+# ## Try next
+# 1. Set `cfg.dpo.sft_weight = 0` (plain DPO) and rerun: expect the chosen answers' log-probs to fall with the
+#    rejected ones (`logps/chosen` in TensorBoard) and exact match to drop.
+# 2. Halve and double `cfg.dpo.beta`: a small β lets the policy move far from SFT (bigger margins, more forgetting);
+#    a large β keeps it close.
+# 3. Set `cfg.dpo.countdown_share = 0` (Countdown pairs only as many as sampled): watch the Countdown accuracy that
+#    DPO keeps.
+#
+# **Where the code lives:** `helpers/dpo.py` (`dpo_loss`, `make_dpo_loss`, `run_dpo`), `helpers/preference.py`
+# (pairs, `countdown_onpolicy_pairs`, `balance_tracks`, `pair_logps`), `helpers/reward_model.py`
+# (`bradley_terry_loss`, `run_reward_model`), the loop in `helpers/training.py`.

@@ -22,6 +22,7 @@ import sys
 import inspect
 sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
+H.quiet_output()          # Hugging Face's own progress bars and info logs off
 
 PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
 cfg = H.get_config(PROFILE)
@@ -50,13 +51,21 @@ for text in ["<answer> (3 + 4) * 2 </answer> Done.", "<answer> 9**9**9**9 </answ
 # For each prompt, $k$ samples $y_1..y_k$ with rewards $r_i$:
 # $A_i = r_i - \frac{1}{k-1}\sum_{j\neq i} r_j$, and the loss is $-\frac{1}{N}\sum_i A_i \log\pi_\theta(y_i|x)$ over
 # response tokens. Equal rewards give zero advantage: a group where every sample fails (or succeeds) teaches
-# nothing. An optional KL penalty to the SFT model is folded into the reward:
-# $r_i - \beta_{KL}(\log\pi_\theta - \log\pi_\text{ref})$.
+# nothing. The KL penalty to the start (the DPO model) is folded into the reward before the baseline, so the loss
+# that is **trained** is
+#
+# $$\tilde r_i = r_i - \beta_\text{KL}\big(\log\pi_\theta(y_i|x) - \log\pi_\text{ref}(y_i|x)\big),\qquad
+# \tilde A_i = \tilde r_i - \tfrac{1}{k-1}\textstyle\sum_{j\neq i}\tilde r_j,\qquad
+# \mathcal{L} = -\tfrac{1}{N}\sum_i \tilde A_i\,\log\pi_\theta(y_i|x)$$
+#
+# with $\beta_\text{KL}$ = `cfg.rloo.kl_coef` and no gradient through $\tilde A_i$ (the rewards are numbers).
 
 # %%
 import torch
 print(inspect.getsource(H.rloo_advantages))
-print(H.rloo_advantages(torch.tensor([[1.0, 0.0, 0.1], [0.1, 0.1, 0.1]])))
+advantages = H.rloo_advantages(torch.tensor([[1.0, 0.0, 0.1], [0.1, 0.1, 0.1]]))
+print("advantages:", [[round(float(a), 3) + 0.0 for a in row] for row in advantages])   # + 0.0: no "-0.0"
+print(inspect.getsource(H.rloo_loss))
 
 # %% [markdown]
 # ## Scoring k samples of one prompt: run the prompt once
@@ -74,13 +83,13 @@ print(inspect.getsource(H.shared_prompt_logps))
 # %%
 quality = "exact_match" if cfg.data.world == "tiny" else "rouge_l"
 before = H.evaluate_checkpoint(cfg, "dpo")[0]        # evaluated once (by 03) and reused
-print({k: round(before[k], 3) for k in ("countdown_accuracy", "countdown_reward", quality)})
+print(", ".join(f"{k} {before[k]:.3f}" for k in ("countdown_accuracy", "countdown_reward", quality)))
 
 # %% [markdown]
 # ## RLOO from DPO, both tracks in every batch
 
 # %%
-print(cfg.rloo)
+print(H.describe_config(cfg.rloo))
 result = H.run_rloo(cfg, start="dpo")
 # the loop evaluated both tracks on the held-out sets at its last step: reuse that, greedy is deterministic
 after = {k.removeprefix("eval/"): v for k, v in result["history"][-1].items() if k.startswith("eval/")}
@@ -93,9 +102,34 @@ print("target (final: exact match >= 0.75 and Countdown >= 0.30):", "reached" if
 print("target (RLOO keeps DPO's instruction following within 2 points):", "reached" if kept else "NOT reached")
 
 # %% [markdown]
-# The sampled tables in TensorBoard (`rloo/samples`, every `table_every` steps) show what the policy writes;
-# `rloo/reward_countdown` and `rloo/reward_instructions` follow each track; `rloo/zero_variance_groups` is the share
-# of prompts whose k samples all scored alike — those teach nothing.
+# ## What RLOO did, step by step
+# From its TensorBoard logs (the same curves as `make tensorboard`; the sampled tables are under *Text*):
+# the reward of each track, the share of Countdown samples that are correct, the share of groups whose k samples all
+# scored alike (they teach nothing), and how far the policy moved from its start (KL).
+
+# %%
+from IPython.display import Image, display
+display(Image(filename=str(H.plot_rloo_dynamics(cfg, H.output_root() / "outputs" / cfg.profile / "rloo_dynamics.png"))))
+curves = H.read_tensorboard_scalars(H.out_path("tensorboard_events", cfg, "rloo"))
+zero = [v for _, v in curves.get("rloo/zero_variance_groups", [])]
+kl = [v for _, v in curves.get("rloo/kl", [])]
+if zero and kl:
+    print(f"groups that taught nothing: {min(zero):.0%}–{max(zero):.0%} of a step's prompts "
+          f"(mean {sum(zero) / len(zero):.0%}); KL to the start at the last logged step: {kl[-1]:.2f} nats per sample")
+
+# %% [markdown]
+# ### What we see: before and after, and what the reward does not check
+# The reward reads only the `<answer>`. A correct answer whose `<think>` restates *another* target ("make 26:" when
+# the target is 261) is paid in full — unfaithful reasoning that a rule-based reward cannot see.
+
+# %%
+change = H.countdown_changes(cfg, "dpo", "rloo")
+print(f"RLOO solved {change['gained']} held-out Countdown tasks the DPO model did not, and lost {change['lost']}.")
+faith = H.unfaithful_reasoning(H.evaluate_checkpoint(cfg, "rloo")[1])
+print(f"Of its {faith['correct']} correct greedy answers, {faith['wrong_target_in_think']} restate a wrong target "
+      "in <think>:")
+for example in faith["examples"]:
+    print("  ", repr(example))
 
 # %% [markdown]
 # ## Rejection-sampling fine-tuning at the same number of samples
@@ -106,7 +140,7 @@ print("target (RLOO keeps DPO's instruction following within 2 points):", "reach
 
 # %%
 print(inspect.getsource(H.keep_best))
-print(cfg.rft)
+print(H.describe_config(cfg.rft))
 rft = H.run_rft(cfg, start="dpo")
 table = H.rft_vs_rloo(cfg, result["history"], rft["curve"])
 paths = H.write_summary(table, cfg, "rft_vs_rloo")
@@ -114,7 +148,6 @@ print(table.to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
 
 # %%
-from IPython.display import Image, display
 display(Image(filename=str(H.plot_rft_vs_rloo(table, H.assets_dir(cfg) / "rft_vs_rloo.png"))))
 
 # %%
@@ -124,5 +157,22 @@ summary = pd.DataFrame([{"model": "dpo", **{k: before[k] for k in ("countdown_ac
                         {"model": "rft", **{k: rft["curve"][-1][k] for k in ("countdown_accuracy", "countdown_reward",
                                                                               quality)}}])
 paths = H.write_summary(summary, cfg, "rloo")
-print(summary.to_string(index=False))
+print(summary.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
+best = summary.set_index("model")
+print(f"\nAt the same number of samples, RLOO ends at Countdown {best['countdown_accuracy']['rloo']:.3f} and "
+      f"{quality} {best[quality]['rloo']:.3f}; RFT at {best['countdown_accuracy']['rft']:.3f} and "
+      f"{best[quality]['rft']:.3f}.")
+
+
+# %% [markdown]
+# ## Try next
+# 1. `cfg.rloo.k = 4` (and `batch_size = 32` to keep the samples per step): fewer samples per group — more groups
+#    with equal rewards, a noisier baseline.
+# 2. `cfg.rloo.temperature = 1.0`: more diverse samples but fewer correct ones (the tiny model at 1.0 got 3 %).
+# 3. `cfg.rloo.kl_coef = 0` and then `0.5`: watch `rloo/kl` and how much exact match RLOO keeps.
+# 4. `cfg.rloo.instruction_share = 0`: RLOO on Countdown only — does it give back DPO's instruction gains?
+#
+# **Where the code lives:** `helpers/rloo.py` (`rloo_advantages`, `rloo_loss`, `make_rloo_loss`, `run_rloo`,
+# `plot_rloo_dynamics`), `helpers/rft.py` (`keep_best`, `run_rft`), `helpers/countdown.py` (`countdown_reward`),
+# `helpers/generation.py` (sampling), `helpers/logprobs.py` (`shared_prompt_logps`).

@@ -16,6 +16,7 @@ import sys
 import inspect
 sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
+H.quiet_output()          # Hugging Face's own progress bars and info logs off
 
 PROFILE = os.environ.get("PROFILE", "tiny")  # tiny (CPU, offline) · smoke (tests) · qwen (GPU, hub)
 cfg = H.get_config(PROFILE)
@@ -41,10 +42,21 @@ print(inspect.getsource(H.best_of_n))
 # %%
 stamp = H.timestamp()
 table, final = H.evaluate_all_stages(cfg)
-paths = H.write_summary(table, cfg, "stages", stamp)
-print(table.T.to_string())
-print(f"\nfinal = a copy of {final}, the end of the chain")
-print("written:", *paths.values(), sep="\n  ")
+paths = H.write_summary(table, cfg, "stages", stamp)          # every column, for the spreadsheet
+for theme, part in H.stage_tables(table).items():
+    print(f"── {theme}\n{part.to_string(index=False)}\n")
+print(f"final = a copy of {final}, the end of the chain; every column in", paths["csv"])
+quality = "exact_match" if "exact_match" in table else "rouge_l"
+print("\nWhat we see, stage by stage along the chain (computed from the table above):")
+print("\n".join(H.chain_notes(table.set_index("model").to_dict("index"), quality)))
+
+# %% [markdown]
+# What each column measures (every measure on the same held-out sets):
+
+# %%
+for metric, meaning in H.LEGEND.items():
+    if metric in table.columns:
+        print(f"{metric:>27}: {meaning}")
 
 # %%
 from IPython.display import Image, display
@@ -70,3 +82,14 @@ for name in ["sft_masked", "rloo"]:
 # %%
 report = H.write_report(cfg, table, final)
 print(report.read_text())
+
+
+# %% [markdown]
+# ## Try next
+# 1. Raise `cfg.eval.n_samples` to 16: do pass@k and best-of-n keep growing, and where does best-of-n by the reward
+#    model fall behind best-of-n by the verifier?
+# 2. Evaluate at temperature 1.0 (`cfg.eval.temperature`): how much of pass@1 is lost?
+# 3. Compare `rft` with `rloo` per Countdown task (`H.countdown_changes(cfg, "rft", "rloo")`).
+#
+# **Where the code lives:** `helpers/scoring.py` (greedy measures, `pass_at_k`, `best_of_n`, the evaluation cache),
+# `helpers/evaluation.py` (`evaluate_all_stages`, tables, legend, figures), `helpers/report.py` (the report).

@@ -16,3 +16,26 @@ def test_evaluate_checkpoints_reuses_each_checkpoint_evaluation(output_dir, monk
     first = comparison.evaluate_checkpoints(cfg, ["sft_masked", "sft_unmasked"])
     again = comparison.evaluate_checkpoints(cfg, ["sft_masked"])
     assert list(first.model) == ["sft_masked", "sft_unmasked"] and len(calls) == 2 and list(again.exact_match) == [0.5]
+
+
+def test_countdown_changes_counts_lost_and_gained_tasks_and_missing_tags(monkeypatch):
+    from helpers import comparison
+    answers = {"a": [("<answer> 1 + 2 </answer>", 1.0), ("<answer> 2 </answer>", 0.1), ("x", 0.0)],
+               "b": [("broken <answer", 0.0), ("<answer> 1 + 1 </answer>", 1.0), ("y", 0.0)]}
+    records = {name: [{"task": "countdown", "nums": [1, 2], "target": 3, "response": r, "reward": w}
+                      for r, w in rows] + [{"task": "instruction", "response": "z"}] for name, rows in answers.items()}
+    monkeypatch.setattr(comparison, "evaluate_checkpoint", lambda cfg, name: ({}, records[name]))
+    got = comparison.countdown_changes(None, "a", "b")
+    assert (got["tasks"], got["lost"], got["gained"]) == (3, 1, 1)
+    assert got["no_answer_tag"] == {"a": 1, "b": 2}
+    assert got["examples"] == [{"task": "[1, 2] → 3", "a": "<answer> 1 + 2 </answer>", "b": "broken <answer"}]
+
+
+def test_unfaithful_reasoning_counts_correct_answers_that_restate_another_target():
+    from helpers.comparison import unfaithful_reasoning
+    row = lambda think, reward: {"task": "countdown", "target": 261, "reward": reward,
+                                 "response": f"<think> {think} </think>\n<answer> 9 * 29 </answer>"}
+    records = [row("Numbers [9, 29] make 26: 9 * 29 = 261", 1.0), row("Numbers [9, 29] make 261: 9 * 29", 1.0),
+               row("Numbers [9, 29] make 5: 9 - 4", 0.1), row("no restatement", 1.0)]
+    got = unfaithful_reasoning(records)
+    assert (got["correct"], got["wrong_target_in_think"]) == (3, 1) and "make 26:" in got["examples"][0]

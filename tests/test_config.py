@@ -50,3 +50,9 @@ def test_out_path_lives_under_output_dir(output_dir):
     assert config.out_path("data", cfg, "x") == output_dir / "data" / "smoke" / "x"
     assert config.out_path("checkpoints", cfg, "sweep", 3) == output_dir / "checkpoints" / "smoke" / "sweep" / "3"
     assert config.out_path("data", cfg) == output_dir / "data" / "smoke"
+
+
+def test_describe_config_is_one_short_readable_summary():
+    text = config.describe_config(config.get_config("tiny").dpo)
+    assert text.startswith("DPOConfig: ") and "lr 0.0005" in text and "beta 0.1" in text
+    assert all(len(line) <= 112 for line in text.splitlines())

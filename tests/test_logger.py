@@ -26,3 +26,15 @@ def test_null_logger_takes_every_call():
     log.scalars({"train/loss": 1.0}, 1)
     log.text("tag", "text", 1)
     log.close()
+
+
+def test_progress_bar_is_text_and_honours_tqdm_disable(monkeypatch, capsys):
+    from helpers.logger import progress_bar
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_bar(range(3), desc="x", disable=False).disable      # an explicit False does not override it
+    monkeypatch.delenv("TQDM_DISABLE")
+    bar = progress_bar(total=2, desc="steps")
+    assert not bar.disable
+    bar.update(2)
+    bar.close()
+    assert "steps: 100%" in capsys.readouterr().err

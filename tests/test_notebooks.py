@@ -61,3 +61,30 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
     after = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
              and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
     assert after - before == set(), f"smoke run wrote into the repo: {sorted(after - before)[:5]}"
+    problems = [p for path in NOTEBOOKS for p in output_problems(out / "outputs" / "smoke" / "notebooks" / path.name)]
+    assert not problems, "noisy notebook outputs:\n" + "\n".join(problems)
+
+
+NOISE = ("Warning", "Traceback", "LOAD REPORT", "\x1b[")        # warnings, errors, ANSI-coloured library reports
+MAX_TEXT_OUTPUT = 60_000                                         # characters of text per notebook (images apart)
+
+
+def output_problems(executed: Path) -> list[str]:
+    """Output hygiene of an executed notebook: no warning, traceback or ANSI report in any output, no progress-bar
+    widgets, and no more text than a reader scrolls through."""
+    problems, size = [], 0
+    for i, cell in enumerate(json.loads(executed.read_text())["cells"]):
+        for output in cell.get("outputs", []):
+            text = output.get("text") or "".join(output.get("data", {}).get("text/plain", ""))
+            text = "".join(text) if isinstance(text, list) else text
+            size += len(text)
+            where = f"{executed.name} cell {i}"
+            if output["output_type"] == "error":
+                problems.append(f"{where}: {output['ename']}: {output['evalue'][:200]}")
+            elif any(word in text for word in NOISE):
+                problems.append(f"{where}: {text.strip()[:200]!r}")
+            elif "application/vnd.jupyter.widget-view+json" in output.get("data", {}) and "0%" in text:
+                problems.append(f"{where}: a progress-bar widget")
+    if size > MAX_TEXT_OUTPUT:
+        problems.append(f"{executed.name}: {size:,} characters of text output (limit {MAX_TEXT_OUTPUT:,})")
+    return problems

@@ -1,17 +1,21 @@
-"""The generated report: numbers come from the tables it is given, and the direction of each change is named."""
+"""The generated report: numbers come from the tables it is given; the chain is read stage by stage on both tracks,
+and a stage that loses more than 2 points of the other track is called out."""
 import pandas as pd
 
 from helpers import config, report
 
 
-def test_report_names_what_improved_and_what_did_not(output_dir):
+def test_report_reads_the_chain_stage_by_stage(output_dir):
     cfg = config.get_config("smoke")
     stages = pd.DataFrame([{"model": "initial", "exact_match": 0.0, "countdown_accuracy": 0.0},
                            {"model": "sft_masked", "exact_match": 0.5, "countdown_accuracy": 0.2},
-                           {"model": "dpo", "exact_match": 0.75, "countdown_accuracy": 0.1}])
-    path = report.write_report(cfg, stages, "dpo")
+                           {"model": "dpo", "exact_match": 0.75, "countdown_accuracy": 0.1},
+                           {"model": "rloo", "exact_match": 0.76, "countdown_accuracy": 0.3}])
+    path = report.write_report(cfg, stages, "rloo")
     assert path == output_dir / "report" / "report_smoke.md"
     text = path.read_text()
-    assert "`final` = `dpo`" in text
-    assert "exact_match: `initial` 0.000 → `sft_masked` 0.500 (improved, +50.0 points)" in text
-    assert "countdown_accuracy: `sft_masked` 0.200 → `dpo` 0.100 (got worse, -10.0 points)" in text
+    assert "`final` = `rloo`, the end of the chain" in text
+    assert ("`sft_masked` → `dpo`: exact_match 0.500 → 0.750 (improved, +25.0 points); countdown_accuracy 0.200 → "
+            "0.100 (worse, -10.0 points — lost more than 2 points).") in text
+    assert "`dpo` → `rloo`: exact_match 0.750 → 0.760 (improved, +1.0 points); countdown_accuracy 0.100 → 0.300" in text
+    assert "**Countdown**" in text and "**instruction following**" in text

@@ -93,3 +93,15 @@ def test_rl_tasks_mix_the_tracks_in_the_configured_share(tiny_tokenizer, output_
     assert all(t["reference"] for t in tasks if t["track"] == "instructions")
     cfg.rloo = config.replace_config(cfg.rloo, instruction_share=0.0)
     assert {t["track"] for t in rloo.rl_tasks(cfg, tiny_tokenizer)} == {"countdown"}
+
+
+def test_rloo_loss_takes_advantages_from_kl_shaped_rewards():
+    from helpers.rloo import rloo_advantages, rloo_loss
+    logps = torch.tensor([-1.0, -2.0, -3.0, -4.0], requires_grad=True)
+    rewards, kl = torch.tensor([1.0, 0.0, 0.1, 0.1]), torch.tensor([2.0, 0.0, 1.0, 0.0])
+    plain = rloo_loss(logps, rewards, k=2)
+    assert torch.allclose(plain, -(rloo_advantages(rewards.view(2, 2)).flatten() * logps).sum())
+    shaped = rloo_loss(logps, rewards, k=2, kl=kl, kl_coef=0.5)      # rewards − 0.5·kl = [0, 0, −0.4, 0.1]
+    assert torch.allclose(shaped, -(torch.tensor([0.0, 0.0, -0.5, 0.5]) * logps).sum())
+    shaped.backward()                       # the advantages are numbers: the gradient is −A_i per log-prob
+    assert torch.allclose(logps.grad, torch.tensor([0.0, 0.0, 0.5, -0.5]))
