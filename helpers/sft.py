@@ -112,11 +112,12 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
 
 def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | None = None,
             seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False,
-            dataset: tuple | None = None) -> dict:
+            dataset: tuple | None = None, stop_after_steps: int | None = None) -> dict:
     """Train one SFT run from checkpoints/<profile>/initial; returns {"history", "dir", "dropped"}.
 
     The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
     `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
+    `stop_after_steps` stops early, resumable (`train`).
     """
     check_config(cfg)
     weight = cfg.sft.prompt_loss_weight if prompt_loss_weight is None else prompt_loss_weight
@@ -144,7 +145,7 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad, train_cfg.loss_normalization),
                     stage_dir,
                     eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
-                    uniform_loss=math.log(len(tokenizer)))
+                    uniform_loss=math.log(len(tokenizer)), stop_after_steps=stop_after_steps)
     logger.close()
     return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
 
