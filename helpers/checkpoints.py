@@ -171,6 +171,8 @@ def stage_status(stage_dir: Path, run_config: dict) -> tuple[str, dict | None]:
         return "fresh", None
     state, saved_config = read_run(stage_dir)
     wanted = json.loads(json.dumps(run_config, default=str))      # tuples -> lists, as saved
+    if state.get("finished"):      # a finished run is kept whatever number of processes trained it (the notebooks)
+        saved_config, wanted = ({k: v for k, v in c.items() if k != "distributed"} for c in (saved_config, wanted))
     if saved_config != wanted:
         kind = "a finished" if state.get("finished") else "an unfinished"
         changes = "; ".join(config_differences(saved_config, wanted)[:4])

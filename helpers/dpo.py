@@ -10,7 +10,7 @@ from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
 from .modeling import as_lora_config, disable_dropout, load_model, load_tokenizer
 from .distributed import gather_objects, gather_shares, is_main, process_seed, share
-from .training import stage_logger, train
+from .training import stage_logger, train, whole_model
 from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
                          pair_length, pair_logps, pair_sequence_logps, preference_data)
 
@@ -120,6 +120,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
                     stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, length_fn=pair_length,
                     restart=cfg.restart, stop_after_steps=stop_after_steps)
     logger.close()
+    model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
             "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,
             "dropped": skips.total}

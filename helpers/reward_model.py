@@ -15,7 +15,7 @@ from .modeling import load_model, load_tokenizer, model_device, save_model
 from .formatting import encode_chat
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .distributed import main_first
-from .training import stage_logger, train
+from .training import stage_logger, train, whole_model
 from .logprobs import can_share_prompt, pair_samples, shared_prompt_forward
 from .preference import build_pair_dataset, pair_collate, pair_length, preference_data
 
@@ -116,6 +116,7 @@ def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "rewar
                     logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
                     stop_after_steps=stop_after_steps)
     logger.close()
+    model = whole_model(model, stage_dir, lambda d: load_reward_model(d)[1].to(device()))
     wins, by_source = reward_model_wins(model, test_pairs, pad), {}
     for pair, win in zip(test_pairs, wins):
         by_source.setdefault(pair["source"], []).append(win)

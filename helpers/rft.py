@@ -13,7 +13,7 @@ from .config import Config, check_config, device, out_path, replace_config, seed
 from .modeling import load_model, load_tokenizer, save_model
 from .formatting import build_sft_example
 from .distributed import barrier, gather_shares, is_main, main_first, seed_this_process, share
-from .training import stage_logger, train
+from .training import refuse_sharded, stage_logger, train
 from .sft import sft_collate, sft_loss
 from .results import save_figure
 from .generation import sample_completions
@@ -51,6 +51,7 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     `rounds` rounds of (RLOO's prompts ÷ rounds) prompts × k samples each, from RLOO's task mixture, at RLOO's
     temperature. Returns {"curve": [{"samples", "round", scores…}], "dir", "kept", …}. Under N processes each samples
     its share of a round's prompts (its own seed) and every process fine-tunes on all that was kept."""
+    refuse_sharded("RFT")
     fcfg, rcfg = check_config(cfg).rft, cfg.rloo
     if fcfg.max_steps != fcfg.rounds * fcfg.steps_per_round:
         raise ValueError(f"RFTConfig.max_steps = {fcfg.max_steps}: must be rounds × steps_per_round = "

@@ -18,7 +18,7 @@ from .formatting import fit_prompts, render_chat
 from .batching import collate
 from .logger import NullLogger
 from .distributed import main_first
-from .training import stage_logger, train
+from .training import refuse_sharded, stage_logger, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import sample_completions
 from .scoring import exact_match, track_scores
@@ -140,7 +140,10 @@ def rloo_collate(k: int):
 def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = True,
              stop_after_steps: int | None = None) -> dict:
     """RLOO from `start` (the chain: sft_masked → dpo → rloo; name another checkpoint to branch) on a mixture of
-    Countdown prompts and instruction prompts (`rl_tasks`), each rewarded by its own track (`make_reward_fn`)."""
+    Countdown prompts and instruction prompts (`rl_tasks`), each rewarded by its own track (`make_reward_fn`).
+    Under N processes (DDP) each samples its share of a step's prompts with its own seed; a prompt's k samples, its
+    rewards and its leave-one-out baseline stay in the process that drew it."""
+    refuse_sharded("RLOO")
     rcfg = check_config(cfg).rloo      # k < 2, temperature 0, … fail here, before any model is loaded
     seed_everything(rcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)

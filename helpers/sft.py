@@ -16,7 +16,7 @@ from .modeling import build_tiny_model, load_model, load_tokenizer, model_device
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
-from .training import stage_logger, train
+from .training import stage_logger, train, whole_model
 from .logprobs import trained_weights, weighted_token_logps
 
 
@@ -147,6 +147,7 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
                     eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
                     uniform_loss=math.log(len(tokenizer)), stop_after_steps=stop_after_steps)
     logger.close()
+    model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
 
 

@@ -22,7 +22,7 @@ from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage
 from .distributed import (barrier, call, clip_grad_norm, full_weights, gather_objects, is_main, load_optimizer_state,
                           main_first, mean_metrics, no_sync, num_processes, optimizer_state, prepare_model,
                           process_index, rng_state, run_config_of, seed_this_process, set_rng_state, share,
-                          state_dict_for_saving, sum_over_processes)
+                          sharded_run, state_dict_for_saving, sum_over_processes)
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,3 +229,17 @@ def step_scalars(micro_batches, shares, seconds, loss, lr, grad_norm, total_unit
         cells = sum_over_processes(sum(b["attention_mask"].numel() for b in real))
         scalars.update({"train/tokens_per_second": tokens / seconds, "train/padding_fraction": 1 - tokens / cells})
     return scalars
+
+
+def whole_model(model, stage_dir, load):
+    """The trained model, whole: the object itself — or, after FSDP (which leaves the object in shards), `load` of
+    the checkpoint the loop saved, for the stage's evaluation after training."""
+    return load(stage_dir) if sharded_run() else model
+
+
+def refuse_sharded(stage: str) -> None:
+    """RLOO and RFT sample with the policy between steps; FSDP would have every process gather every layer at every
+    generated token, in step with the others. They scale out with DDP (the policy fits one device)."""
+    if sharded_run():
+        raise RuntimeError(f"{stage} samples from the policy and does not run under FSDP: launch it with a DDP "
+                           "config (assets/accelerate/ddp_1node_4gpu.yaml)")
