@@ -1,5 +1,6 @@
 # make demo   — set up .venv, then run every notebook on the tiny profile (regenerates committed results)
 # make test   — set up .venv with dev requirements, then run the tests
+# make test-distributed — the loop under `accelerate launch` with 2 CPU processes (~3 minutes on 2 cores)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
+.PHONY: setup setup-dev demo test test-distributed notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
 	bench-rloo bench-memory bench-sample clean
 
 $(VENV)/.installed: requirements.txt
@@ -56,7 +57,11 @@ qwen-smoke: setup
 	echo "qwen-smoke: all notebooks in $$(( $$(date +%s) - start )) s; outputs under $(QWEN_SMOKE_OUTPUT)"
 
 test: setup-dev
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not distributed"
+
+# 2 processes vs 1 with the doubled batch (SFT, DPO), RLOO's per-process prompts, a resume under 2 processes
+test-distributed: setup-dev
+	$(PY) -m pytest -q tests/test_distributed.py -m distributed
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir tensorboard_events

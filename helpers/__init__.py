@@ -1,8 +1,8 @@
 """Shared mechanics for the notebooks: one module per stage of the pipeline, in its order.
 
     config · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
-    training · logprobs · sft · generation · scoring · results · comparison · experiment · preference · dpo ·
-    reward_model · rloo · rft · evaluation · report · chat · vocab · cli
+    distributed · training · logprobs · sft · generation · scoring · results · comparison · experiment ·
+    preference · dpo · reward_model · rloo · rft · evaluation · report · chat · vocab · cli
 
 A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
 the names below are their API, in notebook order. The command line is `python -m helpers --help`.
@@ -51,6 +51,6 @@ from .chat import ChatSession, build_chat_widget, side_by_side
 
 # the modules in pipeline order: each imports only those before it (tests/test_layout.py)
 MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
-           "checkpoints", "training", "logprobs", "sft", "generation", "scoring", "results", "comparison",
-           "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "evaluation", "report", "chat", "vocab",
-           "cli")
+           "checkpoints", "distributed", "training", "logprobs", "sft", "generation", "scoring", "results",
+           "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "evaluation", "report",
+           "chat", "vocab", "cli")

@@ -39,17 +39,20 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob("*.safetensors"))
 
 
-def save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, scheduler, run_config: dict):
+def save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, scheduler, run_config: dict,
+                    state_dict: dict | None = None):
     """Atomic: write everything to a temporary sibling, then swap it in, so a crash never leaves half a checkpoint.
-    The checksums of the weights and the training state go last; loading checks them."""
+    The checksums of the weights and the training state go last; loading checks them. `optimizer` is the optimizer
+    or its state dict already gathered (FSDP); `state_dict` the model's weights when they live elsewhere (FSDP)."""
     stage_dir = Path(stage_dir)
     tmp = stage_dir.with_name(stage_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tokenizer, extra={"run_config.json": run_config})
+    save_model(model, tmp, tokenizer, extra={"run_config.json": run_config}, state_dict=state_dict)
     rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda_rng"] = torch.cuda.get_rng_state_all()
-    torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    torch.save({**state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), **rng},
                tmp / "training_state.pt")
     files = weight_files(tmp) + [tmp / "training_state.pt", tmp / "run_config.json"]
     (tmp / CHECKSUMS).write_text(json.dumps({p.name: sha256(p) for p in files}, indent=1))
@@ -168,6 +171,8 @@ def stage_status(stage_dir: Path, run_config: dict) -> tuple[str, dict | None]:
         return "fresh", None
     state, saved_config = read_run(stage_dir)
     wanted = json.loads(json.dumps(run_config, default=str))      # tuples -> lists, as saved
+    if state.get("finished"):      # a finished run is kept whatever number of processes trained it (the notebooks)
+        saved_config, wanted = ({k: v for k, v in c.items() if k != "distributed"} for c in (saved_config, wanted))
     if saved_config != wanted:
         kind = "a finished" if state.get("finished") else "an unfinished"
         changes = "; ".join(config_differences(saved_config, wanted)[:4])

@@ -3,10 +3,12 @@ The top of the package: it may import every module."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 from .config import get_config, out_path
+from .distributed import refuse_more_than_one
 from .data import prepare_data
 from .sft import SFT_STAGES, build_initial_model, run_sft
 from .dpo import run_dpo
@@ -37,6 +39,20 @@ def run_notebook(path, timeout: int | None = None) -> Path:
     return executed
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """["sft__batch_size=4", "dpo__beta=0.2"] -> get_config's keyword overrides; a value is JSON if it parses."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected SECTION__FIELD=VALUE, e.g. sft__batch_size=4")
+        try:
+            overrides[key] = json.loads(text)
+        except ValueError:
+            overrides[key] = text
+    return overrides
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +64,11 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default=None)
     p.add_argument("--restart", action="store_true",
                    help="train again even if the stage folder holds a finished run of the same config")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
+                   help="override a config field, e.g. --set sft__batch_size=4 (VALUE read as JSON, else text)")
+    p.add_argument("--stop-after-steps", type=int, default=None,
+                   help="stop after this many optimizer steps; the same command later resumes from the last "
+                        "checkpoint (save_every)")
     p = sub.add_parser("experiment", help="the masked-vs-unmasked experiment: seeds, the control, the grid "
                                           "(resumable; results under evaluation_results/<profile>/sft_sweep)")
     p.add_argument("--profile", default=None)
@@ -62,18 +83,26 @@ def main(argv=None) -> int:
                    help="seconds per cell (0 = no limit); default: the profile's notebook_cell_timeout")
     args = parser.parse_args(argv)
 
+    if args.command != "train":       # only training scales out; the rest would race N copies on the same files
+        refuse_more_than_one(f"`{args.command}`")
     if args.command == "data":
         cfg = get_config(args.profile)
         for name, folder in prepare_data(cfg).items():
             print(f"{name}: {folder}")
         print(f"initial model: {build_initial_model(cfg)}")
     elif args.command == "train":
-        cfg = get_config(args.profile)
+        cfg = get_config(args.profile, **parse_overrides(args.set))
         cfg.restart = cfg.restart or args.restart
-        runners = {"dpo": lambda: run_dpo(cfg), "reward_model": lambda: run_reward_model(cfg),
-                   "rloo": lambda: run_rloo(cfg), "rft": lambda: run_rft(cfg)}
-        result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage])
-        print(f"{args.stage}: saved to {result['dir']}; last evaluation {result['history'][-1]}")
+        stop = args.stop_after_steps
+        runners = {"dpo": lambda: run_dpo(cfg, stop_after_steps=stop),
+                   "reward_model": lambda: run_reward_model(cfg, stop_after_steps=stop),
+                   "rloo": lambda: run_rloo(cfg, stop_after_steps=stop), "rft": lambda: run_rft(cfg)}
+        result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage],
+                                                                             stop_after_steps=stop)
+        if result.get("history"):
+            print(f"{args.stage}: saved to {result['dir']}; last evaluation {result['history'][-1]}")
+        else:
+            print(f"{args.stage}: {result['dir']}")
     elif args.command == "experiment":
         cfg = get_config(args.profile)
         for kind, path in write_experiment(cfg, run_experiment(cfg)).items():

@@ -437,7 +437,10 @@ def seed_everything(seed: int) -> None:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU if there is one — under `accelerate launch`, this process's own (LOCAL_RANK), not all on cuda:0."""
+    if not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"):
+        return torch.device("cpu")
+    return torch.device(f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda")
 
 
 def replace_sections(cfg: Config, **sections) -> Config:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
 from .modeling import add_lora, disable_dropout, load_model, load_tokenizer
-from .training import stage_logger, train
+from .distributed import gather_objects, gather_shares, is_main, process_seed, share
+from .training import stage_logger, train, whole_model
 from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
                          pair_length, pair_logps, pair_sequence_logps, preference_data)
 
@@ -30,12 +31,14 @@ def add_reference_logps(model, pairs: list[dict], pad_token_id: int, disable_ada
 
     The reference is the model as it is now (the SFT checkpoint); with LoRA it can instead be the same model with
     its adapters disabled — the two give the same numbers while the adapters are untrained.
+    Under N processes each computes its share of the pairs (`share`) and all of them get every pair's numbers.
     """
     import contextlib
     context = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
     with context:
-        chosen, rejected = pair_logps(model, pairs, pad_token_id)
-    for pair, c, r in zip(pairs, chosen, rejected):
+        chosen, rejected = pair_logps(model, share(pairs), pad_token_id)
+    both = gather_shares(list(zip(chosen, rejected)), len(pairs))
+    for pair, (c, r) in zip(pairs, both):
         pair["ref_chosen_logps"], pair["ref_rejected_logps"] = c, r
 
 
@@ -68,9 +71,12 @@ def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
     return result
 
 
-def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: bool = True) -> dict:
+def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: bool = True,
+            stop_after_steps: int | None = None) -> dict:
     """DPO from `start` (the chain's SFT model; name another checkpoint to branch), which is also the reference,
-    precomputed; returns {"history", "dir", "model", …}."""
+    precomputed; returns {"history", "dir", "model", …}. Under N processes each samples the on-policy pairs of its
+    share of the prompts (its own seed) and computes the reference log-probs of its share of the pairs; every
+    process then holds all of them."""
     dcfg = check_config(cfg).dpo      # a bad value fails here, before any model is loaded
     seed_everything(dcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)
@@ -87,8 +93,12 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     onpolicy_stats = {}
     if dcfg.onpolicy_countdown_prompts:
         tasks = countdown_tasks(cfg, "train", dcfg.onpolicy_countdown_prompts)
-        onpolicy, onpolicy_stats = countdown_onpolicy_pairs(model, tokenizer, tasks, cfg, dcfg.seed)
-        write_jsonl(out_path("data", cfg, "countdown_onpolicy_pairs", "train.jsonl"), onpolicy)
+        parts = gather_objects(countdown_onpolicy_pairs(model, tokenizer, share(tasks), cfg, process_seed(dcfg.seed)))
+        onpolicy = [pair for pairs, _ in parts for pair in pairs]
+        onpolicy_stats = {key: value if key == "samples_per_prompt" else sum(stats[key] for _, stats in parts)
+                          for key, value in parts[0][1].items()}
+        if is_main():
+            write_jsonl(out_path("data", cfg, "countdown_onpolicy_pairs", "train.jsonl"), onpolicy)
         rows = rows + onpolicy
     train_pairs, skips = build_pair_dataset(tokenizer, rows, dcfg.max_length, "dpo train")
     train_pairs = balance_tracks(train_pairs, dcfg.countdown_share)
@@ -107,8 +117,9 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}
     history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight), pair_collate(pad),
                     stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, length_fn=pair_length,
-                    restart=cfg.restart)
+                    restart=cfg.restart, stop_after_steps=stop_after_steps)
     logger.close()
+    model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
             "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,
             "dropped": skips.total}

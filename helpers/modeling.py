@@ -158,16 +158,18 @@ def embeddings_resized(peft_model) -> bool:
     return bool(base) and rows != AutoConfig.from_pretrained(base).vocab_size
 
 
-def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict | None = None) -> Path:
+def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict | None = None,
+               state_dict: dict | None = None) -> Path:
     """Hugging Face format (safetensors) with config and tokenizer beside it; LoRA adapters as adapters, or merged.
 
-    `extra` files (name -> JSON-able dict) are written too, e.g. the run config.
+    `extra` files (name -> JSON-able dict) are written too, e.g. the run config. `state_dict`: the weights to write
+    in place of the model's own (FSDP's gathered full weights; the model object then holds only shards).
     """
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    options = {}
+    options = {} if state_dict is None else {"state_dict": state_dict}
     if hasattr(model, "peft_config"):       # peft's "auto" would guess, and warn, when new tokens resized the table
         options["save_embedding_layers"] = embeddings_resized(model)
     model.save_pretrained(save_dir, safe_serialization=True, **options)

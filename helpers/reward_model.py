@@ -14,7 +14,8 @@ from .config import Config, check_config, device, out_path, output_root, seed_ev
 from .modeling import load_model, load_tokenizer, model_device, save_model
 from .formatting import encode_chat
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
-from .training import stage_logger, train
+from .distributed import main_first
+from .training import stage_logger, train, whole_model
 from .logprobs import can_share_prompt, pair_samples, shared_prompt_forward
 from .preference import build_pair_dataset, pair_collate, pair_length, preference_data
 
@@ -92,11 +93,13 @@ def score_responses(reward_model, tokenizer, prompts, responses, token_budget: i
     return score_in_batches(reward_model, rows, list(map(len, ids)), per_row, token_budget)
 
 
-def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True) -> dict:
+def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True,
+                     stop_after_steps: int | None = None) -> dict:
     """The Bradley–Terry reward model from the SFT checkpoint (fp32 master weights, every weight trained)."""
     rcfg = check_config(cfg).reward
     seed_everything(rcfg.seed)
-    tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
+    with main_first():      # a LoRA start is merged into the cache once, by the main process
+        tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
     model.to(device())
     if cfg.model.gradient_checkpointing:       # qwen: 8 rows × 1,024 tokens of a full fine-tune need it on 24 GB
         model.gradient_checkpointing_enable()
@@ -110,8 +113,10 @@ def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "rewar
     history = train(model, tokenizer, train_pairs, rcfg, bradley_terry_loss, pair_collate(pad), stage_dir,
                     length_fn=pair_length,
                     eval_fn=lambda m: {"eval/pairwise_accuracy": reward_model_accuracy(m, test_pairs, pad)},
-                    logger=logger, run_config=run_config, desc=stage, restart=cfg.restart)
+                    logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
+                    stop_after_steps=stop_after_steps)
     logger.close()
+    model = whole_model(model, stage_dir, lambda d: load_reward_model(d)[1].to(device()))
     wins, by_source = reward_model_wins(model, test_pairs, pad), {}
     for pair, win in zip(test_pairs, wins):
         by_source.setdefault(pair["source"], []).append(win)

@@ -12,7 +12,8 @@ import shutil
 from .config import Config, check_config, device, out_path, replace_config, seed_everything
 from .modeling import load_model, load_tokenizer, save_model
 from .formatting import build_sft_example
-from .training import stage_logger, train
+from .distributed import barrier, gather_shares, is_main, main_first, seed_this_process, share
+from .training import refuse_sharded, stage_logger, train
 from .sft import sft_collate, sft_loss
 from .results import save_figure
 from .generation import sample_completions
@@ -48,7 +49,9 @@ def prompts_per_round(cfg: Config) -> int:
 def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = True) -> dict:
     """RFT from `start` (RLOO's start, for a fair comparison), drawing exactly as many samples as RLOO does:
     `rounds` rounds of (RLOO's prompts ÷ rounds) prompts × k samples each, from RLOO's task mixture, at RLOO's
-    temperature. Returns {"curve": [{"samples", "round", scores…}], "dir", "kept", …}."""
+    temperature. Returns {"curve": [{"samples", "round", scores…}], "dir", "kept", …}. Under N processes each samples
+    its share of a round's prompts (its own seed) and every process fine-tunes on all that was kept."""
+    refuse_sharded("RFT")
     fcfg, rcfg = check_config(cfg).rft, cfg.rloo
     if fcfg.max_steps != fcfg.rounds * fcfg.steps_per_round:
         raise ValueError(f"RFTConfig.max_steps = {fcfg.max_steps}: must be rounds × steps_per_round = "
@@ -59,7 +62,8 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     use_model = rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model"
     judge = None
     if use_model:
-        rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
+        with main_first():
+            rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
         judge = (rm_tok, rm.to(device()))
     reward_fn = make_reward_fn(cfg, judge)
     tasks = rl_tasks(cfg, tokenizer)
@@ -78,16 +82,19 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     logger = stage_logger(cfg, stage, run_config, log)
     curve = [{"samples": 0, "round": 0, **track_scores(model, tokenizer, cfg)}]
     kept_total = 0
+    seed_this_process(fcfg.seed)        # N processes: each samples its own stream; one process: untouched
     for r in range(fcfg.rounds):
         round_tasks = tasks[r * per_round:(r + 1) * per_round]
-        samples = []
-        for i in range(0, len(round_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
-            batch = round_tasks[i:i + rcfg.batch_size]
+        my_tasks, samples = share(round_tasks), []
+        for i in range(0, len(my_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
+            batch = my_tasks[i:i + rcfg.batch_size]
             samples += sample_completions(model, tokenizer, [t["prompt"] for t in batch], rcfg.k,
                                           rcfg.max_new_tokens, rcfg.temperature)
-        rep = [t for t in round_tasks for _ in range(rcfg.k)]
+        rep = [t for t in my_tasks for _ in range(rcfg.k)]
         rewards = reward_fn([t["prompt"] for t in rep], [s["text"] for s in samples], rep)
-        kept = keep_best(round_tasks, samples, rewards, rcfg.k, use_model)
+        best = [keep_best([task], samples[i * rcfg.k:(i + 1) * rcfg.k], rewards[i * rcfg.k:(i + 1) * rcfg.k],
+                          rcfg.k, use_model) for i, task in enumerate(my_tasks)]
+        kept = [k for one in gather_shares(best, len(round_tasks)) for k in one]      # every prompt's, in order
         kept_total += len(kept)
         examples = [e for e in (build_sft_example(tokenizer, k["task"]["prompt"] + [
             {"role": "assistant", "content": k["completion"]}], fcfg.max_length) for k in kept) if e]
@@ -104,8 +111,10 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
         print(f"RFT round {r + 1}/{fcfg.rounds}: kept {len(kept)} of {len(round_tasks)} prompts {by_track}; "
               + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if isinstance(v, float)))
     logger.close()
-    shutil.rmtree(stage_dir.with_name(f"{stage}.round"), ignore_errors=True)
-    save_model(model, stage_dir, tokenizer, extra={"run_config.json": run_config, "rft_curve.json": curve})
+    if is_main():
+        shutil.rmtree(stage_dir.with_name(f"{stage}.round"), ignore_errors=True)
+        save_model(model, stage_dir, tokenizer, extra={"run_config.json": run_config, "rft_curve.json": curve})
+    barrier()
     return {"curve": curve, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "kept": kept_total,
             "prompts_per_round": per_round}
 

@@ -17,7 +17,8 @@ from .modeling import disable_dropout, load_model, load_tokenizer
 from .formatting import fit_prompts, render_chat
 from .batching import collate
 from .logger import NullLogger, read_tensorboard_scalars
-from .training import stage_logger, train
+from .distributed import main_first
+from .training import refuse_sharded, stage_logger, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import sample_completions
 from .scoring import exact_match, track_scores
@@ -144,9 +145,13 @@ def rloo_collate(k: int):
     return collate_fn
 
 
-def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = True) -> dict:
+def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = True,
+             stop_after_steps: int | None = None) -> dict:
     """RLOO from `start` (the chain: sft_masked → dpo → rloo; name another checkpoint to branch) on a mixture of
-    Countdown prompts and instruction prompts (`rl_tasks`), each rewarded by its own track (`make_reward_fn`)."""
+    Countdown prompts and instruction prompts (`rl_tasks`), each rewarded by its own track (`make_reward_fn`).
+    Under N processes (DDP) each samples its share of a step's prompts with its own seed; a prompt's k samples, its
+    rewards and its leave-one-out baseline stay in the process that drew it."""
+    refuse_sharded("RLOO")
     rcfg = check_config(cfg).rloo      # k < 2, temperature 0, … fail here, before any model is loaded
     seed_everything(rcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)
@@ -160,7 +165,8 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
         reference = reference.to(device()).eval().requires_grad_(False)
     judge = None
     if rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model":
-        rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
+        with main_first():
+            rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
         judge = (rm_tok, rm.to(device()))
     tasks = rl_tasks(cfg, tokenizer)
     eval_fn = lambda m: {f"eval/{k}": v for k, v in track_scores(m, tokenizer, cfg).items()}
@@ -171,7 +177,7 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
     loss_fn = make_rloo_loss(cfg, tokenizer, make_reward_fn(cfg, judge), reference, logger)
     history = train(model, tokenizer, tasks, rcfg, loss_fn, rloo_collate(rcfg.k), stage_dir, eval_fn=eval_fn,
                     logger=logger, run_config=run_config, desc=stage, restart=cfg.restart, watch_loss=False,
-                    length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])))
+                    length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])), stop_after_steps=stop_after_steps)
     logger.close()
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "tasks": len(tasks)}
 

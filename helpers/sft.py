@@ -16,7 +16,7 @@ from .modeling import build_tiny_model, load_model, load_tokenizer, model_device
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
-from .training import stage_logger, train
+from .training import stage_logger, train, whole_model
 from .logprobs import trained_weights, weighted_token_logps
 
 
@@ -112,11 +112,12 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
 
 def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | None = None,
             seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False,
-            dataset: tuple | None = None) -> dict:
+            dataset: tuple | None = None, stop_after_steps: int | None = None) -> dict:
     """Train one SFT run from checkpoints/<profile>/initial; returns {"history", "dir", "dropped"}.
 
     The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
     `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
+    `stop_after_steps` stops early, resumable (`train`).
     """
     check_config(cfg)
     weight = cfg.sft.prompt_loss_weight if prompt_loss_weight is None else prompt_loss_weight
@@ -144,8 +145,9 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad, train_cfg.loss_normalization),
                     stage_dir,
                     eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
-                    uniform_loss=math.log(len(tokenizer)))
+                    uniform_loss=math.log(len(tokenizer)), stop_after_steps=stop_after_steps)
     logger.close()
+    model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
 
 

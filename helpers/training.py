@@ -1,12 +1,12 @@
 """The one training loop every stage uses; a stage plugs in its loss and collate function. Per-step loss
-normalisation (gradient accumulation gives the same gradient), warmup + cosine, bf16 autocast on CUDA, resume.
-Imports: config, batching, logger, checkpoints."""
+normalisation (gradient accumulation and N processes give the same gradient), warmup + cosine, bf16 autocast on
+CUDA, resume; one process, or N under `accelerate launch` (DDP, or FSDP by accelerate's config).
+Imports: config, modeling, batching, logger, checkpoints, distributed."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import random
 import shutil
 import time
 from collections import Counter
@@ -19,6 +19,10 @@ from .modeling import autocast_context
 from .batching import length_grouped_batches, to_device
 from .logger import NullLogger, TensorBoardLogger, progress_bar
 from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_status
+from .distributed import (barrier, call, clip_grad_norm, full_weights, gather_objects, is_main, load_optimizer_state,
+                          main_first, mean_metrics, no_sync, num_processes, optimizer_state, prepare_model,
+                          process_index, rng_state, run_config_of, seed_this_process, set_rng_state, share,
+                          sharded_run, state_dict_for_saving, sum_over_processes)
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,9 +37,9 @@ DIVERGED_FACTOR, UNIFORM_TOLERANCE, DIVERGED_STEPS = 3.0, 0.02, 3
 
 def stage_logger(cfg: Config, stage: str, run_config: dict, enabled: bool = True):
     """The stage's TensorBoard logger: a fresh run clears old events, a resumed or finished run keeps them."""
-    if not enabled:
+    if not enabled or not is_main():       # one writer: the main process
         return NullLogger()
-    keep = keeps_events(out_path("checkpoints", cfg, stage), run_config, cfg.restart)
+    keep = keeps_events(out_path("checkpoints", cfg, stage), run_config_of(run_config), cfg.restart)
     return TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not keep)
 
 
@@ -45,6 +49,14 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def my_share(indices: list[int]) -> tuple[list[int], bool]:
+    """This process's share of a step's global batch, and whether it is real: a global batch with fewer items than
+    processes (an epoch's last) leaves some with none; those run the first item with weight 0, because DDP needs a
+    backward from every process."""
+    mine = share(indices)
+    return (mine, True) if mine else (indices[:1], False)
 
 
 def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, collate_fn, stage_dir,
@@ -60,6 +72,11 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     `length_fn(example)` gives the length that batches are grouped by (default: len(example["input_ids"])).
     `stop_after_steps` simulates an interruption (tests); a later call picks up the checkpoint.
 
+    Under `accelerate launch` with N processes, `cfg.batch_size` is per process: a micro-batch of the step is a
+    global batch of batch_size × N examples, shared out by `share`, and the step's total units are summed over the
+    processes (all-reduce), so N processes × batch B give the gradient of one process × batch N·B. Only the main
+    process writes (checkpoints, events); each process saves and resumes its own random streams.
+
     stage_dir may hold an unfinished run of the same config (resumed), a finished one (kept: its weights are
     loaded and its history returned, nothing is trained again), or anything else (CheckpointError naming the file
     and the fix); `restart=True` deletes it and trains from scratch. `watch_loss` stops a loss that rises far above
@@ -67,36 +84,40 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     sits where a model outputs the uniform distribution.
     """
     logger = logger or NullLogger()
-    run_config = json.loads(json.dumps(run_config or {"train": dataclasses.asdict(cfg)}, default=str))
-    stage_dir = Path(stage_dir)
-    dev = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps))
+    run_config = run_config_of(json.loads(json.dumps(run_config or {"train": dataclasses.asdict(cfg)}, default=str)))
+    stage_dir, processes = Path(stage_dir), num_processes()
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "finished": False}
-    if restart:
+    if restart and is_main():
         shutil.rmtree(stage_dir, ignore_errors=True)
-    status, saved = stage_status(stage_dir, run_config)
+    barrier()
+    with main_first():          # the main process repairs an interrupted save first; the others only read
+        status, saved = stage_status(stage_dir, run_config)
     if status == "finished":
         load_weights_into(model, saved["dir"])
-        print(f"{desc}: {stage_dir} already holds this finished run (same config): kept, not trained again "
-              "(restart=True / RESTART=1 trains it again)")
+        if is_main():
+            print(f"{desc}: {stage_dir} already holds this finished run (same config): kept, not trained again "
+                  "(restart=True / RESTART=1 trains it again)")
         return saved["history"]
     if status == "resume":
         load_weights_into(model, saved["dir"])
-        optimizer.load_state_dict(saved["optimizer"])
+    wrapped = prepare_model(model)      # the model itself in one process; DDP/FSDP around it under accelerate
+    dev, params = next(model.parameters()).device, [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps))
+    if status == "resume":
+        load_optimizer_state(wrapped, optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        random.setstate(saved["python_rng"])
-        if "cuda_rng" in saved and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        set_rng_state(saved["process_rng"][process_index()] if "process_rng" in saved else saved)
         state = {k: saved[k] for k in state}
-        print(f"resuming {desc} from step {state['step']} ({saved['dir']})")
+        if is_main():
+            print(f"resuming {desc} from step {state['step']} ({saved['dir']})")
+    else:
+        seed_this_process(cfg.seed)     # N processes: each its own sampling stream; one process: untouched
 
     lengths = [length_fn(e) if length_fn else len(e["input_ids"]) for e in examples]
-    epoch_batches = lambda epoch: length_grouped_batches(lengths, cfg.batch_size, cfg.seed * 1000 + epoch,
-                                                         cfg.group_by_length)
+    epoch_batches = lambda epoch: length_grouped_batches(lengths, cfg.batch_size * processes,
+                                                         cfg.seed * 1000 + epoch, cfg.group_by_length)
     batches = epoch_batches(state["epoch"])
 
     def next_indices():
@@ -112,16 +133,26 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         if eval_fn is None:
             return
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), full_weights(wrapped):    # every process evaluates the same (whole) model
             metrics = eval_fn(model)
         model.train()
         state["history"].append({"step": state["step"], **metrics})
         logger.scalars(metrics, state["step"])
 
+    def save():
+        state["finished"] = state["step"] == cfg.max_steps
+        weights, optimizer_saved = state_dict_for_saving(wrapped), optimizer_state(wrapped, optimizer)
+        rngs = gather_objects(rng_state())      # collectives: every process takes part, the main one writes
+        if is_main():
+            saved_state = {**state, "process_rng": rngs} if processes > 1 else state
+            save_checkpoint(model, tokenizer, stage_dir, saved_state, optimizer_saved, scheduler, run_config,
+                            state_dict=weights)
+        barrier()
+
     if state["step"] == 0:
         evaluate()
     model.train()
-    progress = progress_bar(total=cfg.max_steps, initial=state["step"], desc=desc)
+    progress = progress_bar(total=cfg.max_steps, initial=state["step"], desc=desc, disable=not is_main())
     first_loss, strikes, last_saved = None, 0, state["step"] if status == "resume" else None
 
     def diverged(why: str):
@@ -135,18 +166,25 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
             progress.close()
             return state["history"]
         started = time.perf_counter()
-        micro_batches = [collate_fn([examples[i] for i in next_indices()]) for _ in range(cfg.grad_accum)]
-        total_units = sum(float(b["normalizer"]) for b in micro_batches)
+        shares = [my_share(next_indices()) for _ in range(cfg.grad_accum)]
+        micro_batches = [collate_fn([examples[i] for i in indices]) for indices, _ in shares]
+        # Σ units of the whole step, over every process: each process's backward of (its summed loss × N / total)
+        # is then averaged by DDP into the gradient of (everyone's summed loss / total)
+        total_units = sum_over_processes(sum(float(b["normalizer"]) for b, (_, real) in zip(micro_batches, shares)
+                                             if real))
+        real_batches = sum(real for _, real in shares)
         loss_sum, metric_sums = 0.0, Counter()
-        for batch in micro_batches:
+        for j, (batch, (_, real)) in enumerate(zip(micro_batches, shares)):
             batch = to_device(batch, dev)
-            with autocast_context(dev):
-                summed, metrics = loss_fn(model, batch)
-            (summed / total_units).backward()
-            loss_sum += float(summed.detach())
-            metric_sums.update({k: float(v) / cfg.grad_accum for k, v in metrics.items()})
-        loss = loss_sum / total_units
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            with no_sync(wrapped, skip=j < len(micro_batches) - 1):     # one all-reduce per step, after the last
+                with autocast_context(dev):
+                    summed, metrics = call(wrapped, loss_fn, batch)
+                (summed * (1.0 if real else 0.0) / (total_units / processes)).backward()
+            if real:
+                loss_sum += float(summed.detach())
+                metric_sums.update({k: float(v) / real_batches for k, v in metrics.items()})
+        loss = sum_over_processes(loss_sum) / total_units
+        grad_norm = clip_grad_norm(wrapped, params, cfg.max_grad_norm)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise diverged(f"loss={loss} grad_norm={grad_norm}")
         first_loss = loss if first_loss is None else first_loss
@@ -164,22 +202,43 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         state["step"] += 1
         progress.update(1)
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.max_steps:
-            seconds = time.perf_counter() - started
-            scalars = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                       "train/trained_units": total_units, **dict(metric_sums)}
-            if "labels" in micro_batches[0]:
-                scalars["train/trained_tokens"] = sum(float((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-            if "attention_mask" in micro_batches[0]:
-                real = sum(float(b["attention_mask"].sum()) for b in micro_batches)
-                cells = sum(b["attention_mask"].numel() for b in micro_batches)
-                scalars.update({"train/tokens_per_second": real / seconds, "train/padding_fraction": 1 - real / cells})
-            logger.scalars(scalars, state["step"])
+            logger.scalars(step_scalars(micro_batches, shares, time.perf_counter() - started, loss,
+                                        scheduler.get_last_lr()[0], grad_norm, total_units, metric_sums),
+                           state["step"])
             progress.set_postfix(loss=f"{loss:.4f}")
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
             evaluate()
         if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
-            state["finished"] = state["step"] == cfg.max_steps
-            save_checkpoint(model, tokenizer, stage_dir, state, optimizer, scheduler, run_config)
+            save()
             last_saved = state["step"]
     progress.close()
     return state["history"]
+
+
+def step_scalars(micro_batches, shares, seconds, loss, lr, grad_norm, total_units, metric_sums) -> dict:
+    """A step's TensorBoard scalars; token counts summed over the processes, the stage's metrics averaged."""
+    real = [b for b, (_, is_real) in zip(micro_batches, shares) if is_real]
+    scalars = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm, "train/trained_units": total_units,
+               **mean_metrics(dict(metric_sums))}
+    if "labels" in micro_batches[0]:
+        scalars["train/trained_tokens"] = sum_over_processes(sum(float((b["labels"][:, 1:] != -100).sum())
+                                                                 for b in real))
+    if "attention_mask" in micro_batches[0]:
+        tokens = sum_over_processes(sum(float(b["attention_mask"].sum()) for b in real))
+        cells = sum_over_processes(sum(b["attention_mask"].numel() for b in real))
+        scalars.update({"train/tokens_per_second": tokens / seconds, "train/padding_fraction": 1 - tokens / cells})
+    return scalars
+
+
+def whole_model(model, stage_dir, load):
+    """The trained model, whole: the object itself — or, after FSDP (which leaves the object in shards), `load` of
+    the checkpoint the loop saved, for the stage's evaluation after training."""
+    return load(stage_dir) if sharded_run() else model
+
+
+def refuse_sharded(stage: str) -> None:
+    """RLOO and RFT sample with the policy between steps; FSDP would have every process gather every layer at every
+    generated token, in step with the others. They scale out with DDP (the policy fits one device)."""
+    if sharded_run():
+        raise RuntimeError(f"{stage} samples from the policy and does not run under FSDP: launch it with a DDP "
+                           "config (assets/accelerate/ddp_1node_4gpu.yaml)")
