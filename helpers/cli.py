@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .config import get_config, out_path
-from .distributed import refuse_more_than_one
+from .distributed import is_main, refuse_more_than_one
 from .data import prepare_data
 from .sft import SFT_STAGES, build_initial_model, run_sft
 from .dpo import run_dpo
@@ -17,6 +17,10 @@ from .rloo import run_rloo
 from .rft import run_rft
 from .experiment import run_experiment, write_experiment
 from .chat import chat_cli
+
+# what `train --stage` accepts, in pipeline order: each stage's start (sft_masked for DPO and the reward model, dpo for
+# RLOO and RFT) comes before it
+TRAIN_STAGES = (*SFT_STAGES, "dpo", "reward_model", "rloo", "rft")
 
 
 def run_notebook(path, timeout: int | None = None) -> Path:
@@ -59,8 +63,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("data", help="build/download the datasets and the initial model of a profile")
     p.add_argument("--profile", default=None)
     p = sub.add_parser("train", help="train one stage")
-    p.add_argument("--stage", required=True, choices=sorted(SFT_STAGES) + ["dpo", "reward_model", "rloo",
-                                                                             "rft"])
+    p.add_argument("--stage", required=True, choices=TRAIN_STAGES)
     p.add_argument("--profile", default=None)
     p.add_argument("--restart", action="store_true",
                    help="train again even if the stage folder holds a finished run of the same config")
@@ -99,10 +102,9 @@ def main(argv=None) -> int:
                    "rloo": lambda: run_rloo(cfg, stop_after_steps=stop), "rft": lambda: run_rft(cfg)}
         result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage],
                                                                              stop_after_steps=stop)
-        if result.get("history"):
-            print(f"{args.stage}: saved to {result['dir']}; last evaluation {result['history'][-1]}")
-        else:
-            print(f"{args.stage}: {result['dir']}")
+        if is_main():               # under N processes, said once
+            last = f"; last evaluation {result['history'][-1]}" if result.get("history") else ""
+            print(f"{args.stage}: saved to {result['dir']}{last}")
     elif args.command == "experiment":
         cfg = get_config(args.profile)
         for kind, path in write_experiment(cfg, run_experiment(cfg)).items():
