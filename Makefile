@@ -59,7 +59,8 @@ qwen-smoke: setup
 test: setup-dev
 	$(PY) -m pytest -q tests -m "not distributed"
 
-# 2 processes vs 1 with the doubled batch (SFT, DPO), RLOO's per-process prompts, a resume under 2 processes
+# 2 processes vs 1 with the doubled batch (SFT, DPO), RLOO's per-process prompts, a resume under 2 processes,
+# every stage under 1 and 2 processes
 test-distributed: setup-dev
 	$(PY) -m pytest -q tests/test_distributed.py -m distributed
 

@@ -1,7 +1,8 @@
 """Several processes: the list sharing, and — under `accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo),
 marked `distributed` (`make test-distributed`, ~3 minutes on 2 cores) — SFT and DPO after k steps equal to one process
-with the doubled batch, RLOO with each process sampling its own prompts, a resume under 2 processes, one process
-under accelerate equal to plain `python -m helpers`."""
+with the doubled batch, RLOO with each process sampling its own prompts, a resume under 2 processes, and every stage
+of `train` run under 1 and under 2 processes (finished, one writer; one process under accelerate equal to plain
+`python -m helpers`)."""
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import config, distributed, training
+from helpers import cli, config, distributed, training
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 # Weights after k steps: N processes × batch B against one process × batch N·B. Both sum the same per-example
@@ -116,11 +117,37 @@ def test_sft_two_processes_equal_one_process_with_the_doubled_batch(prepared, sf
     assert max_difference(weights(alone, "sft_masked"), one) > 100 * TOLERANCE
 
 
+def every_stage(prepared: Path, tmp_path: Path, processes: int) -> Path:
+    """Every stage of `python -m helpers train`, in pipeline order, from the initial model, in one launch of
+    `processes` processes (tests/distributed_stages.py); asserts each finished and only the main process wrote."""
+    out = workspace(prepared, tmp_path, f"stages{processes}")
+    stdout = launch(out, [], processes, script=str(Path(__file__).with_name("distributed_stages.py")))
+    smoke = out / "checkpoints" / "smoke"
+    for stage in cli.TRAIN_STAGES:
+        assert stdout.count(f"{stage}: saved to ") == 1                # said once, by the main process
+        events = list((out / "tensorboard_events" / "smoke" / stage).iterdir())
+        assert len(events) == 1, events                                # one writer
+        run_config = json.loads((smoke / stage / "run_config.json").read_text())
+        if stage == "rft":          # rounds of SFT on the kept samples, then one save; no resumable state
+            assert json.loads((smoke / stage / "rft_curve.json").read_text())[-1]["round"] == 2
+            assert not (smoke / "rft.round").exists()
+            continue
+        state = torch.load(smoke / stage / "training_state.pt", weights_only=True)
+        assert state["finished"] and len(state.get("process_rng", [None])) == processes
+        assert run_config.get("distributed") == ({"processes": 2, "fsdp": False} if processes > 1 else None)
+    assert max_difference(weights(out, "rft"), weights(out, "dpo")) > 0      # RFT's rounds trained (it kept some)
+    return out
+
+
 @pytest.mark.distributed
-def test_one_process_under_accelerate_equals_plain_python(prepared, sft_one_process, tmp_path):
-    out = workspace(prepared, tmp_path, "accelerate1")
-    train(out, "sft_masked", 1)
+def test_every_stage_runs_under_one_process_and_sft_equals_plain_python(prepared, sft_one_process, tmp_path):
+    out = every_stage(prepared, tmp_path, 1)
     assert max_difference(weights(out, "sft_masked"), weights(sft_one_process, "sft_masked")) == 0.0
+
+
+@pytest.mark.distributed
+def test_every_stage_runs_under_two_processes(prepared, tmp_path):
+    every_stage(prepared, tmp_path, 2)
 
 
 @pytest.mark.distributed
@@ -159,11 +186,3 @@ def test_a_resume_under_two_processes_finishes_with_the_same_weights(prepared, t
     assert state["step"] == 3 and not state["finished"]
     assert "resuming sft_masked from step 3" in train(resumed, "sft_masked", 2, "sft__batch_size=4")
     assert max_difference(weights(whole, "sft_masked"), weights(resumed, "sft_masked")) == 0.0
-
-
-@pytest.mark.distributed
-def test_the_reward_model_trains_under_two_processes(prepared, sft_one_process, tmp_path):
-    out = workspace(prepared, tmp_path, "rm", ("initial", "sft_masked"))
-    train(out, "reward_model", 2, "reward__batch_size=4")
-    config_file = out / "checkpoints" / "smoke" / "reward_model" / "run_config.json"
-    assert json.loads(config_file.read_text())["distributed"] == {"processes": 2, "fsdp": False}
