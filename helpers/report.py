@@ -89,8 +89,8 @@ def write_report(cfg: Config, stages, final: str) -> Path:
     prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
     if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
         acc = dict(zip(prefs.model, prefs.preference_accuracy))
-        notes.append(f"- held-out preference accuracy: `sft_masked` {acc['sft_masked']:.3f} (its own log-probs) → "
-                     f"`dpo` {acc['dpo']:.3f} (implicit reward).")
+        notes.append(f"- held-out preference accuracy, each model ranking by its own log-probs: `sft_masked` "
+                     f"{acc['sft_masked']:.3f} → `dpo` {acc['dpo']:.3f}.")
         rm_accuracy = prefs.reward_model_accuracy.dropna()
         if len(rm_accuracy):
             notes.append(f"- reward model (Bradley–Terry, on `sft_masked`): held-out pairwise accuracy "
