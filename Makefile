@@ -28,10 +28,12 @@ demo: setup notebooks
 
 # RESTART=1: every stage trains again (the demo regenerates its results); RESTART=0 keeps finished stages
 RESTART ?= 1
+# each notebook prints its cells as they start and end, progress bars as text, "notebook i/n, elapsed, estimated
+# remaining", and on failure the failing cell with its traceback
 notebooks:
-	@for nb in $(NOTEBOOKS); do \
-		echo "=== $$nb (PROFILE=$(PROFILE))"; \
-		PROFILE=$(PROFILE) RESTART=$(RESTART) $(PY) -m helpers run-notebook $$nb || exit 1; \
+	@start=$$(date +%s); i=0; total=$(words $(NOTEBOOKS)); for nb in $(NOTEBOOKS); do i=$$((i + 1)); \
+		PROFILE=$(PROFILE) RESTART=$(RESTART) $(PY) -m helpers run-notebook $$nb --index $$i --total $$total \
+			--started $$start || exit 1; \
 	done
 
 # notebooks/NN.py (jupytext) are the sources; this rewrites the paired .ipynb (no outputs)
