@@ -14,7 +14,7 @@ from .config import REPO_ROOT, assets_dir, dataset_name, get_config, out_path, o
 # 00_data: datasets, Countdown, the base model, the loss mask, new tokens
 from .data import load_split, prepare_data
 from .countdown import countdown_completion, countdown_prompt, countdown_reward
-from .modeling import count_parameters, load_model, load_tokenizer
+from .modeling import count_parameters, load_model, load_tokenizer, quiet_output
 from .formatting import build_sft_example, render_chat, show_mask
 from .sft import build_initial_model
 from .vocab import add_new_tokens, demo_new_tokens, token_fragmentation

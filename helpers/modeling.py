@@ -82,6 +82,23 @@ def as_lora_config(lora_cfg):
     return LoraConfig(**lora_cfg)
 
 
+def quiet_output() -> None:
+    """Notebooks call this in their first cell: Hugging Face's own progress bars (loading and writing weights,
+    downloads) and info logs off — in an executed notebook they are dozens of widgets that read 0 %. Errors still
+    show; the project's own long loops keep one progress bar each."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    except ImportError:       # datasets is only needed by the hub profiles
+        pass
+
+
 def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.float32,
                trust_remote_code: bool = False):
     """A causal LM from a hub id or local dir; optional 4/8-bit (bitsandbytes, CUDA only) and LoRA adapters.
