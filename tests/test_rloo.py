@@ -93,3 +93,12 @@ def test_rl_tasks_mix_the_tracks_in_the_configured_share(tiny_tokenizer, output_
     assert all(t["reference"] for t in tasks if t["track"] == "instructions")
     cfg.rloo = config.replace_config(cfg.rloo, instruction_share=0.0)
     assert {t["track"] for t in rloo.rl_tasks(cfg, tiny_tokenizer)} == {"countdown"}
+
+
+def test_sample_table_cells_keep_a_row_whole():
+    """A completion with a pipe (or a newline) stays one cell of its row in TensorBoard's Markdown table."""
+    import markdown
+    row = f"| {rloo.table_cell('a | b')} | {rloo.table_cell('line1' + chr(10) + 'x|y')} | 0.50 |"
+    html = markdown.markdown("| prompt | completion | reward |\n|---|---|---|\n" + row, extensions=["tables"])
+    assert html.count("<td>") == 3 and "<td>0.50</td>" in html
+    assert "a | b" in html and "x|y" in html
