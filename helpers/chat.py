@@ -224,10 +224,11 @@ def status_html(text: str, error: bool = False) -> str:
 def build_chat_widget(cfg: Config, session: ChatSession | None = None):
     """The ipywidgets chat; returns (widget, controls) so a notebook or test can drive it like a user.
 
-    Send (or Enter in the message box) starts the reply in a background thread and returns: ipykernel handles the
-    widgets' messages one at a time, so a callback that generated the whole reply would hold Stop's click until the
-    reply was over. With the kernel free, Stop (which ends the reply within a token), Clear and switching checkpoints
-    act while it streams. The status line says what is happening: loading, generating (for how long), stopped."""
+    Send (or Enter in the message box) starts the reply in a background thread and returns. A callback that
+    generated the whole reply would hold Stop's click until the reply was over (ipykernel 6 handles widget messages
+    one at a time), and Clear could not wait for it to end. So Stop ends the thread's reply within a token, and
+    Clear and a checkpoint switch stop it and wait for it, so nothing it draws lands after them. The status line
+    says what is happening: loading, generating (for how long), stopped or answered."""
     import ipywidgets as W
     session = session or ChatSession()
     choices = available_checkpoints(cfg)
@@ -306,9 +307,10 @@ def build_chat_widget(cfg: Config, session: ChatSession | None = None):
     c["clear"].on_click(clear)
     if choices:
         load()
+    # the message box and Stop above the conversation: a long reply grows downwards without pushing Stop away
     box = W.VBox([W.HBox([c["checkpoint"], c["path"]]), c["system"],
-                  W.HBox([c["temperature"], c["top_p"], c["max_new_tokens"]]), c["status"], c["conversation"],
-                  W.HBox([c["message"], c["send"], c["stop"], c["clear"]])])
+                  W.HBox([c["temperature"], c["top_p"], c["max_new_tokens"]]),
+                  W.HBox([c["message"], c["send"], c["stop"], c["clear"]]), c["status"], c["conversation"]])
     return box, {**c, "session": session, "do_send": send, "do_clear": clear, "do_load": load}
 
 

@@ -34,8 +34,8 @@ widget
 # %%
 controls["message"].value = "What is 3 + 4?"     # what typing it and pressing Enter does
 controls["session"].wait()
-print(controls["status"].value)
-print(controls["session"].history)
+for turn in controls["session"].history:
+    print(f"{turn['role']}: {turn['content']!r}")
 
 # %% [markdown]
 # ## Side by side: the same prompt, two checkpoints
