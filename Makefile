@@ -1,5 +1,5 @@
 # make demo   — set up .venv, then run every notebook on the tiny profile (regenerates committed results)
-# make test   — set up .venv with dev requirements, then run the tests
+# make test   — set up .venv with dev requirements, then run the tests (make test-browser: the browser tests)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
+.PHONY: setup setup-dev demo test test-browser notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
 	bench-rloo bench-memory bench-sample clean
 
 $(VENV)/.installed: requirements.txt
@@ -60,8 +60,17 @@ qwen-smoke: setup
 test: setup-dev
 	$(PY) -m pytest -q tests
 
+# the chat notebook in JupyterLab and TensorBoard, driven in headless Chromium (a smoke pipeline first: ~4 min);
+# needs chromium + chromium-driver (as root: apt-get install -y chromium chromium-driver), else skipped with why.
+# SCREENSHOTS=1 also writes assets/chat_widget.png and assets/tensorboard.png
+test-browser: setup-dev
+	$(PY) -m pytest -q -rs --browser tests/test_browser.py
+
+# http://localhost:6006 (TB_HOST=0.0.0.0 to reach it from another machine)
+TB_HOST ?= 127.0.0.1
+TB_PORT ?= 6006
 tensorboard: setup
-	$(VENV)/bin/tensorboard --logdir tensorboard_events
+	$(VENV)/bin/tensorboard --logdir tensorboard_events --host $(TB_HOST) --port $(TB_PORT)
 
 bench-sft: setup
 	$(PY) benchmarks/bench_sft.py
