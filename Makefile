@@ -60,7 +60,7 @@ qwen-smoke: setup
 test: setup-dev
 	$(PY) -m pytest -q tests
 
-# the chat notebook in JupyterLab and TensorBoard, driven in headless Chromium (a smoke pipeline first: ~4 min);
+# the chat notebook in JupyterLab and TensorBoard, driven in headless Chromium (a smoke pipeline first: 3–4 min);
 # needs chromium + chromium-driver (as root: apt-get install -y chromium chromium-driver), else skipped with why.
 # SCREENSHOTS=1 also writes assets/chat_widget.png and assets/tensorboard.png
 test-browser: setup-dev

@@ -15,8 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-INSTALL_HINT = ("as root: apt-get install -y chromium chromium-driver; pip install selenium jupyterlab "
-                "(make setup-dev installs the pip packages; .ci/run installs all of them)")
+INSTALL_HINT = ("install them: apt-get install -y chromium chromium-driver as root (.ci/run does), "
+                "pip install selenium jupyterlab (make setup-dev does)")
 
 
 def missing_browser() -> str | None:

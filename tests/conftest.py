@@ -23,7 +23,7 @@ CHAT_WORDS = ("hello there friend how are you today fine thanks tell me a joke w
 def pytest_addoption(parser):
     parser.addoption("--browser", action="store_true",
                      help="also run the browser tests (tests/test_browser.py: JupyterLab and TensorBoard in headless "
-                          "Chromium, about 4 minutes); make test-browser")
+                          "Chromium, 3–4 minutes); make test-browser")
 
 
 def pytest_collection_modifyitems(config, items):

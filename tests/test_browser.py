@@ -3,7 +3,7 @@ within a second, Clear and switching checkpoints act while a reply streams, HTML
 TensorBoard on a smoke run (the stages' scalar tags, RLOO's sample tables under Text).
 
 Headless Chromium from Debian's packages driven by selenium; both servers run on 127.0.0.1 at a free port and are
-stopped by the test that started them. Slow (a smoke pipeline first, about 4 minutes in all), so these run with
+stopped by the test that started them. Slow (a smoke pipeline first, 3–4 minutes in all), so these run with
 `pytest --browser` (`make test-browser`); without Chromium they are skipped, saying what to install.
 SCREENSHOTS=1 saves assets/chat_widget.png and assets/tensorboard.png (when regenerating results); otherwise the
 tests write nothing into the repository."""
