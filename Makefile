@@ -1,5 +1,5 @@
 # make demo   — set up .venv, then run every notebook on the tiny profile (regenerates committed results)
-# make test   — set up .venv with dev requirements, then run the tests
+# make test   — set up .venv with dev requirements, then run the tests (make test-browser: the browser tests)
 # make test-distributed — the loop under `accelerate launch` with 2 CPU processes (~3 minutes on 2 cores)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test test-distributed notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
+.PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
 	bench-rloo bench-memory bench-sample clean
 
 $(VENV)/.installed: requirements.txt
@@ -29,10 +29,12 @@ demo: setup notebooks
 
 # RESTART=1: every stage trains again (the demo regenerates its results); RESTART=0 keeps finished stages
 RESTART ?= 1
+# each notebook prints its cells as they start and end, progress bars as text, "notebook i/n, elapsed, estimated
+# remaining", and on failure the failing cell with its traceback
 notebooks:
-	@for nb in $(NOTEBOOKS); do \
-		echo "=== $$nb (PROFILE=$(PROFILE))"; \
-		PROFILE=$(PROFILE) RESTART=$(RESTART) $(PY) -m helpers run-notebook $$nb || exit 1; \
+	@start=$$(date +%s); i=0; total=$(words $(NOTEBOOKS)); for nb in $(NOTEBOOKS); do i=$$((i + 1)); \
+		PROFILE=$(PROFILE) RESTART=$(RESTART) $(PY) -m helpers run-notebook $$nb --index $$i --total $$total \
+			--started $$start || exit 1; \
 	done
 
 # notebooks/NN.py (jupytext) are the sources; this rewrites the paired .ipynb (no outputs)
@@ -64,8 +66,17 @@ test: setup-dev
 test-distributed: setup-dev
 	$(PY) -m pytest -q tests/test_distributed.py -m distributed
 
+# the chat notebook in JupyterLab and TensorBoard, driven in headless Chromium (a smoke pipeline first: 3–4 min);
+# needs chromium + chromium-driver (as root: apt-get install -y chromium chromium-driver), else skipped with why.
+# SCREENSHOTS=1 also writes assets/chat_widget.png and assets/tensorboard.png
+test-browser: setup-dev
+	$(PY) -m pytest -q -rs --browser tests/test_browser.py
+
+# http://localhost:6006 (TB_HOST=0.0.0.0 to reach it from another machine)
+TB_HOST ?= 127.0.0.1
+TB_PORT ?= 6006
 tensorboard: setup
-	$(VENV)/bin/tensorboard --logdir tensorboard_events
+	$(VENV)/bin/tensorboard --logdir tensorboard_events --host $(TB_HOST) --port $(TB_PORT)
 
 bench-sft: setup
 	$(PY) benchmarks/bench_sft.py

@@ -6,6 +6,7 @@ import html
 import queue
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .config import Config, STAGES, device, out_path
@@ -14,6 +15,8 @@ from .formatting import encode_prompt
 from .generation import left_padded, stop_token_ids
 
 STREAM_POLL_SECONDS = 0.1    # how often a waiting reader checks that the generation thread is still alive
+RENDER_EVERY_SECONDS = 0.1   # the widget redraws a streaming reply at most this often: each redraw sends the whole
+                             # conversation to the browser, and a fast model would otherwise flood it
 
 
 class ChatError(RuntimeError):
@@ -34,6 +37,7 @@ class ChatSession:
         self.model = self.tokenizer = self.model_name = None
         self.history: list[dict] = []
         self.notes: list[str] = []
+        self.stopped = False         # whether the last reply was ended by Stop
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
 
@@ -152,6 +156,7 @@ class ChatSession:
             if on_token:
                 on_token(piece)
         thread.join()
+        self.stopped = self._stop.is_set()
         if failure:
             self.history.pop()                 # the turn never happened
             err = failure[0]
@@ -219,8 +224,11 @@ def status_html(text: str, error: bool = False) -> str:
 def build_chat_widget(cfg: Config, session: ChatSession | None = None):
     """The ipywidgets chat; returns (widget, controls) so a notebook or test can drive it like a user.
 
-    Send starts the reply in a background thread and returns: the kernel stays free, so Stop (which ends the reply
-    within a token), Clear and switching checkpoints act while it streams."""
+    Send (or Enter in the message box) starts the reply in a background thread and returns. A callback that
+    generated the whole reply would hold Stop's click until the reply was over (ipykernel 6 handles widget messages
+    one at a time), and Clear could not wait for it to end. So Stop ends the thread's reply within a token, and
+    Clear and a checkpoint switch stop it and wait for it, so nothing it draws lands after them. The status line
+    says what is happening: loading, generating (for how long), stopped or answered."""
     import ipywidgets as W
     session = session or ChatSession()
     choices = available_checkpoints(cfg)
@@ -231,9 +239,14 @@ def build_chat_widget(cfg: Config, session: ChatSession | None = None):
                                       description="temperature"),
          "top_p": W.FloatSlider(value=session.top_p, min=0.05, max=1.0, step=0.05, description="top_p"),
          "max_new_tokens": W.IntSlider(value=session.max_new_tokens, min=8, max=1024, step=8, description="max tokens"),
+         # continuous_update=False: the box sends its text when Enter is pressed (or it loses focus), and that
+         # change is what sends the message — the widget's separate "submit" event can overtake the text
          "message": W.Text(placeholder="type a message, Enter sends", description="you", continuous_update=False),
          "send": W.Button(description="Send", button_style="primary"), "stop": W.Button(description="Stop"),
          "clear": W.Button(description="Clear"), "status": W.HTML(), "conversation": W.HTML()}
+    for name in ("message", "status", "conversation"):
+        c[name].add_class(f"chat-{name}")        # what a browser test (or a stylesheet) finds them by
+    ready = lambda: status_html(f"ready · {session.model_name}") if session.model is not None else ""
 
     def load(_=None):
         session.stop()
@@ -244,7 +257,7 @@ def build_chat_widget(cfg: Config, session: ChatSession | None = None):
         error = session.load(path or "")
         session.clear()
         c["conversation"].value = ""
-        c["status"].value = status_html(error, error=True) if error else status_html(f"loaded {path}")
+        c["status"].value = status_html(error, error=True) if error else ready()
 
     def send(_=None):
         text = c["message"].value
@@ -254,20 +267,28 @@ def build_chat_widget(cfg: Config, session: ChatSession | None = None):
             c["status"].value = status_html("Load a checkpoint first.", error=True)
             return
         if session.busy:
-            c["status"].value = status_html("Still answering: press Stop first.", error=True)
+            c["status"].value = status_html("Still answering: press Stop, then Send.", error=True)
             return
         session.system_prompt, session.temperature = c["system"].value, c["temperature"].value
         session.top_p, session.max_new_tokens = c["top_p"].value, c["max_new_tokens"].value
         c["message"].value = ""
         streamed: list[str] = []
+        started, drawn = time.perf_counter(), [0.0]
 
-        def on_token(piece):
+        def on_token(piece):              # in the generation thread; widget updates are thread-safe messages
             streamed.append(piece)
-            c["conversation"].value = session.render(streaming="".join(streamed))
+            now = time.perf_counter()
+            if now - drawn[0] >= RENDER_EVERY_SECONDS:
+                drawn[0] = now
+                c["conversation"].value = session.render(streaming="".join(streamed))
+                c["status"].value = status_html(f"generating… {now - started:.1f} s (Stop ends the reply)")
 
         def on_done(reply, error):
             c["conversation"].value = session.render()
-            c["status"].value = status_html(error, error=True) if error else status_html(f"loaded {session.model_name}")
+            seconds = time.perf_counter() - started
+            done = f"stopped after {seconds:.1f} s" if session.stopped else f"answered in {seconds:.1f} s"
+            c["status"].value = status_html(error, error=True) if error else status_html(
+                f"{done} · {session.model_name}")
         c["status"].value = status_html("generating…")
         session.start(text, on_token, on_done)
 
@@ -276,6 +297,7 @@ def build_chat_widget(cfg: Config, session: ChatSession | None = None):
         session.wait()
         session.clear()
         c["conversation"].value = ""
+        c["status"].value = ready()
 
     c["checkpoint"].observe(lambda change: load(), names="value")
     c["path"].observe(lambda change: load() if c["checkpoint"].value == "(path below)" else None, names="value")
@@ -285,9 +307,10 @@ def build_chat_widget(cfg: Config, session: ChatSession | None = None):
     c["clear"].on_click(clear)
     if choices:
         load()
+    # the message box and Stop above the conversation: a long reply grows downwards without pushing Stop away
     box = W.VBox([W.HBox([c["checkpoint"], c["path"]]), c["system"],
-                  W.HBox([c["temperature"], c["top_p"], c["max_new_tokens"]]), c["status"], c["conversation"],
-                  W.HBox([c["message"], c["send"], c["stop"], c["clear"]])])
+                  W.HBox([c["temperature"], c["top_p"], c["max_new_tokens"]]),
+                  W.HBox([c["message"], c["send"], c["stop"], c["clear"]]), c["status"], c["conversation"]])
     return box, {**c, "session": session, "do_send": send, "do_clear": clear, "do_load": load}
 
 

@@ -24,16 +24,17 @@ def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> 
     fig, (curve, losses, scores) = plt.subplots(1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     for name, history in histories.items():
         curve.plot([h["step"] for h in history], [h["eval/response_loss"] for h in history], marker="o", label=name)
-    curve.set(xlabel="optimizer step", ylabel="held-out response-only loss (nats/token)",
-              title="Same held-out measure for both runs\n(their *training* losses average different tokens: "
+    curve.set(xlabel="optimizer step", ylabel="held-out response-only loss (nats/token, log scale)",
+              title="The same held-out measure for both runs\n(their training losses average different tokens: "
                     "not comparable)")
+    curve.set_yscale("log")        # step 0 (the base model, ~10 nats) would squash the gap between the runs
     curve.legend()
-    groups = [(losses, ["response_loss", "sequence_loss"], "held-out losses (lower is better)"),
+    groups = [(losses, ["response_loss", "sequence_loss"], "held-out losses (lower is better)", "nats per token"),
               (scores, [c for c in ("exact_match", "rouge_l", "countdown_reward", "countdown_accuracy")
-                        if c in final.columns], "held-out scores (higher is better)")]
-    for ax, metrics, title in groups:
+                        if c in final.columns], "held-out scores (higher is better)", "score (0–1)")]
+    for ax, metrics, title, unit in groups:
         grouped_bars(ax, final, metrics)
-        ax.set(title=title)
+        ax.set(title=title, ylabel=unit)
     return save_figure(fig, path)
 
 

@@ -26,6 +26,12 @@ from .results import save_figure
 from .reward_model import load_reward_model, score_responses
 
 
+def table_cell(text: str) -> str:
+    """Model text as one cell of a Markdown table (TensorBoard's Text tab): quoted with control characters made
+    visible (json), and its "|" escaped — a completion with a pipe in it would otherwise split the row."""
+    return json.dumps(text).replace("|", "\\|")
+
+
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """Ahmadian et al. 2024: A_i = r_i − mean_{j≠i} r_j for every prompt's k samples; rewards is [prompts, k]."""
     k = rewards.shape[1]
@@ -121,8 +127,8 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         calls["n"] += 1
         if calls["n"] % rcfg.table_every == 1 or rcfg.table_every == 1:
             picks = table_rng.sample(range(len(samples)), min(4, len(samples)))
-            rows = "\n".join(f"| {json.dumps(rep_tasks[i]['prompt'][-1]['content'][:80])} | "
-                             f"{json.dumps(samples[i]['text'][:120])} | {rewards[i]:.2f} |" for i in picks)
+            rows = "\n".join(f"| {table_cell(rep_tasks[i]['prompt'][-1]['content'][:80])} | "
+                             f"{table_cell(samples[i]['text'][:120])} | {rewards[i]:.2f} |" for i in picks)
             logger.text("rloo/samples", "| prompt | completion | reward |\n|---|---|---|\n" + rows, calls["n"])
         countdown = torch.tensor([t.get("track") == "countdown" for t in rep_tasks])
         metrics = {"rloo/reward_mean": rewards.mean(), "rloo/reward_std": rewards.std(), "rloo/kl": kl.mean(),

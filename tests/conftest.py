@@ -20,6 +20,22 @@ CHAT_WORDS = ("hello there friend how are you today fine thanks tell me a joke w
               "to get other side be brief answer short the capital of france is paris")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--browser", action="store_true",
+                     help="also run the browser tests (tests/test_browser.py: JupyterLab and TensorBoard in headless "
+                          "Chromium, 3–4 minutes); make test-browser")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser tests take minutes: `make test` skips them, saying how to run them; --browser runs them."""
+    if config.getoption("--browser"):
+        return
+    skip = pytest.mark.skip(reason="browser test: run with `make test-browser` (pytest --browser)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def output_dir(tmp_path, monkeypatch) -> Path:
     """Every output of helpers (data, checkpoints, results) goes under a per-test temp dir."""

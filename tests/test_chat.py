@@ -178,7 +178,7 @@ def test_chat_widget_drives_like_a_user(chat_model_dir, output_dir):
     box, c = chat.build_chat_widget(cfg, session)
     assert list(c["checkpoint"].options) == ["sft_masked", "(path below)"]
     assert c["checkpoint"].value == "sft_masked"
-    assert session.model is not None and "loaded" in c["status"].value          # loaded at once
+    assert session.model is not None and "ready" in c["status"].value           # loaded at once
 
     c["temperature"].value, c["max_new_tokens"].value = 0.0, 8
     c["message"].value = "hello there friend"      # what pressing Enter in the box does: the reply starts...
@@ -200,6 +200,51 @@ def test_chat_widget_drives_like_a_user(chat_model_dir, output_dir):
     c["do_load"]()
     status = c["status"].value
     assert "No checkpoint" in status and "no_such_model" in status and "Traceback" not in status
+
+
+def test_chat_widget_stop_clear_and_switch_act_while_a_reply_streams(chat_model_dir, output_dir):
+    """The callbacks return at once (the kernel stays free), and each control acts on a reply still streaming: Stop
+    ends it within a second, Clear empties the conversation, a checkpoint switch loads the new model."""
+    pytest.importorskip("ipywidgets")
+    cfg = config.get_config("smoke")
+    for name in ("sft_masked", "sft_unmasked"):
+        shutil.copytree(chat_model_dir, output_dir / "checkpoints" / "smoke" / name)
+    session = chat.ChatSession(temperature=1.0)
+    _, c = chat.build_chat_widget(cfg, session)
+    c["max_new_tokens"].value = 1024
+
+    def start_long_reply():
+        session.model.lm_head._forward_hooks.clear()
+        _never_end(session.tokenizer, session.model, delay=0.02)      # 1024 tokens: at least 20 s
+        started = time.perf_counter()
+        c["message"].value = "tell me a long story"
+        assert time.perf_counter() - started < 0.5 and session.busy     # Enter returned; the reply runs on
+        deadline = time.perf_counter() + 30
+        while "Assistant:" not in c["conversation"].value and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        assert "generating" in c["status"].value and "Assistant:" in c["conversation"].value
+
+    start_long_reply()
+    c["message"].value = "a second message"                            # refused while busy, and kept
+    assert "press Stop" in c["status"].value and c["message"].value == "a second message"
+    pressed = time.perf_counter()
+    c["stop"].click()
+    session.wait(5)
+    assert time.perf_counter() - pressed < 1.0 and not session.busy
+    assert "stopped after" in c["status"].value and session.stopped
+    reply = session.history[-1]["content"]
+    assert 0 < len(session.tokenizer(reply)["input_ids"]) < 1024         # ended in the middle
+    c["message"].value = ""
+
+    start_long_reply()
+    c["clear"].click()
+    assert not session.busy and c["conversation"].value == "" and session.history == []
+    assert "ready" in c["status"].value
+
+    start_long_reply()
+    c["checkpoint"].value = "sft_unmasked"
+    assert not session.busy and session.model_name.endswith("sft_unmasked") and c["conversation"].value == ""
+    assert "ready" in c["status"].value and "sft_unmasked" in c["status"].value
 
 
 def test_chat_widget_without_checkpoints_asks_for_one(output_dir):

@@ -105,3 +105,10 @@ def test_rloo_loss_takes_advantages_from_kl_shaped_rewards():
     assert torch.allclose(shaped, -(torch.tensor([0.0, 0.0, -0.5, 0.5]) * logps).sum())
     shaped.backward()                       # the advantages are numbers: the gradient is −A_i per log-prob
     assert torch.allclose(logps.grad, torch.tensor([0.0, 0.0, 0.5, -0.5]))
+def test_sample_table_cells_keep_a_row_whole():
+    """A completion with a pipe (or a newline) stays one cell of its row in TensorBoard's Markdown table."""
+    import markdown
+    row = f"| {rloo.table_cell('a | b')} | {rloo.table_cell('line1' + chr(10) + 'x|y')} | 0.50 |"
+    html = markdown.markdown("| prompt | completion | reward |\n|---|---|---|\n" + row, extensions=["tables"])
+    assert html.count("<td>") == 3 and "<td>0.50</td>" in html
+    assert "a | b" in html and "x|y" in html
