@@ -36,6 +36,11 @@ controls["message"].value = "What is 3 + 4?"     # what typing it and pressing E
 controls["session"].wait()
 for turn in controls["session"].history:
     print(f"{turn['role']}: {turn['content']!r}")
+reply = controls["session"].history[-1]["content"] if controls["session"].history else ""
+if cfg.data.world == "tiny":        # the tiny world has one right answer; say when the model misses it
+    print("\nWhat we see:", "the right answer." if H.exact_match(reply, "7") else
+          f"a wrong answer ({reply!r}; 3 + 4 = 7). The tiny model gets about as many held-out sums right as its "
+          "exact match in 05 says — a 1.8M-parameter model is often wrong, and a chat makes that visible.")
 
 # %% [markdown]
 # ## Side by side: the same prompt, two checkpoints
@@ -43,3 +48,14 @@ for turn in controls["session"].history:
 # %%
 for prompt in ["What is the last letter of garden?", "Which number is the largest: 3, 8, 5?"]:
     print(prompt, H.side_by_side(cfg, prompt, names=("sft_masked", "sft_unmasked")))
+
+
+# %% [markdown]
+# ## Try next
+# 1. Switch the widget to `checkpoints/<profile>/initial` and ask the same question: what does a model without SFT
+#    do with a chat turn?
+# 2. Raise the temperature to 1.2 and ask three times: how often is the answer still right?
+# 3. Type a message that contains `<|im_end|>`: it stays text (`encode_chat`), the model sees no extra turn.
+#
+# **Where the code lives:** `helpers/chat.py` (`ChatSession`, `build_chat_widget`, `side_by_side`, `chat_cli`),
+# `helpers/formatting.py` (`encode_chat`), `helpers/generation.py` (streaming and stop tokens).
