@@ -191,7 +191,7 @@ def load_policy(model_dir: str):
     with torch.no_grad():       # weights read from disk are memory-mapped: copy them in, or paging them in
         for p in model.parameters():        # during the pass would count as the pass's memory (ties kept)
             p.data = p.data.clone()
-    model.gradient_checkpointing_enable()
+    modeling.enable_checkpointing(model)
     modeling.disable_dropout(model)
     return model
 

@@ -350,7 +350,7 @@ def _qwen_smoke() -> Config:
                               countdown_test=16, max_prompt_tokens=384)
     cfg.model = replace_config(cfg.model, name=model_dir)
     steps = dict(warmup_steps=1, eval_every=2, save_every=2, log_every=1, max_length=256)
-    cfg.sft = SFTConfig(max_steps=3, batch_size=2, grad_accum=1, lr=2e-4, **steps)
+    cfg.sft = SFTConfig(max_steps=2, batch_size=2, grad_accum=1, lr=2e-4, **steps)
     cfg.experiment = ExperimentConfig(weights=(0.0, 1.0), data_sizes=(8,), seeds=(0,), steps=1,
                                       controlled_weights=(), eval_rows=4)
     cfg.dpo = replace_config(cfg.dpo, max_steps=2, batch_size=2, grad_accum=1, onpolicy_countdown_prompts=4, **steps)
@@ -358,8 +358,9 @@ def _qwen_smoke() -> Config:
     cfg.rloo = replace_config(cfg.rloo, max_steps=2, batch_size=2, grad_accum=1, k=2, max_new_tokens=24,
                               table_every=1, **steps)
     cfg.rft = replace_config(cfg.rft, rounds=1, steps_per_round=1, max_steps=1, batch_size=2, grad_accum=1, **steps)
-    cfg.eval = replace_config(cfg.eval, batch_size=8, max_new_tokens=24, instruction_rows=4, countdown_rows=4,
-                              loss_rows=4, sampled_rows=2, n_samples=2, win_rate_rows=2,
+    # evaluation sizes: each checkpoint's evaluation (7 of them) costs ~1-3 min of a 0.5B model on 2 CPU cores
+    cfg.eval = replace_config(cfg.eval, batch_size=8, max_new_tokens=16, instruction_rows=2, countdown_rows=2,
+                              loss_rows=2, sampled_rows=1, n_samples=2, win_rate_rows=1,
                               reference_model=model_dir or None)     # the same checkpoint stands in for Instruct
     return cfg
 

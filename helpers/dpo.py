@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
-from .modeling import add_lora, disable_dropout, load_model, load_tokenizer
+from .modeling import add_lora, disable_dropout, enable_checkpointing, load_model, load_tokenizer
 from .distributed import gather_objects, gather_shares, is_main, process_seed, share
 from .training import stage_logger, train, whole_model
 from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
@@ -86,7 +86,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     if cfg.model.lora is not None and not hasattr(model, "disable_adapter"):
         model, fresh_adapters = add_lora(model, cfg.model.lora), True
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     disable_dropout(model)      # the loss's log-probs come from the same function as the reference's
     pad = tokenizer.pad_token_id
     rows = preference_data(cfg, "train")

@@ -82,15 +82,28 @@ def as_lora_config(lora_cfg):
     return LoraConfig(**lora_cfg)
 
 
-def add_lora(model, lora_cfg):
-    """LoRA adapters on a model (peft). peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5
-    deprecated in favour of `is_activation_checkpointing`: that one FutureWarning, from that one read, is silenced
-    here — every other warning stays."""
+@contextlib.contextmanager
+def peft_reads_old_names():
+    """peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated in favour of
+    `is_activation_checkpointing`: that one FutureWarning, from that one read, is silenced — every other stays."""
     import warnings
-    from peft import get_peft_model
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def add_lora(model, lora_cfg):
+    """LoRA adapters on a model (peft)."""
+    from peft import get_peft_model
+    with peft_reads_old_names():
         return get_peft_model(model, as_lora_config(lora_cfg))
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing: recompute each layer's activations in backward instead of keeping them.
+    transformers 5 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`; use what exists."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def quiet_output() -> None:
@@ -138,7 +151,8 @@ def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.
         kwargs["dtype"] = dtype
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
-        return AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=True, **kwargs)
+        with peft_reads_old_names():
+            return AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=True, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(str(model_name), **kwargs)
     lora = as_lora_config(lora_cfg)
     if lora is not None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config, check_config, device, out_path, output_root, seed_everything
-from .modeling import load_model, load_tokenizer, model_device, save_model
+from .modeling import enable_checkpointing, load_model, load_tokenizer, model_device, save_model
 from .formatting import encode_chat
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .distributed import main_first
@@ -102,7 +102,7 @@ def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "rewar
         tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
     model.to(device())
     if cfg.model.gradient_checkpointing:       # qwen: 8 rows × 1,024 tokens of a full fine-tune need it on 24 GB
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     pad = tokenizer.pad_token_id
     train_pairs, skips = build_pair_dataset(tokenizer, preference_data(cfg, "train"), rcfg.max_length, "rm train")
     test_pairs, _ = build_pair_dataset(tokenizer, preference_data(cfg, "test"), rcfg.max_length, "rm test")

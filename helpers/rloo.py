@@ -13,7 +13,7 @@ import torch
 from .config import Config, check_config, dataset_name, device, out_path, seed_everything
 from .countdown import countdown_reward
 from .data import countdown_tasks, load_split
-from .modeling import disable_dropout, load_model, load_tokenizer
+from .modeling import disable_dropout, enable_checkpointing, load_model, load_tokenizer
 from .formatting import fit_prompts, render_chat
 from .batching import collate
 from .logger import NullLogger, read_tensorboard_scalars
@@ -163,7 +163,7 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
     start_dir = out_path("checkpoints", cfg, start)
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     disable_dropout(model)      # samples, their log-probs and the reference's: one deterministic function
     reference = None
     if rcfg.kl_coef > 0:        # frozen, no-grad forwards only: bf16 where it runs under bf16 autocast anyway

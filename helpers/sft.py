@@ -12,7 +12,8 @@ import torch
 
 from .config import Config, check_config, config_dict, dataset_name, device, out_path, replace_config, seed_everything
 from .data import load_split
-from .modeling import build_tiny_model, load_model, load_tokenizer, model_device, save_model, train_tiny_tokenizer
+from .modeling import (build_tiny_model, enable_checkpointing, load_model, load_tokenizer, model_device, save_model,
+                       train_tiny_tokenizer)
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
@@ -129,7 +130,7 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     tokenizer = load_tokenizer(initial)
     model = load_model(initial, lora_cfg=cfg.model.lora, quant=cfg.model.quant).to(device())
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     examples, skips = dataset or build_sft_dataset(tokenizer, sft_mixture(cfg), train_cfg.max_length, weight)
     if not quiet:
         print(skips.report())

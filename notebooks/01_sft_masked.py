@@ -67,10 +67,13 @@ quality = "exact_match" if "exact_match" in table else "rouge_l"
 # ### What we see
 
 # %%
-print(f"Held-out response-only loss fell from {base.response_loss:.2f} to {sft.response_loss:.2f} nats per token "
-      f"(perplexity {base.response_ppl:,.0f} → {sft.response_ppl:.2f}): the base model had never seen a chat turn.")
+print(f"Held-out response-only loss {'fell' if sft.response_loss < base.response_loss else 'did not fall'}: "
+      f"{base.response_loss:.2f} → {sft.response_loss:.2f} nats per token (perplexity {base.response_ppl:,.1f} → "
+      f"{sft.response_ppl:,.1f}).")
 print(f"{quality}: {base[quality]:.3f} → {sft[quality]:.3f}; Countdown accuracy: {base.countdown_accuracy:.3f} → "
-      f"{sft.countdown_accuracy:.3f} (reward {sft.countdown_reward:.3f}: the format is learned before the arithmetic).")
+      f"{sft.countdown_accuracy:.3f}, mean reward {sft.countdown_reward:.3f}"
+      + (" — above the accuracy: some answers have the format (0.1) without the right equation."
+         if sft.countdown_reward > sft.countdown_accuracy else "."))
 print(f"The whole-sequence loss ({sft.sequence_loss:.2f}) stays high: the prompts were never trained — the point of "
       "masking, and the question of 02.")
 
