@@ -60,11 +60,13 @@ def countdown_changes(cfg: Config, before: str, after: str, n: int = 3) -> dict:
             for name in (before, after)}
     pairs = list(zip(rows[before], rows[after]))
     lost = [(b, a) for b, a in pairs if b["reward"] == 1.0 and a["reward"] < 1.0]
+    gained = [(b, a) for b, a in pairs if b["reward"] < 1.0 and a["reward"] == 1.0]
+    side_by_side = lambda found: [{"task": f"{b['nums']} → {b['target']}", before: b["response"], after: a["response"]}
+                                  for b, a in found[:n]]
     return {"tasks": len(pairs),
             "no_answer_tag": {name: sum("<answer>" not in r["response"] for r in rs) for name, rs in rows.items()},
-            "lost": len(lost), "gained": sum(b["reward"] < 1.0 and a["reward"] == 1.0 for b, a in pairs),
-            "examples": [{"task": f"{b['nums']} → {b['target']}", before: b["response"], after: a["response"]}
-                         for b, a in lost[:n]]}
+            "lost": len(lost), "gained": len(gained), "examples": side_by_side(lost),
+            "gained_examples": side_by_side(gained)}
 
 
 def unfaithful_reasoning(records: list[dict]) -> dict:

@@ -96,10 +96,11 @@ after = {k.removeprefix("eval/"): v for k, v in result["history"][-1].items() if
 for metric in ("countdown_accuracy", quality):
     print(f"{metric}: DPO {before[metric]:.3f} → RLOO {after[metric]:.3f} "
           f"({100 * (after[metric] - before[metric]):+.1f} points)")
-both = after[quality] >= 0.75 and after["countdown_accuracy"] >= 0.30
 kept = after[quality] >= before[quality] - 0.02
-print("target (final: exact match >= 0.75 and Countdown >= 0.30):", "reached" if both else "NOT reached")
 print("target (RLOO keeps DPO's instruction following within 2 points):", "reached" if kept else "NOT reached")
+if cfg.data.world == "tiny":        # the tiny world's targets (the qwen course anchors are in the README)
+    both = after[quality] >= 0.75 and after["countdown_accuracy"] >= 0.30
+    print("target (final: exact match >= 0.75 and Countdown >= 0.30):", "reached" if both else "NOT reached")
 
 # %% [markdown]
 # ## What RLOO did, step by step
@@ -125,9 +126,11 @@ if zero and kl:
 # %%
 change = H.countdown_changes(cfg, "dpo", "rloo")
 print(f"RLOO solved {change['gained']} held-out Countdown tasks the DPO model did not, and lost {change['lost']}.")
+for example in change["gained_examples"][:2]:       # before and after, the same task
+    print(f"  {example['task']}\n    DPO:  {example['dpo']!r}\n    RLOO: {example['rloo']!r}")
 faith = H.unfaithful_reasoning(H.evaluate_checkpoint(cfg, "rloo")[1])
 print(f"Of its {faith['correct']} correct greedy answers, {faith['wrong_target_in_think']} restate a wrong target "
-      "in <think>:")
+      "in <think>" + (":" if faith["examples"] else "."))
 for example in faith["examples"]:
     print("  ", repr(example))
 
@@ -144,7 +147,7 @@ print(H.describe_config(cfg.rft))
 rft = H.run_rft(cfg, start="dpo")
 table = H.rft_vs_rloo(cfg, result["history"], rft["curve"])
 paths = H.write_summary(table, cfg, "rft_vs_rloo")
-print(table.to_string(index=False))
+print(table.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
 
 # %%
