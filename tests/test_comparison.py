@@ -29,7 +29,8 @@ def test_countdown_changes_counts_lost_and_gained_tasks_and_missing_tags(monkeyp
     assert (got["tasks"], got["lost"], got["gained"]) == (3, 1, 1)
     assert got["no_answer_tag"] == {"a": 1, "b": 2}
     assert got["examples"] == [{"task": "[1, 2] → 3", "a": "<answer> 1 + 2 </answer>", "b": "broken <answer"}]
-    assert got["gained_examples"] == [{"task": "[1, 2] → 3", "a": "<answer> 2 </answer>", "b": "<answer> 1 + 1 </answer>"}]
+    assert got["gained_examples"] == [{"task": "[1, 2] → 3", "a": "<answer> 2 </answer>",
+                                       "b": "<answer> 1 + 1 </answer>"}]
 
 
 def test_unfaithful_reasoning_counts_correct_answers_that_restate_another_target():
