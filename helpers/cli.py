@@ -148,7 +148,16 @@ class EchoingClient(NotebookClient):
             *lines, self.partial = (self.partial + msg["content"]["text"]).split("\n")
             for line in lines:
                 self.echo_line(line)
+            if "\r" in self.partial:     # a text progress bar redrawing its line (helpers.logger.progress_bar)
+                self.partial = self.partial.rsplit("\r", 1)[-1]
+                self.echo_text_bar(ANSI_ESCAPE.sub("", self.partial).strip())
         return super().output(outs, msg, display_id, cell_index)
+
+    def echo_text_bar(self, text: str) -> None:
+        now = time.monotonic()
+        if text and now - self.bar_printed.get("text", -1e9) >= PROGRESS_EVERY_SECONDS:
+            self.bar_printed["text"] = now
+            self.write("    ▸ " + text)
 
     def echo_line(self, line: str) -> None:
         self.print_finished_bars()

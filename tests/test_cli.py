@@ -48,7 +48,9 @@ def test_run_notebook_says_where_it_is_and_names_the_failing_cell(tmp_path, outp
         "print('hello')\nfor i in range(40):\n    print('line', i)",
         "md:## Training",
         "import time\nfrom tqdm.auto import tqdm\nbar = tqdm(range(30), desc='train')\nfor i in bar:\n"
-        "    time.sleep(0.02)\n    bar.set_postfix(loss=1.0 / (i + 1))",
+        "    time.sleep(0.02)\n    bar.set_postfix(loss=1.0 / (i + 1))\n"
+        f"import sys\nsys.path.insert(0, {str(config.REPO_ROOT)!r})\nfrom helpers.logger import progress_bar\n"
+        "for i in progress_bar(range(30), desc='text'):\n    time.sleep(0.02)",
         "def check(x):\n    raise ValueError(f'bad value {x}')\n\ncheck(3)",
         "print('never runs')"])
     env = {k: v for k, v in ENV.items() if k != "TQDM_DISABLE"}
@@ -64,6 +66,8 @@ def test_run_notebook_says_where_it_is_and_names_the_failing_cell(tmp_path, outp
     assert "cell 1/4 done in 0 s · notebook 1/1 · elapsed" in out and "estimated remaining" in out
     bars = [line for line in out.splitlines() if line.startswith("    ▸ train:")]
     assert 1 <= len(bars) <= 3 and "30/30" in bars[-1] and "loss=0.0333" in bars[-1]   # the last loss arrived
+    text_bars = [line for line in out.splitlines() if line.startswith("    ▸ text:")]     # a text bar (stderr, \r)
+    assert len(text_bars) == 1 and "0/30" in text_bars[0] and "    │ text: 100%" in out
     assert "[cell 3/4] def check(x):" in out and "never runs" not in out
     assert "FAILED: demo.ipynb: cell 3/4 (def check(x):) raised an error" in err
     assert "----> 4 check(3)" in err and "ValueError: bad value 3" in err
