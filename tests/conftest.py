@@ -11,7 +11,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from helpers import config, formatting, modeling, preference, tiny_world  # noqa: E402  (after sys.path)
+from helpers import chat, config, formatting, modeling, preference, tiny_world  # noqa: E402  (after sys.path)
 
 QWEN_TOKENIZER_DIR = config.REPO_ROOT.parent / "shared" / "qwen2.5-tokenizer"
 
@@ -146,3 +146,10 @@ def pytest_terminal_summary(terminalreporter):
         slowest = max(reports, key=lambda r: r.duration)
         terminalreporter.write_line(f"hostile inputs: {len(reports)} cases, {failed} failed, slowest "
                                     f"{slowest.duration * 1000:.0f} ms ({slowest.nodeid.split('::')[-1]})")
+
+
+def loaded_chat(model_dir, **kwargs) -> "chat.ChatSession":
+    """A ChatSession with `model_dir` loaded (`load` returns None when it succeeds, else the message)."""
+    session = chat.ChatSession(**kwargs)
+    assert session.load(model_dir) is None
+    return session

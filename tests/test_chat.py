@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import chat, config, formatting, generation
+from conftest import loaded_chat as loaded
 
 
 @pytest.mark.hostile
@@ -20,12 +21,6 @@ def test_load_reports_problems_as_messages(tmp_path, chat_model_dir):
     assert isinstance(not_model, str) and "config.json" in not_model
     assert session.model is None
     assert session.load(chat_model_dir) is None and session.model is not None and session.tokenizer is not None
-
-
-def loaded(chat_model_dir, **kwargs) -> chat.ChatSession:
-    session = chat.ChatSession(**kwargs)
-    assert session.load(chat_model_dir) is None
-    return session
 
 
 def test_send_ignores_empty_messages(chat_model_dir):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from helpers import chat, config, countdown, data, dpo, formatting, modeling, preference, reward_model, rloo
+from conftest import loaded_chat as loaded
 
 pytestmark = pytest.mark.hostile
 
@@ -23,12 +24,6 @@ CONTROL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 def control_ids(tokenizer, ids) -> list[str]:
     specials = {tokenizer.convert_tokens_to_ids(t): t for t in CONTROL}
     return [specials[i] for i in ids if i in specials]
-
-
-def loaded(model_dir, **kwargs) -> chat.ChatSession:
-    session = chat.ChatSession(**kwargs)
-    assert session.load(model_dir) is None
-    return session
 
 
 # ── 1. the chat never hangs on a failed generation ───────────────────────────────────────────────
