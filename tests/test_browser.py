@@ -261,9 +261,11 @@ return found;
 """
 
 
-def show_cards(driver, base: str, tags: tuple[str, ...]) -> dict[str, str]:
+def show_cards(driver, base: str, runs: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Open TensorBoard's Time Series, filter the tags as a user types them; {tag: its card's text} once exactly
-    these cards are shown with their data (each card's legend of runs, values and steps scrolls: textContent)."""
+    these cards are shown with the data of their runs (each card's legend of runs, values and steps scrolls:
+    textContent). The runs load one by one, so the wait is for all of them, not the first."""
+    tags = tuple(runs)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     driver.get(f"{base}/#timeseries")
@@ -274,8 +276,8 @@ def show_cards(driver, base: str, tags: tuple[str, ...]) -> dict[str, str]:
         "return Array.from(document.querySelectorAll('.card-space')).filter(e => e.checkVisibility())"
         ".map(e => [(e.querySelector('.heading') || e).textContent.trim(), e.textContent])"))
     return B.wait_for(lambda: (shown := cards()) and sorted(shown) == sorted(tags)
-                      and all("Step" in text for text in shown.values()) and shown,
-                      60, f"the cards of {tags}, only they, with their data")
+                      and all("Step" in text and all(run in text for run in runs[tag]) for tag, text in shown.items())
+                      and shown, 60, f"the cards of {tags}, only they, with the data of {runs}")
 
 
 def screenshot_without_settings(driver, path: Path) -> None:
@@ -289,11 +291,10 @@ def test_tensorboard_shows_the_stages(smoke_run, driver, tmp_path):
     """`make tensorboard`'s server on a smoke run, opened as a user does: the scalar cards of the stages' tags
     (train/loss of sft_masked, rloo/reward_mean of rloo) and, under Text, RLOO's tables of sampled completions.
     The screenshot shows the committed tiny run (what `make tensorboard` serves), not the smoke run's few steps."""
-    tags = ("train/loss", "rloo/reward_mean")
+    runs = {"train/loss": ("sft_masked", "sft_unmasked", "dpo"), "rloo/reward_mean": ("rloo",)}
     with B.tensorboard(smoke_run / "tensorboard_events" / "smoke", tmp_path / "tensorboard.log") as base:
-        cards = show_cards(driver, base, tags)
-        assert all(run in cards["train/loss"] for run in ("sft_masked", "sft_unmasked", "dpo"))
-        assert "rloo" in cards["rloo/reward_mean"] and "sft_masked" not in cards["rloo/reward_mean"]
+        cards = show_cards(driver, base, runs)   # waits until each card shows these runs
+        assert "sft_masked" not in cards["rloo/reward_mean"]
 
         driver.get(f"{base}/#text")
         tables = B.wait_for(lambda: [t for t in driver.execute_script(DEEP_TEXT, "table")
@@ -305,5 +306,5 @@ def test_tensorboard_shows_the_stages(smoke_run, driver, tmp_path):
     if SCREENSHOTS:
         committed = config.REPO_ROOT / "tensorboard_events" / "tiny"
         with B.tensorboard(committed, tmp_path / "tensorboard_tiny.log") as base:
-            show_cards(driver, base, tags)
+            show_cards(driver, base, runs)
             screenshot_without_settings(driver, config.REPO_ROOT / "assets" / "tensorboard.png")
