@@ -42,8 +42,13 @@ notebooks-sync: setup
 	$(PY) tools/sync_notebooks.py
 
 # the masked-vs-unmasked experiment (seeds at full length, the confound controlled, the weight × data-size grid):
-# hours on 2 cores; resumable (each cell cached under outputs/); its results are committed and 02 shows them
+# hours on 2 cores; resumable (each cell cached under outputs/); its results are committed and 02 shows them.
+# JOBS processes share the grid, one thread each (the tiny model runs as fast on one thread as on two); then one
+# plain run reads every cached cell and writes the results. On one GPU keep JOBS=1.
+JOBS ?= $(if $(filter tiny smoke,$(PROFILE)),2,1)
 experiment: setup
+	@if [ $(JOBS) -gt 1 ]; then for k in $$(seq 0 $$(($(JOBS) - 1))); do \
+	  OMP_NUM_THREADS=1 PROFILE=$(PROFILE) $(PY) -m helpers experiment --shard $$k/$(JOBS) & done; wait; fi
 	PROFILE=$(PROFILE) $(PY) -m helpers experiment
 
 # the qwen code path end to end on CPU: a local Qwen2.5-architecture checkpoint (not a project requirement:

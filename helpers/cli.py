@@ -280,6 +280,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("experiment", help="the masked-vs-unmasked experiment: seeds, the control, the grid "
                                           "(resumable; results under evaluation_results/<profile>/sft_sweep)")
     p.add_argument("--profile", default=None)
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only every N-th cell from the K-th (N processes share the grid); writes no results")
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
@@ -315,6 +317,11 @@ def main(argv=None) -> int:
             print(f"{args.stage}: saved to {result['dir']}{last}")
     elif args.command == "experiment":
         cfg = get_config(args.profile)
+        if args.shard:
+            k, n = (int(part) for part in args.shard.split("/"))
+            run_experiment(cfg, shard=(k, n))
+            print(f"shard {k}/{n} done; `python -m helpers experiment` writes the results once every shard is")
+            return 0
         for kind, path in write_experiment(cfg, run_experiment(cfg)).items():
             print(f"{kind}: {path if not isinstance(path, dict) else path['md']}")
     elif args.command == "chat":

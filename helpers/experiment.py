@@ -56,13 +56,20 @@ def run_cell(cfg: Config, cell: dict, dataset=None) -> dict:
     return {**cell, **metrics, "flattened": flattened(curve, e.steps, e.flat_tolerance), "curve": curve}
 
 
-def run_experiment(cfg: Config, run=run_cell, progress=print) -> list[dict]:
+def run_experiment(cfg: Config, run=run_cell, progress=print, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Every cell, each cached in outputs/<profile>/experiment/<cell>.json with the settings it ran under: a rerun
-    (after an interruption, or to add cells) does only the missing ones. Prints progress and an ETA."""
+    (after an interruption, or to add cells) does only the missing ones. Prints progress and an ETA.
+
+    shard = (k, n) runs only cells k, k + n, k + 2n, … (their results only are returned): n processes share the
+    grid (`make experiment JOBS=n`; the tiny model runs as fast on one thread as on two), then a plain run reads
+    every cached cell and writes the results."""
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard {k}/{n}: k must be in 0 … {n - 1}")
     folder = out_path("outputs", cfg, "experiment")
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"experiment": config_dict(cfg.experiment), "sft": config_dict(cfg.sft), "data": config_dict(cfg.data)}
-    cells, results, took = grid_cells(cfg), [], []
+    cells, results, took = grid_cells(cfg)[k::n], [], []
     datasets, tokenizer = {}, None
     for i, cell in enumerate(cells, 1):
         path = folder / f"{cell_key(cell)}.json"
