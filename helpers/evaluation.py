@@ -180,21 +180,22 @@ def plot_stage_metrics(table, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = {"instruction following (higher is better)": [m for m in ("exact_match", "rouge_l", "win_rate")
-                                                           if m in table.columns],
-              "Countdown (higher is better)": [m for m in ("countdown_accuracy", "countdown_reward", "pass@8")
-                                               if m in table.columns],
-              "held-out response-only loss (lower is better)": ["response_loss"]}
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1.3, 0.8]})
+    panels = {"instruction following\n(higher is better)": [m for m in ("exact_match", "rouge_l", "win_rate")
+                                                            if m in table.columns],
+              "Countdown\n(higher is better)": [m for m in ("countdown_accuracy", "countdown_reward", "pass@8")
+                                                if m in table.columns],
+              "held-out response-only loss\n(lower is better)": ["response_loss"]}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1, 1.3, 0.8]})
     for ax, (title, metrics) in zip(axes, panels.items()):
         grouped_bars(ax, table, metrics, labels=True)
         ax.set(title=title, ylabel="nats per token" if "loss" in title else "share of held-out tasks")
         if "loss" in title:
             ax.set_yscale("log")
-    for ax in axes[1:]:              # one legend (the stages) is enough
-        if ax.get_legend():
-            ax.get_legend().remove()
-    return save_figure(fig, path)
+        ax.get_legend().remove()
+    # one legend for the stages, below the panels, where it covers no bar
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(table), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return save_figure(fig, path, tight=False)
 
 
 def plot_learning_curves(cfg: Config, path: Path) -> Path:

@@ -51,15 +51,19 @@ def grouped_bars(ax, table, metrics, labels: bool = True) -> None:
     for i, row in enumerate(table.itertuples(index=False)):
         bars = ax.bar([j + i * width for j in range(len(metrics))], [table.iloc[i][m] for m in metrics], width,
                       label=row.model)
-        if labels:
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        if labels:                 # upright labels collide once a group has more than four narrow bars
+            crowded = len(table) > 4
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, rotation=90 if crowded else 0, padding=2)
+    if labels:
+        ax.margins(y=0.18)         # room above the tallest bar for its label
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=15)
     ax.legend(fontsize=8)
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, tight: bool = True) -> Path:
     import matplotlib.pyplot as plt
-    fig.tight_layout()
+    if tight:                      # False: the caller laid the figure out itself
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
