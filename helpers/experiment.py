@@ -186,7 +186,8 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
         lines.append(f"With {seeds} seeds at full length on {size} conversations, loss on the whole sequence moved "
                      f"held-out {quality.replace('_', ' ')} from {main['from']:.3f} ± {main['from_std']:.3f} (masked) "
                      f"to {main['to']:.3f} ± {main['to_std']:.3f}: {100 * main['difference']:+.1f} points, "
-                     f"{main['verdict']} (2 × pooled std = {100 * main['noise']:.1f} points).")
+                     f"{main['verdict']} (2 × pooled std = {100 * main['noise']:.1f} points)"
+                     + (": no difference these seeds can tell apart." if main["verdict"].startswith("within") else "."))
         cd = heads.get(("masked → unmasked", "countdown_accuracy"))
         if cd:
             lines.append(f"Countdown accuracy moved {100 * cd['difference']:+.1f} points ({cd['verdict']}).")
@@ -203,17 +204,27 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
             best.setdefault(r["size"], {}).setdefault(r["weight"], []).append(r[quality])
     if len(best) > 1:
         picks = {n: max(ws, key=lambda w: mean_std(ws[w])[0]) for n, ws in sorted(best.items())}
-        lines.append("The best prompt-loss weight by mean " + quality.replace("_", " ") + ": " +
-                     ", ".join(f"{w:g} at {n} conversations" for n, w in picks.items()) + ".")
-        small, large = picks[min(picks)], picks[max(picks)]
+        # does the best weight beat masking (weight 0) by more than the seed noise?
+        beats = {n: w != 0 and 0 in best[n] and noise_verdict(best[n][0], best[n][w], quality)["verdict"]
+                 == "exceeds the seed noise" for n, w in picks.items()}
+        said = []
+        for n, w in picks.items():
+            gain = mean_std(best[n][w])[0] - mean_std(best[n][0])[0] if 0 in best[n] else float("nan")
+            said.append(f"{w:g} at {n} conversations" + ("" if w == 0 else f" ({100 * gain:+.1f} points over "
+                        f"masking, {'beyond' if beats[n] else 'within'} the seed noise)"))
+        lines.append("The best prompt-loss weight by mean " + quality.replace("_", " ") + ": " + ", ".join(said) + ".")
+        small, large = min(picks), max(picks)
         lines.append("Shi et al. (2024) find loss on the instructions helps most when the SFT set is small and "
                      "completions are short; Huerta-Enochian & Ko (2024) find a small prompt-loss weight best. Here "
-                     + ("a non-zero weight wins at the smallest size and masking at the largest, as Shi et al. "
-                        "would predict." if small > 0 and large == 0 else
-                        "masking (weight 0) is best or tied at every size: the tiny world, with one-word answers "
-                        "after short prompts, gives no sign that prompt loss helps." if small == 0 and large == 0
-                        else "the best weight does not follow data size in the direction Shi et al. report.")
-                     + " Caveats: one synthetic world, a 1.8M-parameter model, differences judged against "
+                     + ("a non-zero weight beats masking beyond the seed noise at the smallest size but not at the "
+                        "largest, as Shi et al. would predict." if beats[small] and not beats[large] else
+                        "a non-zero weight beats masking beyond the seed noise at every size." if all(beats.values())
+                        else "no non-zero weight beats masking beyond the seed noise at any size: this setting gives "
+                        "no sign that prompt loss helps."
+                        if not any(beats.values()) else
+                        "prompt loss helps beyond the seed noise only at some sizes, not in the direction Shi et al. "
+                        "report.")
+                     + " Caveats: one data world and one model size, differences judged against "
                      f"{seeds} seeds only.")
     return lines
 

@@ -71,3 +71,40 @@ def test_headline_and_written_results(output_dir):
     assert paths["heatmap"].exists() and paths["comparison"].exists()
     assert experiment.latest_experiment(cfg) == json.loads(json.dumps(results))
     assert not math.isnan(masked_unmasked[0]["noise"])
+
+
+def test_shards_share_the_grid_and_a_plain_run_then_trains_nothing(output_dir):
+    cfg = config.get_config("smoke")
+    calls = ["done"]
+    for k in range(3):
+        experiment.run_experiment(cfg, run=fake_run(calls), progress=lambda line: None, shard=(k, 3))
+    cells = [experiment.cell_key(c) for c in experiment.grid_cells(cfg)]
+    assert sorted(calls[1:]) == sorted(cells)                  # every cell once, by one of the shards
+    before = len(calls)
+    assert len(experiment.run_experiment(cfg, run=fake_run(calls), progress=lambda line: None)) == len(cells)
+    assert len(calls) == before
+    with pytest.raises(ValueError, match="shard 3/3"):
+        experiment.run_experiment(cfg, run=fake_run(calls), shard=(3, 3))
+
+
+def cells_of(scores: dict) -> list[dict]:
+    """Results for conclusion(): {(weight, size): [exact match per seed]}, per-token normalisation."""
+    return [{"weight": w, "size": n, "seed": s, "normalization": "trained_tokens", "exact_match": v,
+             "response_loss": 1.0, "countdown_accuracy": 0.1}
+            for (w, n), values in scores.items() for s, v in enumerate(values)]
+
+
+def test_the_conclusion_judges_the_best_weight_against_seed_noise():
+    # at 300 conversations weight 0.1 beats masking by 10 points, std 0.01 each: beyond the noise (0.02);
+    # at 3000 masking is best
+    clear = cells_of({(0.0, 300): [0.40, 0.41, 0.42], (0.1, 300): [0.50, 0.51, 0.52], (1.0, 300): [0.3, 0.3, 0.3],
+                      (0.0, 3000): [0.60, 0.61, 0.62], (0.1, 3000): [0.58, 0.59, 0.60], (1.0, 3000): [0.4] * 3})
+    text = " ".join(experiment.conclusion(clear))
+    assert "0.1 at 300 conversations (+10.0 points over masking, beyond the seed noise)" in text
+    assert "0 at 3000 conversations" in text and "as Shi et al. would predict" in text
+    # the same means with std 0.1: the 10 points are within the noise, so no claim that prompt loss helps
+    noisy = cells_of({(0.0, 300): [0.31, 0.41, 0.51], (0.1, 300): [0.41, 0.51, 0.61], (1.0, 300): [0.3, 0.3, 0.3],
+                      (0.0, 3000): [0.60, 0.61, 0.62], (0.1, 3000): [0.58, 0.59, 0.60], (1.0, 3000): [0.4] * 3})
+    text = " ".join(experiment.conclusion(noisy))
+    assert "within the seed noise" in text and "no sign that prompt loss helps" in text
+    assert "masked → unmasked" not in text and "With 3 seeds at full length on 3000 conversations" in text
