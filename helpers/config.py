@@ -161,10 +161,11 @@ class ExperimentConfig(Checked):
     weights: tuple = (0.0, 0.01, 0.1, 1.0)  # prompt-loss weights (0 = masked, 1 = unmasked)
     data_sizes: tuple = (300, 1000, 3000)   # instruction conversations (Shi et al. 2024: prompt loss helps small sets)
     seeds: tuple = (0, 1, 2)          # data order and initialisation; ≥ 3 to tell an effect from seed noise
-    steps: int = 600                  # every cell at the main SFT length (tiny: the response loss has flattened)
+    steps: int = 600                  # every cell at the main SFT length (how many runs had flattened: the table)
     controlled_weights: tuple = (0.1, 1.0)  # rerun at the largest size with loss_normalization="response_tokens"
     eval_rows: int = 200              # held-out rows per measure for each cell
-    flat_tolerance: float = 0.03      # "learned": held-out response loss moved < 3 % over the last fifth of steps
+    flat_tolerance: float = 0.03      # "learned": the last fifth of steps lowered the best held-out response loss
+                                      # by < 3 % (flat, or rising again as small sets overfit)
     run_in_notebook: bool = False     # 02 reruns the grid (else it shows the committed one); EXPERIMENT=1 forces it
 
 

@@ -36,9 +36,12 @@ def cell_key(cell: dict) -> str:
 
 
 def flattened(curve: list[tuple[int, float]], steps: int, tolerance: float) -> bool:
-    """Has the held-out response loss stopped moving? Its relative change over the last fifth of the run."""
+    """Has the run stopped learning? The last fifth of its steps lowered the best held-out response loss by less
+    than `tolerance` (relative): a flat tail, or one that rises again (small sets overfit), has learned what it can;
+    a tail still falling has not."""
+    before = [loss for step, loss in curve if step < 0.8 * steps]
     tail = [loss for step, loss in curve if step >= 0.8 * steps]
-    return len(tail) >= 2 and abs(tail[-1] - tail[0]) <= tolerance * abs(tail[0])
+    return bool(before and tail) and min(tail) >= (1 - tolerance) * min(before)
 
 
 def run_cell(cfg: Config, cell: dict, dataset=None) -> dict:
@@ -157,6 +160,8 @@ def write_experiment(cfg: Config, results: list[dict]) -> dict:
     heat map and Comparison.png in assets/."""
     import pandas as pd
     stamp = timestamp()
+    e = cfg.experiment
+    results = [{**r, "flattened": flattened(r["curve"], e.steps, e.flat_tolerance)} for r in results]  # one rule
     runs, summary = summarize(results)
     paths = {"runs": write_summary(runs, cfg, "sft_sweep", stamp),
              "mean_std": write_summary(summary, cfg, "sft_sweep_mean_std", stamp),
