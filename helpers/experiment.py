@@ -203,6 +203,14 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
                      f"gradient as in the masked run — leaves a difference of {100 * control['difference']:+.1f} "
                      f"points ({control['verdict']}): about {100 * closed:.0f} % of the gap is gradient dilution, "
                      f"the rest is what training on the prompt itself does.")
+    plain = [r for r in results if r["normalization"] == "trained_tokens" and "flattened" in r]
+    if plain:
+        sizes = sorted({r["size"] for r in plain})
+        lines.append("Stopped learning by the stated rule (the last fifth of the steps lowered the best held-out "
+                     "response loss by less than 3 %): " + ", ".join(
+                         f"{sum(r['flattened'] for r in plain if r['size'] == n)} of "
+                         f"{sum(r['size'] == n for r in plain)} runs at {n} conversations" for n in sizes)
+                     + "; a run still learning would score higher with more steps.")
     best = {}
     for r in results:
         if r["normalization"] == "trained_tokens":

@@ -113,3 +113,11 @@ def test_the_conclusion_judges_the_best_weight_against_seed_noise():
     text = " ".join(experiment.conclusion(noisy))
     assert "within the seed noise" in text and "no sign that prompt loss helps" in text
     assert "masked → unmasked" not in text and "With 3 seeds at full length on 3000 conversations" in text
+
+
+def test_the_conclusion_says_how_many_runs_had_stopped_learning():
+    runs = cells_of({(0.0, 300): [0.4, 0.4, 0.4], (0.0, 3000): [0.6, 0.6, 0.6]})
+    for r in runs:
+        r["flattened"] = r["size"] == 300 or r["seed"] == 0
+    text = " ".join(experiment.conclusion(runs))
+    assert "3 of 3 runs at 300 conversations, 1 of 3 runs at 3000 conversations" in text
