@@ -226,6 +226,16 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
             said.append(f"{w:g} at {n} conversations" + ("" if w == 0 else f" ({100 * gain:+.1f} points over "
                         f"masking, {'beyond' if beats[n] else 'within'} the seed noise)"))
         lines.append("The best prompt-loss weight by mean " + quality.replace("_", " ") + ": " + ", ".join(said) + ".")
+        cheap = {w: ws for w, ws in best[min(best)].items() if 0 < w < 1}
+        if 0 in best[min(best)] and cheap and all("sequence_loss" in r for r in results):
+            n, w = min(best), min(cheap)
+            seq_of = lambda weight: mean_std([r["sequence_loss"] for r in results if r["size"] == n
+                                              and r["weight"] == weight and r["normalization"] == "trained_tokens"])[0]
+            same = noise_verdict(best[n][0], best[n][w], quality)["verdict"].startswith("within")
+            lines.append(f"A small weight models the prompts {'at no measurable cost' if same else 'but costs'}: at "
+                         f"{n} conversations weight {w:g} reaches {quality.replace('_', ' ')} "
+                         f"{mean_std(best[n][w])[0]:.3f} (masked {mean_std(best[n][0])[0]:.3f}) with a "
+                         f"whole-sequence loss of {seq_of(w):.2f} nats/token against masking's {seq_of(0):.2f}.")
         small, large = min(picks), max(picks)
         lines.append("Shi et al. (2024) find loss on the instructions helps most when the SFT set is small and "
                      "completions are short; Huerta-Enochian & Ko (2024) find a small prompt-loss weight best. Here "
