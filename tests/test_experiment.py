@@ -121,3 +121,13 @@ def test_the_conclusion_says_how_many_runs_had_stopped_learning():
         r["flattened"] = r["size"] == 300 or r["seed"] == 0
     text = " ".join(experiment.conclusion(runs))
     assert "3 of 3 runs at 300 conversations, 1 of 3 runs at 3000 conversations" in text
+
+
+def test_the_conclusion_says_what_a_small_prompt_weight_costs_and_buys():
+    runs = cells_of({(0.0, 300): [0.40, 0.41, 0.42], (0.01, 300): [0.40, 0.41, 0.42],
+                     (0.0, 3000): [0.6, 0.6, 0.6], (0.01, 3000): [0.6, 0.6, 0.6]})
+    for r in runs:
+        r["sequence_loss"] = 8.0 if r["weight"] == 0 else 0.5
+    text = " ".join(experiment.conclusion(runs))
+    assert ("A small weight models the prompts at no measurable cost: at 300 conversations weight 0.01 reaches exact "
+            "match 0.410 (masked 0.410) with a whole-sequence loss of 0.50 nats/token against masking's 8.00.") in text
