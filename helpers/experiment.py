@@ -64,7 +64,7 @@ def run_experiment(cfg: Config, run=run_cell, progress=print, shard: tuple[int, 
     (after an interruption, or to add cells) does only the missing ones. Prints progress and an ETA.
 
     shard = (k, n) runs only cells k, k + n, k + 2n, … (their results only are returned): n processes share the
-    grid (`make experiment JOBS=n`; the tiny model runs as fast on one thread as on two), then a plain run reads
+    grid (`make experiment JOBS=n`; tiny SFT runs as fast on one thread as on two), then a plain run reads
     every cached cell and writes the results."""
     k, n = shard
     if not 0 <= k < n:

@@ -10,7 +10,7 @@
 # `evaluation_results/<profile>/sft_comparison/…`; with `EXPERIMENT=1` (or where none is committed, in `smoke`) the
 # experiment itself: `…/sft_sweep/…`, `assets/Comparison.png`, `assets/sweep_heatmap.png`.
 # **Run time.** tiny ≈ 2–5 min on 2 CPU cores (1 min 46 s on an idle 2-core AMD EPYC, 2026-11-28)
-# (the experiment: hours, `make experiment`)
+# (the experiment: about 1.5 h on 2 cores, `make experiment`)
 # · smoke ≈ 30 s · qwen ≈ 1 h.
 
 # %%
@@ -69,7 +69,7 @@ display(Image(filename=str(figure)))
 #
 # The runs above differ by one argument, but they are one seed each, and they hide a confound: the loss is averaged
 # over trained tokens, and most trained tokens of the unmasked run are prompt tokens — at the same learning rate the
-# response gets several times less gradient. `make experiment` (hours on 2 cores, resumable, its results committed)
+# response gets several times less gradient. `make experiment` (~1.5 h on 2 cores, resumable, its results committed)
 # trains every setting with 3 seeds at the full length, adds a **controlled** arm — the whole-sequence loss divided
 # by the response tokens only, so the response gets exactly the masked run's gradient — and a grid over the
 # prompt-loss weight (0, 0.01, 0.1, 1) and the SFT data size, where the literature says the answer may change
