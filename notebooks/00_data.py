@@ -7,7 +7,7 @@
 # **Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
 # **Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
 # **Run time.** tiny ≈ 2–6 min on 2 CPU cores
-# (2 min 00 s on an idle 2-core AMD EPYC, 2026-11-28; a busy machine is up to ~3× slower)
+# (1 min 52 s on an idle 2-core AMD EPYC, 2026-11-28; a busy machine is up to ~3× slower)
 # · smoke ≈ 15 s · qwen: download time.
 
 # %%
