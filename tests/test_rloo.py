@@ -89,7 +89,9 @@ def test_rl_tasks_mix_the_tracks_in_the_configured_share(tiny_tokenizer, output_
     tasks = rloo.rl_tasks(cfg, tiny_tokenizer)
     tracks = [t["track"] for t in tasks]
     assert tracks.count("countdown") == cfg.data.countdown_train
-    assert tracks.count("instructions") == round(cfg.data.countdown_train * 0.25 / 0.75)
+    share = cfg.rloo.instruction_share                 # instruction prompts / all prompts
+    assert 0 < share < 1 and tracks.count("instructions") == round(cfg.data.countdown_train * share / (1 - share))
+    assert tracks.count("instructions") / len(tracks) == pytest.approx(share, abs=0.01)
     assert all(t["reference"] for t in tasks if t["track"] == "instructions")
     cfg.rloo = config.replace_config(cfg.rloo, instruction_share=0.0)
     assert {t["track"] for t in rloo.rl_tasks(cfg, tiny_tokenizer)} == {"countdown"}
