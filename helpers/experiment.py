@@ -180,22 +180,23 @@ def latest_experiment(cfg: Config) -> list[dict] | None:
 
 
 def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
-    """The experiment's finding in a few sentences, every number from the runs: the headline difference against
-    seed noise, how much of it the control (same response gradient) explains, and the best weight per data size —
-    with how that relates to the two papers; "no difference" where that is what the numbers say."""
+    """The experiment's finding in five sentences or fewer, every number from the runs: the headline difference
+    against seed noise; how much of it the control (same response gradient) explains; the best weight per data size
+    and what a small weight costs; how that relates to the two papers; the caveats, with how many runs had stopped
+    learning. "No difference" where that is what the numbers say."""
     lines, heads = [], {(h["comparison"], h["metric"]): h for h in headline(results, ("response_loss", quality,
                                                                                        "countdown_accuracy"))}
     size, seeds = max(r["size"] for r in results), len({r["seed"] for r in results})
     main = heads.get(("masked → unmasked", quality))
     if main:
+        cd = heads.get(("masked → unmasked", "countdown_accuracy"))
         lines.append(f"With {seeds} seeds at full length on {size} conversations, loss on the whole sequence moved "
                      f"held-out {quality.replace('_', ' ')} from {main['from']:.3f} ± {main['from_std']:.3f} (masked) "
                      f"to {main['to']:.3f} ± {main['to_std']:.3f}: {100 * main['difference']:+.1f} points, "
                      f"{main['verdict']} (2 × pooled std = {100 * main['noise']:.1f} points)"
-                     + (": no difference these seeds can tell apart." if main["verdict"].startswith("within") else "."))
-        cd = heads.get(("masked → unmasked", "countdown_accuracy"))
-        if cd:
-            lines.append(f"Countdown accuracy moved {100 * cd['difference']:+.1f} points ({cd['verdict']}).")
+                     + (" — no difference these seeds can tell apart" if main["verdict"].startswith("within") else "")
+                     + (f"; Countdown accuracy moved {100 * cd['difference']:+.1f} points ({cd['verdict']})"
+                        if cd and quality != "countdown_accuracy" else "") + ".")
     control = heads.get(("masked → unmasked, response-normalised", quality))
     if main and control and abs(main["difference"]) > 1e-9:
         closed = 1 - control["difference"] / main["difference"]
@@ -203,18 +204,11 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
                      f"gradient as in the masked run — leaves a difference of {100 * control['difference']:+.1f} "
                      f"points ({control['verdict']}): about {100 * closed:.0f} % of the gap is gradient dilution, "
                      f"the rest is what training on the prompt itself does.")
-    plain = [r for r in results if r["normalization"] == "trained_tokens" and "flattened" in r]
-    if plain:
-        sizes = sorted({r["size"] for r in plain})
-        lines.append("Stopped learning by the stated rule (the last fifth of the steps lowered the best held-out "
-                     "response loss by less than 3 %): " + ", ".join(
-                         f"{sum(r['flattened'] for r in plain if r['size'] == n)} of "
-                         f"{sum(r['size'] == n for r in plain)} runs at {n} conversations" for n in sizes)
-                     + "; a run still learning would score higher with more steps.")
     best = {}
     for r in results:
         if r["normalization"] == "trained_tokens":
             best.setdefault(r["size"], {}).setdefault(r["weight"], []).append(r[quality])
+    caveats = f"one data world and one model size, differences judged against {seeds} seeds only"
     if len(best) > 1:
         picks = {n: max(ws, key=lambda w: mean_std(ws[w])[0]) for n, ws in sorted(best.items())}
         # does the best weight beat masking (weight 0) by more than the seed noise?
@@ -225,20 +219,21 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
             gain = mean_std(best[n][w])[0] - mean_std(best[n][0])[0] if 0 in best[n] else float("nan")
             said.append(f"{w:g} at {n} conversations" + ("" if w == 0 else f" ({100 * gain:+.1f} points over "
                         f"masking, {'beyond' if beats[n] else 'within'} the seed noise)"))
-        lines.append("The best prompt-loss weight by mean " + quality.replace("_", " ") + ": " + ", ".join(said) + ".")
-        cheap = {w: ws for w, ws in best[min(best)].items() if 0 < w < 1}
+        grid = "The best prompt-loss weight by mean " + quality.replace("_", " ") + " is " + ", ".join(said)
+        cheap = [w for w in best[min(best)] if 0 < w < 1]
         if 0 in best[min(best)] and cheap and all("sequence_loss" in r for r in results):
             n, w = min(best), min(cheap)
             seq_of = lambda weight: mean_std([r["sequence_loss"] for r in results if r["size"] == n
                                               and r["weight"] == weight and r["normalization"] == "trained_tokens"])[0]
             same = noise_verdict(best[n][0], best[n][w], quality)["verdict"].startswith("within")
-            lines.append(f"A small weight models the prompts {'at no measurable cost' if same else 'but costs'}: at "
-                         f"{n} conversations weight {w:g} reaches {quality.replace('_', ' ')} "
-                         f"{mean_std(best[n][w])[0]:.3f} (masked {mean_std(best[n][0])[0]:.3f}) with a "
-                         f"whole-sequence loss of {seq_of(w):.2f} nats/token against masking's {seq_of(0):.2f}.")
+            grid += (f"; a small weight models the prompts {'at no measurable cost' if same else 'but costs'}: at "
+                     f"{n} conversations weight {w:g} reaches {mean_std(best[n][w])[0]:.3f} (masked "
+                     f"{mean_std(best[n][0])[0]:.3f}) with a whole-sequence loss of {seq_of(w):.2f} nats/token "
+                     f"against masking's {seq_of(0):.2f}")
+        lines.append(grid + ".")
         small, large = min(picks), max(picks)
         lines.append("Shi et al. (2024) find loss on the instructions helps most when the SFT set is small and "
-                     "completions are short; Huerta-Enochian & Ko (2024) find a small prompt-loss weight best. Here "
+                     "completions are short, Huerta-Enochian & Ko (2024) a small prompt-loss weight best; here "
                      + ("a non-zero weight beats masking beyond the seed noise at the smallest size but not at the "
                         "largest, as Shi et al. would predict." if beats[small] and not beats[large] else
                         "a non-zero weight beats masking beyond the seed noise at every size." if all(beats.values())
@@ -246,9 +241,16 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
                         "no sign that prompt loss helps."
                         if not any(beats.values()) else
                         "prompt loss helps beyond the seed noise only at some sizes, not in the direction Shi et al. "
-                        "report.")
-                     + " Caveats: one data world and one model size, differences judged against "
-                     f"{seeds} seeds only.")
+                        "report."))
+    plain = [r for r in results if r["normalization"] == "trained_tokens" and "flattened" in r]
+    if plain:
+        counts = ", ".join(f"{sum(r['flattened'] for r in plain if r['size'] == n)} of "
+                           f"{sum(r['size'] == n for r in plain)} runs at {n} conversations"
+                           for n in sorted({r["size"] for r in plain}))
+        caveats = (f"by the stated rule (the last fifth of the steps lowered the best held-out response loss by less "
+                   f"than 3 %) {counts} had stopped learning, and a run still learning would score higher with more "
+                   f"steps; " + caveats)
+    lines.append(f"Caveats: {caveats}.")
     return lines
 
 

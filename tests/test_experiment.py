@@ -129,5 +129,6 @@ def test_the_conclusion_says_what_a_small_prompt_weight_costs_and_buys():
     for r in runs:
         r["sequence_loss"] = 8.0 if r["weight"] == 0 else 0.5
     text = " ".join(experiment.conclusion(runs))
-    assert ("A small weight models the prompts at no measurable cost: at 300 conversations weight 0.01 reaches exact "
-            "match 0.410 (masked 0.410) with a whole-sequence loss of 0.50 nats/token against masking's 8.00.") in text
+    assert ("a small weight models the prompts at no measurable cost: at 300 conversations weight 0.01 reaches "
+            "0.410 (masked 0.410) with a whole-sequence loss of 0.50 nats/token against masking's 8.00.") in text
+    assert len(experiment.conclusion(runs)) <= 5
