@@ -262,6 +262,14 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def shard_arg(text: str) -> tuple[int, int]:
+    """--shard K/N: the K-th of N processes sharing the experiment (0 ≤ K < N)."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 0 <= K < N, e.g. 0/2")
+    return int(k), int(n)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,7 +288,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("experiment", help="the masked-vs-unmasked experiment: seeds, the control, the grid "
                                           "(resumable; results under evaluation_results/<profile>/sft_sweep)")
     p.add_argument("--profile", default=None)
-    p.add_argument("--shard", default=None, metavar="K/N",
+    p.add_argument("--shard", default=None, metavar="K/N", type=shard_arg,
                    help="run only every N-th cell from the K-th (N processes share the grid); writes no results")
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
@@ -318,7 +326,7 @@ def main(argv=None) -> int:
     elif args.command == "experiment":
         cfg = get_config(args.profile)
         if args.shard:
-            k, n = (int(part) for part in args.shard.split("/"))
+            k, n = args.shard
             run_experiment(cfg, shard=(k, n))
             print(f"shard {k}/{n} done; `python -m helpers experiment` writes the results once every shard is")
             return 0

@@ -56,7 +56,7 @@ def run_cell(cfg: Config, cell: dict, dataset=None) -> dict:
     metrics = evaluate_model(run["model"], run["tokenizer"], cell_cfg)
     curve = [(h["step"], h["eval/response_loss"]) for h in run["history"]]
     shutil.rmtree(run["dir"], ignore_errors=True)
-    return {**cell, **metrics, "flattened": flattened(curve, e.steps, e.flat_tolerance), "curve": curve}
+    return {**cell, **metrics, "curve": curve}      # whether it had stopped learning: write_experiment judges
 
 
 def run_experiment(cfg: Config, run=run_cell, progress=print, shard: tuple[int, int] = (0, 1)) -> list[dict]:
@@ -161,7 +161,8 @@ def write_experiment(cfg: Config, results: list[dict]) -> dict:
     import pandas as pd
     stamp = timestamp()
     e = cfg.experiment
-    results = [{**r, "flattened": flattened(r["curve"], e.steps, e.flat_tolerance)} for r in results]  # one rule
+    results = [{**r, "flattened": flattened(r["curve"], e.steps, e.flat_tolerance), "flat_tolerance": e.flat_tolerance}
+               for r in results]            # judged here, from each curve, under the tolerance it records
     runs, summary = summarize(results)
     paths = {"runs": write_summary(runs, cfg, "sft_sweep", stamp),
              "mean_std": write_summary(summary, cfg, "sft_sweep_mean_std", stamp),
@@ -247,9 +248,10 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
         counts = ", ".join(f"{sum(r['flattened'] for r in plain if r['size'] == n)} of "
                            f"{sum(r['size'] == n for r in plain)} runs at {n} conversations"
                            for n in sorted({r["size"] for r in plain}))
+        tolerance = plain[0].get("flat_tolerance", 0.03)          # results written before it was recorded: 3 %
         caveats = (f"by the stated rule (the last fifth of the steps lowered the best held-out response loss by less "
-                   f"than 3 %) {counts} had stopped learning, and a run still learning would score higher with more "
-                   f"steps; " + caveats)
+                   f"than {100 * tolerance:g} %) {counts} had stopped learning, and a run still learning would score "
+                   f"higher with more steps; " + caveats)
     lines.append(f"Caveats: {caveats}.")
     return lines
 

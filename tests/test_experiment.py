@@ -72,9 +72,10 @@ def test_headline_and_written_results(output_dir):
     paths = experiment.write_experiment(cfg, results)
     assert paths["heatmap"].exists() and paths["comparison"].exists()
     saved = experiment.latest_experiment(cfg)              # as run, with `flattened` judged again from each curve
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "flattened"} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("flattened", "flat_tolerance")} for r in rows]
     assert strip(saved) == strip(json.loads(json.dumps(results)))
     assert not any(r["flattened"] for r in saved)          # the fake curves fall 9 → ~1 in their last fifth
+    assert {r["flat_tolerance"] for r in saved} == {cfg.experiment.flat_tolerance}
     assert not math.isnan(masked_unmasked[0]["noise"])
 
 
@@ -118,9 +119,9 @@ def test_the_conclusion_judges_the_best_weight_against_seed_noise():
 def test_the_conclusion_says_how_many_runs_had_stopped_learning():
     runs = cells_of({(0.0, 300): [0.4, 0.4, 0.4], (0.0, 3000): [0.6, 0.6, 0.6]})
     for r in runs:
-        r["flattened"] = r["size"] == 300 or r["seed"] == 0
+        r["flattened"], r["flat_tolerance"] = r["size"] == 300 or r["seed"] == 0, 0.05
     text = " ".join(experiment.conclusion(runs))
-    assert "3 of 3 runs at 300 conversations, 1 of 3 runs at 3000 conversations" in text
+    assert "less than 5 %) 3 of 3 runs at 300 conversations, 1 of 3 runs at 3000 conversations" in text
 
 
 def test_the_conclusion_says_what_a_small_prompt_weight_costs_and_buys():
@@ -132,3 +133,12 @@ def test_the_conclusion_says_what_a_small_prompt_weight_costs_and_buys():
     assert ("a small weight models the prompts at no measurable cost: at 300 conversations weight 0.01 reaches "
             "0.410 (masked 0.410) with a whole-sequence loss of 0.50 nats/token against masking's 8.00.") in text
     assert len(experiment.conclusion(runs)) <= 5
+
+
+def test_shard_argument_is_checked_at_the_door():
+    import argparse
+    from helpers.cli import shard_arg
+    assert shard_arg("1/2") == (1, 2)
+    for bad in ("2/2", "1", "a/2", "-1/2", "1/0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected K/N"):
+            shard_arg(bad)
