@@ -1,10 +1,13 @@
-"""Benchmark: RLOO's log π(y|x) with the prompt run once per group (shared KV cache) against full sequences.
+"""Benchmark: RLOO's step with each prompt run once per group of k (shared KV cache) against k full prompts.
 
     make bench-rloo      # or: .venv/bin/python benchmarks/bench_rloo.py
 
-Same model, same sampled completions (16 tiny Countdown prompts x k = 8, as one RLOO step of the tiny profile):
-forward + backward of `sequence_logps` on prompt+response rows vs `shared_prompt_logps`. Prints both times, the
-ratio, and the largest difference in the log-probs (they must agree).
+16 tiny Countdown prompts x k = 8, as one RLOO step of the tiny profile, on the tiny architecture:
+- scoring: the same sampled completions, forward + backward of `sequence_logps` on prompt+response rows vs
+  `shared_prompt_logps`. Prints both times, the ratio and the largest log-prob difference (they must agree);
+- sampling: `sample_completions` (64 new tokens, seeded) with the prompt's cache computed once and copied to its k
+  rows vs every row prefilling its own copy of the prompt — ABBA order, each side's best run. Prints both times, the
+  ratio and how many of the samples are identical (sharing must not change what is drawn).
 """
 import sys
 import tempfile
@@ -28,6 +31,29 @@ def timed(fn, repeats: int = 3) -> tuple[float, torch.Tensor]:
     return best, out.detach()
 
 
+def sampling(model, tokenizer, prompts, k: int, new_tokens: int = 64) -> None:
+    def run(shared: bool):
+        original = generation.shared_prompt_cache
+        if not shared:
+            generation.shared_prompt_cache = lambda model, enc: None
+        try:
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            samples = generation.sample_completions(model, tokenizer, prompts, k, new_tokens, temperature=1.0)
+            return time.perf_counter() - started, samples
+        finally:
+            generation.shared_prompt_cache = original
+    seconds, drawn = {True: [], False: []}, {}
+    for shared in (False, True, True, False):
+        took, drawn[shared] = run(shared)
+        seconds[shared].append(took)
+    same = sum(a["response_ids"] == b["response_ids"] for a, b in zip(drawn[True], drawn[False]))
+    full_s, shared_s = min(seconds[False]), min(seconds[True])
+    print(f"sampling {len(prompts)} prompts x k={k}, {new_tokens} new tokens: k full prompts {full_s:.2f} s, "
+          f"prompt cache shared {shared_s:.2f} s")
+    print(f"ratio (full / shared): {full_s / shared_s:.2f}x; identical samples {same} of {len(drawn[True])}")
+
+
 def main(n_prompts: int = 16, k: int = 8):
     with tempfile.TemporaryDirectory() as tmp:
         cfg, tokenizer, model, _ = setup(Path(tmp))
@@ -43,6 +69,8 @@ def main(n_prompts: int = 16, k: int = 8):
           "(forward + backward)")
     print(f"ratio (full / shared): {full_s / shared_s:.1f}x; largest log-prob difference "
           f"{(full - shared).abs().max():.1e}")
+    model.zero_grad(set_to_none=True)
+    sampling(model, tokenizer, prompts, k)
 
 
 if __name__ == "__main__":

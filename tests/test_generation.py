@@ -85,3 +85,40 @@ def test_generation_restores_training_mode_and_padding_side(tiny_tokenizer, live
     finally:
         lively_model.eval()
         tiny_tokenizer.padding_side = original
+
+
+def test_a_repeated_prompt_runs_once_and_samples_what_k_separate_prompts_would(tiny_tokenizer, lively_model,
+                                                                                monkeypatch):
+    """k samples of one prompt share its KV cache (the prompt's forward has one row per distinct prompt), and the
+    samples are the ones drawn without sharing: same seed, same tokens."""
+    rows = []
+    hook = lively_model.model.embed_tokens.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0].shape))
+    prompts = [p for p in PROMPTS[:3] for _ in range(4)]
+    sample = lambda: generation.generate_responses(lively_model, tiny_tokenizer, prompts, max_new_tokens=8,
+                                                   temperature=1.0, seed=0, progress=False)
+    k_samples = lambda: generation.sample_completions(lively_model, tiny_tokenizer, PROMPTS[:3], k=4,
+                                                      max_new_tokens=8, temperature=1.0)
+    try:
+        shared = sample()
+        assert rows[0][0] == 3 and rows[1] == (12, 1)        # 3 distinct prompts once, then 12 rows a token each
+        torch.manual_seed(1)
+        shared_k = k_samples()
+        rows.clear()
+        monkeypatch.setattr(generation, "shared_prompt_cache", lambda model, enc: None)
+        separate = sample()
+        assert rows[0][0] == 12                               # without sharing: every row's whole prompt
+        torch.manual_seed(1)
+        separate_k = k_samples()
+    finally:
+        hook.remove()
+    assert shared == separate and len(set(shared)) > 3        # different samples, the same under both
+    assert [s["response_ids"] for s in shared_k] == [s["response_ids"] for s in separate_k]
+
+
+def test_distinct_prompts_need_no_shared_cache(tiny_tokenizer, lively_model):
+    enc = generation.left_padded([[5, 6, 7], [8, 9], [5, 6, 7, 8]], tiny_tokenizer.pad_token_id, "cpu")
+    assert generation.shared_prompt_cache(lively_model, enc) is None
+    repeated = generation.left_padded([[5, 6, 7], [8, 9], [5, 6, 7]], tiny_tokenizer.pad_token_id, "cpu")
+    cache = generation.shared_prompt_cache(lively_model, repeated)
+    assert cache.get_seq_length() == 2 and cache.layers[0].keys.shape[0] == 3     # all but the last token, per row
+    assert torch.equal(cache.layers[0].keys[0], cache.layers[0].keys[2])
