@@ -39,7 +39,7 @@ from .logprobs import shared_prompt_logps
 from .scoring import evaluate_checkpoint, exact_match
 from .logger import read_tensorboard_scalars
 from .rloo import plot_rloo_dynamics, rloo_advantages, rloo_loss, run_rloo
-from .rft import keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft
+from .rft import at_equal_samples, keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft
 
 # 05_evaluation
 from .scoring import best_of_n, pass_at_k

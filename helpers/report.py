@@ -19,7 +19,7 @@ def report_path(cfg: Config) -> Path:
 CHAIN = ("initial", "sft_masked", "dpo", "rloo")
 
 
-def chain_notes(by: dict, quality: str) -> list[str]:
+def chain_notes(by: dict, quality: str, rft_share: float = 1.0) -> list[str]:
     """Stage by stage along the chain, both tracks: what each stage gained, and whether it kept the other track
     (at most 2 points lost) — the report's "what improved"."""
     notes = []
@@ -40,9 +40,12 @@ def chain_notes(by: dict, quality: str) -> list[str]:
                      f"{by['sft_masked'][quality]:.3f} vs {by['sft_unmasked'][quality]:.3f} "
                      f"({100 * delta:+.1f} points for whole-sequence loss).")
     if "rloo" in by and "rft" in by:
-        notes.append(f"- RLOO vs rejection-sampling fine-tuning at equal samples, from `dpo`: Countdown "
-                     f"{by['rloo']['countdown_accuracy']:.3f} vs {by['rft']['countdown_accuracy']:.3f}, {quality} "
-                     f"{by['rloo'][quality]:.3f} vs {by['rft'][quality]:.3f} (curve: `assets/rft_vs_rloo.png`).")
+        share = "as many samples as RLOO" if rft_share == 1 else f"{rft_share:.0%} of RLOO's samples"
+        notes.append(f"- RLOO vs rejection-sampling fine-tuning from `dpo`, each at the end of its run (RFT draws "
+                     f"{share}): Countdown {by['rloo']['countdown_accuracy']:.3f} vs "
+                     f"{by['rft']['countdown_accuracy']:.3f}, {quality} {by['rloo'][quality]:.3f} vs "
+                     f"{by['rft'][quality]:.3f}. At equal samples: `assets/rft_vs_rloo.png` and "
+                     "`evaluation_results/<profile>/rft_vs_rloo/`.")
     return notes
 
 
@@ -85,7 +88,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
                   "", "![grid](../assets/sweep_heatmap.png)", "", "**Conclusion.** " + " ".join(conclusion(results,
                                                                                                         quality)), ""]
     by = {r["model"]: r for r in stages.to_dict("records")}
-    notes = chain_notes(by, quality)
+    notes = chain_notes(by, quality, cfg.rft.sample_share)
     prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
     if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
         acc = dict(zip(prefs.model, prefs.preference_accuracy))

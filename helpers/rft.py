@@ -42,13 +42,15 @@ def samples_per_step(cfg: Config) -> int:
 
 
 def prompts_per_round(cfg: Config) -> int:
-    """RFT's prompts per round, so that rounds × prompts × k equals RLOO's samples over its whole run."""
-    return cfg.rloo.max_steps * cfg.rloo.batch_size * cfg.rloo.grad_accum // cfg.rft.rounds
+    """RFT's prompts per round, so that rounds × prompts × k equals `sample_share` of RLOO's samples over its whole
+    run (with share 1/2 and 2 rounds, a round draws what RLOO draws in a quarter of its steps)."""
+    rloo_prompts = cfg.rloo.max_steps * cfg.rloo.batch_size * cfg.rloo.grad_accum
+    return round(rloo_prompts * cfg.rft.sample_share) // cfg.rft.rounds
 
 
 def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = True) -> dict:
-    """RFT from `start` (RLOO's start, for a fair comparison), drawing exactly as many samples as RLOO does:
-    `rounds` rounds of (RLOO's prompts ÷ rounds) prompts × k samples each, from RLOO's task mixture, at RLOO's
+    """RFT from `start` (RLOO's start, for a fair comparison), drawing `sample_share` of RLOO's samples: `rounds`
+    rounds of (RLOO's prompts × share ÷ rounds) prompts × k samples each, from RLOO's task mixture, at RLOO's
     temperature. Returns {"curve": [{"samples", "round", scores…}], "dir", "kept", …}. Under N processes each samples
     its share of a round's prompts (its own seed) and every process fine-tunes on all that was kept."""
     refuse_sharded("RFT")
@@ -134,6 +136,15 @@ def rft_vs_rloo(cfg: Config, rloo_history: list[dict], rft_curve: list[dict]):
     rows += [{"method": "rft", "samples": p["samples"], "countdown_accuracy": p["countdown_accuracy"],
               quality: p[quality]} for p in rft_curve]
     return pd.DataFrame(rows)
+
+
+def at_equal_samples(table):
+    """The RLOO-vs-RFT table at the sample counts both methods reached (RLOO's evaluations that an RFT round ends
+    on), side by side: one row per count, one column per (metric, method)."""
+    metrics = [c for c in table.columns if c not in ("method", "samples")]
+    wide = table.pivot_table(index="samples", columns="method", values=metrics)
+    both = wide.dropna()
+    return both[both.index > 0].swaplevel(axis=1).sort_index(axis=1)
 
 
 def plot_rft_vs_rloo(table, path):

@@ -5,7 +5,8 @@
 # better than their siblings (REINFORCE Leave-One-Out). The chain continues: RLOO **starts from the DPO model**
 # (`03`), and trains on a mixture of Countdown prompts (rule-based reward) and instruction prompts (exact match with
 # the tiny world's answer; the reward model in `qwen`), so it keeps DPO's instruction gains. Beside it, from the same
-# start and with the same number of samples, **rejection-sampling fine-tuning** (RFT): keep the best of k, fine-tune.
+# start and compared at equal numbers of samples, **rejection-sampling fine-tuning** (RFT): keep the best of k,
+# fine-tune.
 # **Inputs.** `checkpoints/<profile>/dpo` (from `03`), `checkpoints/<profile>/reward_model` (qwen).
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
@@ -138,9 +139,12 @@ for example in faith["examples"]:
 # %% [markdown]
 # ## Rejection-sampling fine-tuning at the same number of samples
 #
-# From the same start (DPO), RFT draws as many completions as RLOO did — in `rounds` rounds of fresh prompts from the
-# same mixture, k per prompt at RLOO's temperature — keeps the best of each prompt's k if it passes (a correct
-# Countdown answer, the exact instruction answer; with a reward model, the best of k), and fine-tunes on what it kept.
+# From the same start (DPO), RFT draws `cfg.rft.sample_share` of the completions RLOO drew (tiny: half, in 2 rounds
+# that end where RLOO was evaluated, at 3,200 and 6,400 samples — so the demo stays as short as before the chain;
+# qwen: all of them, in 4 rounds). Each round takes fresh prompts from the same mixture, k per prompt at RLOO's
+# temperature, keeps the best of each prompt's k if it passes (a correct Countdown answer, the exact instruction
+# answer; with a reward model, the best of k), and fine-tunes on what it kept. The comparison is made where both
+# have drawn the same number of samples.
 
 # %%
 print(inspect.getsource(H.keep_best))
@@ -156,17 +160,21 @@ display(Image(filename=str(H.plot_rft_vs_rloo(table, H.assets_dir(cfg) / "rft_vs
 
 # %%
 import pandas as pd
-summary = pd.DataFrame([{"model": "dpo", **{k: before[k] for k in ("countdown_accuracy", "countdown_reward", quality)}},
-                        {"model": "rloo", **{k: after[k] for k in ("countdown_accuracy", "countdown_reward", quality)}},
-                        {"model": "rft", **{k: rft["curve"][-1][k] for k in ("countdown_accuracy", "countdown_reward",
-                                                                              quality)}}])
+scores = lambda row: {k: row[k] for k in ("countdown_accuracy", "countdown_reward", quality)}
+summary = pd.DataFrame([{"model": "dpo", "samples": 0, **scores(before)},
+                        {"model": "rloo", "samples": int(table[table.method == "rloo"]["samples"].max()),
+                         **scores(after)},
+                        {"model": "rft", "samples": rft["curve"][-1]["samples"], **scores(rft["curve"][-1])}])
 paths = H.write_summary(summary, cfg, "rloo")
 print(summary.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
-best = summary.set_index("model")
-print(f"\nAt the same number of samples, RLOO ends at Countdown {best['countdown_accuracy']['rloo']:.3f} and "
-      f"{quality} {best[quality]['rloo']:.3f}; RFT at {best['countdown_accuracy']['rft']:.3f} and "
-      f"{best[quality]['rft']:.3f}.")
+equal = H.at_equal_samples(table)
+print("\nAt equal numbers of samples:\n" + equal.round(3).to_string())
+n = equal.index[-1]
+print(f"\nAt {n:,} samples each: RLOO Countdown {equal.loc[n, ('rloo', 'countdown_accuracy')]:.3f}, {quality} "
+      f"{equal.loc[n, ('rloo', quality)]:.3f}; RFT Countdown {equal.loc[n, ('rft', 'countdown_accuracy')]:.3f}, "
+      f"{quality} {equal.loc[n, ('rft', quality)]:.3f}. RLOO then draws on to {table['samples'].max():,} samples "
+      f"and ends at Countdown {after['countdown_accuracy']:.3f}, {quality} {after[quality]:.3f}.")
 
 
 # %% [markdown]

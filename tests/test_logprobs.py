@@ -92,6 +92,25 @@ def test_chunked_logps_equal_full_logits_on_the_tiny_model(tiny_tokenizer):
     assert_chunked_equals_full(model, random_batch(vocab), chunk_logits=5 * vocab)
 
 
+def test_a_single_chunk_is_projected_once_and_equals_full_logits(tiny_tokenizer):
+    """Positions that fit one chunk (every tiny batch) are not recomputed in backward: one head call, same numbers."""
+    model = modeling.build_tiny_model(tiny_tokenizer, config.get_config("smoke").model, seed=0)
+    batch = random_batch(model.config.vocab_size)
+    token, mask = full_logits_logps(model, batch)
+    full_grads = grads_of(model, (token * mask).sum())
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        single = logprobs.sequence_logps(model, batch)
+        grads = grads_of(model, single.sum())
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert torch.allclose(single, (token * mask).sum(-1).detach(), atol=1e-5)
+    for a, b in zip(grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_chunked_logps_equal_full_logits_at_qwen_vocabulary_size():
     for tie in (True, False):
         model = qwen_vocabulary_model(tie=tie)

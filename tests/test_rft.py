@@ -1,5 +1,5 @@
 """Rejection-sampling fine-tuning: which completion is kept (best by verifier or reward model, ties, none), and the
-sample budget equal to RLOO's."""
+sample budget: a share of RLOO's, its rounds ending where RLOO is evaluated."""
 from helpers import config, rft
 
 COUNTDOWN = {"track": "countdown"}
@@ -25,8 +25,23 @@ def test_keep_best_by_the_reward_model_keeps_the_best_of_n_always():
     assert [k["completion"] for k in kept] == ["b"]      # instruction: best score; countdown: still needs 1.0
 
 
-def test_rft_draws_as_many_samples_as_rloo():
+def test_rft_draws_its_share_of_rloos_samples_and_its_rounds_end_at_rloos_evaluations():
     for profile in ("tiny", "smoke", "qwen"):
         cfg = config.get_config(profile)
-        total_rft = rft.prompts_per_round(cfg) * cfg.rft.rounds * cfg.rloo.k
-        assert total_rft == cfg.rloo.max_steps * rft.samples_per_step(cfg), profile
+        per_round = rft.prompts_per_round(cfg) * cfg.rloo.k
+        assert per_round * cfg.rft.rounds == cfg.rloo.max_steps * rft.samples_per_step(cfg) * cfg.rft.sample_share
+        assert per_round % (cfg.rloo.eval_every * rft.samples_per_step(cfg)) == 0, profile   # equal-sample points
+    assert config.get_config("qwen").rft.sample_share == 1.0       # the GPU run compares at RLOO's whole budget
+    cfg = config.get_config("tiny", rft__sample_share=0.25)
+    assert rft.prompts_per_round(cfg) * cfg.rft.rounds * cfg.rloo.k == 3200
+
+
+def test_the_comparison_keeps_only_the_sample_counts_both_methods_reached():
+    import pandas as pd
+    points = [("rloo", 0, 0.3, 0.8), ("rloo", 3200, 0.2, 0.7), ("rloo", 6400, 0.31, 0.77), ("rloo", 9600, 0.29, 0.79),
+              ("rft", 0, 0.3, 0.8), ("rft", 3200, 0.35, 0.78), ("rft", 6400, 0.36, 0.75)]
+    table = pd.DataFrame([{"method": m, "samples": n, "countdown_accuracy": a, "exact_match": e}
+                          for m, n, a, e in points])
+    equal = rft.at_equal_samples(table)
+    assert list(equal.index) == [3200, 6400]                    # not the shared start, not RLOO's 9,600 alone
+    assert equal.loc[6400, ("rloo", "countdown_accuracy")] == 0.31 and equal.loc[3200, ("rft", "exact_match")] == 0.78
