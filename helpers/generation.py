@@ -1,6 +1,6 @@
 """Generation: batched greedy or sampled responses to chat prompts (left padding, KV cache, stop at
-<|im_end|>, LoRA merged for the duration, a repeated prompt's cache computed once), and k samples per prompt with
-their exact token ids for RLOO.
+<|im_end|>, LoRA merged for the duration, a repeated prompt's cache computed once), and k samples per prompt drawn
+from the policy itself, with their exact token ids, for RLOO and RFT (finished rows leave the batch).
 Prompts are encoded with `encode_chat`: text in a message never becomes a control token.
 Imports: modeling, formatting, batching."""
 from __future__ import annotations
@@ -48,22 +48,32 @@ def left_padded(prompt_ids: list[list[int]], pad_id: int, device) -> dict:
     return {k: v.to(device) for k, v in collate(rows, pad_id, padding_side="left").items()}
 
 
+def real_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position counted over real tokens only, as `generate` counts them under left padding."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def prefilled_cache(model, ids: torch.Tensor, mask: torch.Tensor):
+    """The KV cache of `ids` (left-padded rows), computed in one forward pass."""
+    cache = DynamicCache(config=model.config)
+    if ids.shape[1]:
+        model(input_ids=ids, attention_mask=mask, position_ids=real_positions(mask), past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+    return cache
+
+
 def shared_prompt_cache(model, enc: dict):
     """The KV cache of every prompt row but its last token, computed once per distinct prompt and copied to the
     rows that repeat it: k samples of one prompt cost one prompt's forward, not k (the prefill of 8 samples of a
-    122-token prompt was a third of an RLOO sampling call). None when no row repeats another. `generate` then
-    feeds only the last prompt token; positions count real tokens, as `generate` counts them under left padding."""
+    122-token prompt was a third of an RLOO sampling call). None when no row repeats another. The last prompt token
+    is then fed with the first decoding step."""
     ids, mask = enc["input_ids"], enc["attention_mask"]
     distinct: dict[tuple, int] = {}
     rows = [distinct.setdefault(tuple(row.tolist()), len(distinct)) for row in ids]
     if len(distinct) == len(rows) or ids.shape[1] < 2:
         return None
     first = [rows.index(j) for j in range(len(distinct))]
-    once_ids, once_mask = ids[first, :-1], mask[first, :-1]
-    positions = (once_mask.long().cumsum(-1) - 1).masked_fill(once_mask == 0, 0)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=once_ids, attention_mask=once_mask, position_ids=positions, past_key_values=cache,
-          use_cache=True, logits_to_keep=1)
+    cache = prefilled_cache(model, ids[first, :-1], mask[first, :-1])
     cache.batch_select_indices(torch.tensor(rows, device=ids.device))
     return cache
 
@@ -101,26 +111,55 @@ def generate_eval(model, tokenizer, conversations, eval_cfg, **sampling) -> list
                               progress=False, token_budget=eval_cfg.generation_tokens, **sampling)
 
 
+def sample_policy(model, enc: dict, max_new_tokens: int, temperature: float, stops: list[int]) -> list[list[int]]:
+    """Temperature sampling from the model's own distribution π — no other logits processing, as the policy
+    gradient assumes — token by token with the KV cache, each row up to and including its stop token.
+
+    A row that stops leaves the batch: in an RLOO batch most samples stop long before the longest one (~21 of 64
+    tokens), and `generate` would run every row to the end. Every step still draws for every row, finished or not,
+    as `generate` does, so the random stream — and with it every sample — is the one `generate` would give."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    rows, device = ids.shape[0], ids.device
+    cache = shared_prompt_cache(model, enc)
+    cache = prefilled_cache(model, ids[:, :-1], mask[:, :-1]) if cache is None else cache
+    active, tokens = torch.arange(rows, device=device), ids[:, -1:]
+    positions = mask.long().sum(-1, keepdim=True) - 1
+    stop, responses = torch.tensor(stops, device=device), [[] for _ in range(rows)]
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        probs = torch.ones(rows, logits.shape[-1], device=device)     # finished rows: drawn for, then ignored
+        probs[active] = torch.softmax(logits / temperature, dim=-1)
+        drawn = torch.multinomial(probs, num_samples=1)[active]
+        for row, token in zip(active.tolist(), drawn[:, 0].tolist()):
+            responses[row].append(token)
+        going = ~torch.isin(drawn[:, 0], stop)
+        if not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            active, drawn, mask, positions = active[keep], drawn[keep], mask[keep], positions[keep]
+        tokens, positions = drawn, positions + 1
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
+    return responses
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, temperature: float):
-    """k samples per prompt in one batched generate call (left padding, KV cache, stop at <|im_end|>/<|endoftext|>).
+    """k samples per prompt, all in one batch (left padding, KV cache, stop at <|im_end|>/<|endoftext|>), drawn by
+    `sample_policy`.
 
     Returns the sampled token ids themselves (not re-tokenized text), so the policy-gradient step scores exactly
     what was sampled: a list of {"prompt_ids", "response_ids", "text"} of length len(prompts) * k, prompt-major.
     """
-    stops = stop_token_ids(tokenizer)
     with generation_mode(model):
         enc = left_padded([encode_prompt(tokenizer, p) for p in prompts for _ in range(k)], tokenizer.pad_token_id,
                           model_device(model))
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
-                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                             past_key_values=shared_prompt_cache(model, enc))
-    width = enc["input_ids"].shape[1]
+        responses = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
     samples = []
-    for row in range(out.shape[0]):
+    for row, response in enumerate(responses):
         prompt_row = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
-        response = out[row, width:].tolist()
-        cut = next((i + 1 for i, t in enumerate(response) if t in stops), len(response))  # keep the stop token
-        samples.append({"prompt_ids": prompt_row, "response_ids": response[:cut],
-                        "text": tokenizer.decode(response[:cut], skip_special_tokens=True).strip()})
+        samples.append({"prompt_ids": prompt_row, "response_ids": response,
+                        "text": tokenizer.decode(response, skip_special_tokens=True).strip()})
     return samples

@@ -122,3 +122,40 @@ def test_distinct_prompts_need_no_shared_cache(tiny_tokenizer, lively_model):
     cache = generation.shared_prompt_cache(lively_model, repeated)
     assert cache.get_seq_length() == 2 and cache.layers[0].keys.shape[0] == 3     # all but the last token, per row
     assert torch.equal(cache.layers[0].keys[0], cache.layers[0].keys[2])
+
+
+def test_sampling_drops_finished_rows_and_draws_what_generate_draws(tiny_tokenizer, lively_model):
+    """`sample_completions` runs a stopped row no further, yet its samples are `generate`'s for the same seed (every
+    step draws for every row, as generate does). A hook makes <|im_end|> likely, so rows stop at different steps."""
+    im_end = tiny_tokenizer.convert_tokens_to_ids(modeling.IM_END)
+
+    def likelier_end(module, inputs, output):
+        output = output.clone()
+        output[..., im_end] += 4.0
+        return output
+    rows = []
+    hooks = [lively_model.lm_head.register_forward_hook(likelier_end),
+             lively_model.model.embed_tokens.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0].shape))]
+    stops = generation.stop_token_ids(tiny_tokenizer)
+    try:
+        torch.manual_seed(3)
+        ours = generation.sample_completions(lively_model, tiny_tokenizer, PROMPTS[:4], k=4, max_new_tokens=10,
+                                             temperature=1.0)
+        decoded = [shape[0] for shape in rows[1:]]            # rows fed at each decoding step (after the prefill)
+        enc = generation.left_padded([formatting.encode_prompt(tiny_tokenizer, p) for p in PROMPTS[:4]],
+                                     tiny_tokenizer.pad_token_id, "cpu")
+        torch.manual_seed(3)
+        with torch.no_grad():
+            out = lively_model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=10,
+                                        num_return_sequences=4, eos_token_id=stops,
+                                        pad_token_id=tiny_tokenizer.pad_token_id)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    theirs = [row[enc["input_ids"].shape[1]:].tolist() for row in out]
+    theirs = [r[:next((i + 1 for i, t in enumerate(r) if t in stops), len(r))] for r in theirs]
+    assert [s["response_ids"] for s in ours] == theirs
+    lengths = {len(s["response_ids"]) for s in ours}
+    assert len(lengths) > 2                                   # rows stopped at different steps
+    assert rows[0][0] == 4 and decoded[0] == 16                # 4 prompts prefilled once, then 16 rows
+    assert decoded[-1] < 16 and decoded == sorted(decoded, reverse=True)     # fewer as rows stop
