@@ -84,7 +84,9 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
                        progress: bool = True, token_budget: int = GENERATION_TOKENS) -> list[str]:
     """Responses to chat prompts (lists of messages): batched with left padding and the KV cache, greedy unless
     temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped. Batches are the longest
-    prompts first, sized by `token_budget` (and at most `batch_size` rows); results come back in input order."""
+    prompts first, sized by `token_budget` (and at most `batch_size` rows); results come back in input order.
+    Plain temperature sampling (top_p 1, top_k 0: DPO's on-policy samples) is drawn by `sample_policy`, the same
+    samples as `generate`'s without running finished rows; the rest by `generate`."""
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
@@ -95,12 +97,15 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
     with generation_mode(model):
         for idx in progress_bar(batches, desc="generate", disable=not progress):
             enc = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id, model_device(model))
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
-                                 pad_token_id=tokenizer.pad_token_id, past_key_values=shared_prompt_cache(model, enc),
-                                 **sampling)
+            if temperature > 0 and top_p == 1.0 and top_k == 0:
+                tokens = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
+            else:
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
+                                     pad_token_id=tokenizer.pad_token_id,
+                                     past_key_values=shared_prompt_cache(model, enc), **sampling)
+                tokens = out[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
-                responses[i] = tokenizer.decode(out[row, enc["input_ids"].shape[1]:],
-                                                skip_special_tokens=True).strip()
+                responses[i] = tokenizer.decode(tokens[row], skip_special_tokens=True).strip()
     return responses
 
 

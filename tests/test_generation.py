@@ -159,3 +159,24 @@ def test_sampling_drops_finished_rows_and_draws_what_generate_draws(tiny_tokeniz
     assert len(lengths) > 2                                   # rows stopped at different steps
     assert rows[0][0] == 4 and decoded[0] == 16                # 4 prompts prefilled once, then 16 rows
     assert decoded[-1] < 16 and decoded == sorted(decoded, reverse=True)     # fewer as rows stop
+
+
+def test_plain_temperature_sampling_of_responses_is_generates(tiny_tokenizer, lively_model, monkeypatch):
+    """`generate_responses` at top_p 1 / top_k 0 (DPO's on-policy samples) samples through `sample_policy`: the same
+    texts as `generate` for the same seed."""
+    prompts = [p for p in PROMPTS for _ in range(3)]
+    sample = lambda: generation.generate_responses(lively_model, tiny_tokenizer, prompts, batch_size=8,
+                                                   max_new_tokens=8, temperature=1.0, seed=5, progress=False)
+    calls = []
+    real = generation.sample_policy
+    monkeypatch.setattr(generation, "sample_policy", lambda *args: calls.append(1) or real(*args))
+    ours = sample()
+    assert calls                                              # it went through sample_policy
+
+    def via_generate(model, enc, max_new_tokens, temperature, stops):
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
+                             max_new_tokens=max_new_tokens, eos_token_id=stops,
+                             pad_token_id=tiny_tokenizer.pad_token_id)
+        return out[:, enc["input_ids"].shape[1]:]
+    monkeypatch.setattr(generation, "sample_policy", via_generate)
+    assert sample() == ours and len(set(ours)) > len(PROMPTS)
