@@ -7,7 +7,8 @@
 # **Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
 # **Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
 # **Run time.** tiny ≈ 1.5–6 min on 2 CPU cores
-# (1 min 34 s on an idle 2-core AMD EPYC, 2026-11-28; a busy machine is up to ~3× slower)
+# (1 min 23 s – 1 min 34 s in three runs on an idle 2-core AMD EPYC, 2026-11-28; a busy machine is up to ~3×
+# slower)
 # · smoke ≈ 15 s · qwen: download time.
 
 # %%

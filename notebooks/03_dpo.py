@@ -6,7 +6,8 @@
 # **Inputs.** `checkpoints/<profile>/sft_masked` (run `00`, `01` first), preference pairs, Countdown prompts.
 # **Outputs.** `checkpoints/<profile>/dpo/`, `checkpoints/<profile>/reward_model/`,
 # `evaluation_results/<profile>/dpo/…` (csv/md/txt/xlsx), TensorBoard under `tensorboard_events/<profile>/dpo/`.
-# **Run time.** tiny ≈ 5–15 min on 2 CPU cores (5 min 11 s on an idle 2-core AMD EPYC, 2026-11-28)
+# **Run time.** tiny ≈ 5–15 min on 2 CPU cores (5 min 11 s – 5 min 25 s in three runs on an idle 2-core AMD EPYC,
+# 2026-11-28)
 # · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
 
 # %%

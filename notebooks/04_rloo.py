@@ -11,7 +11,8 @@
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
 # `assets/rft_vs_rloo.png`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-# **Run time.** tiny ≈ 5–20 min on 2 CPU cores (5 min 08 s on an idle 2-core AMD EPYC, 2026-11-28)
+# **Run time.** tiny ≈ 4–20 min on 2 CPU cores (4 min 09 s – 4 min 52 s in two runs on an idle 2-core AMD EPYC,
+# 2026-11-28)
 # · smoke ≈ 30 s · qwen: hours on one GPU.
 #
 # In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model; README log). The

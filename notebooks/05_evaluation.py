@@ -8,7 +8,7 @@
 # **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 # `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
 # `report/report.md`.
-# **Run time.** tiny ≈ 0.5–3 min on 2 CPU cores (38 s on an idle 2-core AMD EPYC, 2026-11-28)
+# **Run time.** tiny ≈ 0.5–3 min on 2 CPU cores (36–55 s in three runs on an idle 2-core AMD EPYC, 2026-11-28)
 # · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
 
 # %%
