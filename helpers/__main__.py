@@ -2,5 +2,8 @@
 import sys
 
 from .cli import main
+from .distributed import finish
 
-sys.exit(main())
+code = main()
+finish()            # under accelerate launch: every process ends together, the process group closed
+sys.exit(code)

@@ -156,6 +156,15 @@ def barrier() -> None:
         accelerator().wait_for_everyone()
 
 
+def finish() -> None:
+    """The end of a program under N processes: wait for every process, then close the process group. A process that
+    exits while the group is still open can abort at exit ("terminate called without an active exception", seen
+    once in CI at the end of a 2-process RLOO run). One process: nothing to do."""
+    if launched() and torch.distributed.is_available() and torch.distributed.is_initialized():
+        barrier()
+        torch.distributed.destroy_process_group()
+
+
 @contextlib.contextmanager
 def main_first():
     """The main process runs the block first (it clears, repairs or writes), the others after it (they only read)."""

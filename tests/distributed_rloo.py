@@ -21,3 +21,4 @@ per_process = distributed.gather_objects(sampled)
 if distributed.is_main():
     with open(sys.argv[1], "w") as f:
         json.dump({"prompts": per_process, "history": result["history"]}, f)
+distributed.finish()

@@ -4,8 +4,9 @@ Python process, so that accelerate, torch and the process group start once. OUTP
 initial model. The instruction prompts of RLOO and RFT are judged by the reward model just trained: RFT then keeps
 the best of n for them (a verifier keeps nothing from the smoke model, whose answers are all wrong), so its rounds
 of fine-tuning run too."""
-from helpers import cli
+from helpers import cli, distributed
 
 for stage in cli.TRAIN_STAGES:
     code = cli.main(["train", "--stage", stage, "--profile", "smoke", "--set", "rloo__instruction_reward=reward_model"])
     assert code == 0, f"{stage}: exit status {code}"
+distributed.finish()
