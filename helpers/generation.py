@@ -116,6 +116,7 @@ def generate_eval(model, tokenizer, conversations, eval_cfg, **sampling) -> list
                               progress=False, token_budget=eval_cfg.generation_tokens, **sampling)
 
 
+@torch.no_grad()
 def sample_policy(model, enc: dict, max_new_tokens: int, temperature: float, stops: list[int]) -> list[list[int]]:
     """Temperature sampling from the model's own distribution π — no other logits processing, as the policy
     gradient assumes — token by token with the KV cache, each row up to and including its stop token.
