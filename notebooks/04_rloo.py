@@ -171,11 +171,12 @@ print(summary.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
 equal = H.at_equal_samples(table)
 print("\nAt equal numbers of samples:\n" + equal.round(3).to_string())
-n = equal.index[-1]
+n, last = equal.index[-1], table["samples"].max()
 print(f"\nAt {n:,} samples each: RLOO Countdown {equal.loc[n, ('rloo', 'countdown_accuracy')]:.3f}, {quality} "
       f"{equal.loc[n, ('rloo', quality)]:.3f}; RFT Countdown {equal.loc[n, ('rft', 'countdown_accuracy')]:.3f}, "
-      f"{quality} {equal.loc[n, ('rft', quality)]:.3f}. RLOO then draws on to {table['samples'].max():,} samples "
-      f"and ends at Countdown {after['countdown_accuracy']:.3f}, {quality} {after[quality]:.3f}.")
+      f"{quality} {equal.loc[n, ('rft', quality)]:.3f}." + (
+          f" RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f}, "
+          f"{quality} {after[quality]:.3f}." if last > n else ""))
 
 
 # %% [markdown]
