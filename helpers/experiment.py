@@ -9,7 +9,7 @@ import math
 import shutil
 import time
 
-from .config import Config, assets_dir, config_dict, out_path, replace_config, replace_sections
+from .config import Config, ExperimentConfig, assets_dir, config_dict, out_path, replace_config, replace_sections
 from .modeling import load_tokenizer
 from .formatting import build_sft_dataset
 from .sft import run_sft, sft_mixture
@@ -248,7 +248,8 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
         counts = ", ".join(f"{sum(r['flattened'] for r in plain if r['size'] == n)} of "
                            f"{sum(r['size'] == n for r in plain)} runs at {n} conversations"
                            for n in sorted({r["size"] for r in plain}))
-        tolerance = plain[0].get("flat_tolerance", 0.03)          # results written before it was recorded: 3 %
+        # results written before the tolerance was recorded were judged under the config's default
+        tolerance = plain[0].get("flat_tolerance", ExperimentConfig.flat_tolerance)
         caveats = (f"by the stated rule (the last fifth of the steps lowered the best held-out response loss by less "
                    f"than {100 * tolerance:g} %) {counts} had stopped learning, and a run still learning would score "
                    f"higher with more steps; " + caveats)
