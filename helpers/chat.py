@@ -2,25 +2,71 @@
 answers and the terminal chat. Imports: config, modeling, formatting, generation."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import html
-import queue
+import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
-from .config import Config, STAGES, device, out_path
+from .config import Config, ProjectError, STAGES, device, out_path
 from .modeling import IM_END, load_model, load_tokenizer
+from .checkpoints import verify_checkpoint
 from .formatting import encode_prompt
-from .generation import left_padded, stop_token_ids
+from .generation import stream_text
 
 STREAM_POLL_SECONDS = 0.1    # how often a waiting reader checks that the generation thread is still alive
 RENDER_EVERY_SECONDS = 0.1   # the widget redraws a streaming reply at most this often: each redraw sends the whole
                              # conversation to the browser, and a fast model would otherwise flood it
 
 
-class ChatError(RuntimeError):
+TEMPLATE_SECONDS = 10.0      # a chat template that renders longer than this is stopped (a checkpoint's template is
+                             # code from its folder: one that loops 10^5 × 10^5 times would hang the chat)
+
+
+class ChatError(ProjectError, RuntimeError):
     """Generation failed (bad settings, out of memory, a broken model): the message says what happened."""
+    exit_code = 1
+
+
+class _CallerFailed(Exception):
+    """Carries an exception raised by the caller's on_token (its __cause__) through `send`'s own error handling."""
+
+
+def text_problem(text: str, what: str = "the message") -> str | None:
+    """Why `text` cannot be sent (characters that are not Unicode text, such as a lone surrogate from undecodable
+    input), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"{what} holds characters that are not valid text ({err.reason} at position {err.start}: "
+                f"{text[err.start:err.end]!r}); it was not sent — retype it or check the terminal's encoding")
+    return None
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str):
+    """Raise ChatError when the Python code inside runs longer than `seconds`: a trace function checks the clock at
+    every line it runs (a Jinja chat template compiles to Python, so this stops one that loops for ever, in this
+    thread, without another thread left spinning)."""
+    deadline = time.monotonic() + seconds
+
+    def check(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        return check
+    previous = sys.gettrace()
+    sys.settrace(check)
+    try:
+        yield
+    except TimeoutError:
+        raise ChatError(f"{what} took longer than {seconds:g} s: stopped (a checkpoint whose chat template loops?)") \
+            from None
+    finally:
+        sys.settrace(previous)
 
 
 class ChatSession:
@@ -38,6 +84,7 @@ class ChatSession:
         self.history: list[dict] = []
         self.notes: list[str] = []
         self.stopped = False         # whether the last reply was ended by Stop
+        self.interrupted = False     # whether it was Ctrl-C (a terminal's Stop)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
 
@@ -53,12 +100,18 @@ class ChatSession:
         if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
             return f"{path} is not a Hugging Face model directory (no config.json)."
         try:
+            verify_checkpoint(path)          # a file changed since it was saved (checksums): named, with the fix
             tokenizer, model = load_tokenizer(path), load_model(path).to(device()).eval()
         except Exception as err:      # SafetensorError, UnpicklingError, TypeError on a garbled config.json, …
             return f"Could not load {path}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
         problem = tokenizer_problem(tokenizer, model)
         if problem:
             return f"Could not load {path}: {problem}"
+        try:
+            with time_limit(TEMPLATE_SECONDS, "rendering its chat template for one message"):
+                encode_prompt(tokenizer, [{"role": "user", "content": "hi"}])
+        except Exception as err:     # ChatError (too slow) or any error the template raises
+            return f"Could not load {path}: {(str(err).splitlines() or [''])[0][:200]}"
         self.tokenizer, self.model, self.model_name = tokenizer, model, str(path)
         return None
 
@@ -81,9 +134,10 @@ class ChatSession:
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         return min(self.max_context_tokens or limit, limit)
 
-    def _fit_context(self) -> None:
-        """Drop the oldest turns (and, last, cut the newest message from the left) until the prompt fits."""
-        budget = self.context_tokens() - self.max_new_tokens
+    def _fit_context(self, reply_tokens: int) -> None:
+        """Drop the oldest turns (and, last, cut the newest message from the left) until the prompt fits beside a
+        reply of `reply_tokens`; each cut is said in `notes`."""
+        budget = self.context_tokens() - reply_tokens
         count = lambda: len(encode_prompt(self.tokenizer, self._messages()))
         while count() > budget and len(self.history) > 1:
             self.history.pop(0)
@@ -95,72 +149,72 @@ class ChatSession:
             while count() > budget and keep > 1:   # re-check: a cut inside a character re-encodes longer
                 keep = max(1, keep - (count() - budget))
                 self.history[-1]["content"] = self.tokenizer.decode(ids[-keep:]).lstrip("\ufffd")
-            self.notes.append(f"The message was truncated from the left to its last {keep} tokens.")
+            self.notes.append(f"The message was cut from the left to its last {keep} of {len(ids)} tokens to fit "
+                              f"the {self.context_tokens()}-token context beside a {reply_tokens}-token reply.")
+            if count() > budget:
+                raise ChatError(f"the prompt does not fit the model's {self.context_tokens()}-token context even "
+                                "with the message cut to one token (a long system prompt?)")
+
+    def reply_budget(self) -> int:
+        """New tokens a reply may take: `max_new_tokens`, but never more than half the context, so the reply
+        budget cannot eat the room for the message (a 256-token reply in a 256-token context would cut the
+        message to nothing)."""
+        return max(1, min(self.max_new_tokens, self.context_tokens() // 2))
 
     def send(self, text: str, on_token=None) -> str | None:
         """Add a user message and stream the reply (on_token(piece) for each piece); empty messages are ignored.
 
-        Raises ChatError when generation fails (the failed turn is taken back); never waits on a dead thread.
-        """
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        Everything from encoding the message to decoding the reply runs inside one guarded path in this thread:
+        any failure raises ChatError with one line and takes the turn back, so the next message starts clean.
+        Stop (or Ctrl-C, in a terminal) ends the reply and keeps what was said so far."""
         if not isinstance(text, str) or not text.strip():
             return None
         if self.model is None:
             raise ChatError("no model loaded: choose a checkpoint first")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             raise ChatError(f"max_new_tokens must be a whole number ≥ 1, got {self.max_new_tokens!r}")
         if not 0 <= self.temperature <= 10 or not 0 < self.top_p <= 1:
             raise ChatError(f"temperature must be in [0, 10] and top_p in (0, 1], got {self.temperature}, "
                             f"{self.top_p}")
+        problem = text_problem(text) or text_problem(self.system_prompt, "the system prompt")
+        if problem:
+            raise ChatError(problem)
+        history, notes = list(self.history), list(self.notes)
         self.history.append({"role": "user", "content": text.strip()})
-        self._fit_context()
         self._stop.clear()
-        enc = left_padded([encode_prompt(self.tokenizer, self._messages())], self.tokenizer.pad_token_id,
-                          next(self.model.parameters()).device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                        timeout=STREAM_POLL_SECONDS)
-
-        class _StopFlag(StoppingCriteria):
-            def __init__(self, event):
-                self.event = event
-
-            def __call__(self, input_ids, scores, **kwargs):
-                return self.event.is_set()
-
-        sampling = (dict(do_sample=True, temperature=self.temperature, top_p=self.top_p) if self.temperature > 0
-                    else dict(do_sample=False, temperature=None, top_p=None))
-        failure: list[BaseException] = []
-
-        def generate():
-            try:
-                self.model.generate(**enc, max_new_tokens=self.max_new_tokens, streamer=streamer,
-                                    eos_token_id=stop_token_ids(self.tokenizer), top_k=None,
-                                    pad_token_id=self.tokenizer.pad_token_id,
-                                    stopping_criteria=StoppingCriteriaList([_StopFlag(self._stop)]), **sampling)
-            except BaseException as err:       # reported to the caller below, with its type and message
-                failure.append(err)
-                streamer.end()
-        thread = threading.Thread(target=generate, daemon=True)
-        thread.start()
+        self.interrupted = False
         reply = ""
-        while True:
+        try:
+            budget = self.reply_budget()
+            if budget < self.max_new_tokens:
+                self.notes.append(f"Replies are capped at {budget} tokens: half of this model's "
+                                  f"{self.context_tokens()}-token context, so that the message keeps the other half.")
+            with time_limit(TEMPLATE_SECONDS, "rendering the chat template"):
+                self._fit_context(budget)
+                prompt = encode_prompt(self.tokenizer, self._messages())
             try:
-                piece = next(streamer)
-            except StopIteration:
-                break
-            except queue.Empty:                # nothing new yet: keep waiting only while generation runs
-                if not thread.is_alive() and streamer.text_queue.empty():
-                    break
-                continue
-            reply += piece
-            if on_token:
-                on_token(piece)
-        thread.join()
+                for piece in stream_text(self.model, self.tokenizer, prompt, budget, self.temperature, self.top_p,
+                                         self._stop.is_set):
+                    reply += piece
+                    if on_token:
+                        try:
+                            on_token(piece)
+                        except Exception as err:      # the caller's own failure (a closed pipe): passed on as it is
+                            raise _CallerFailed() from err
+            except KeyboardInterrupt:          # Ctrl-C in a terminal: the reply ends, the session goes on
+                self._stop.set()
+                self.interrupted = True
+        except ChatError:
+            self.history, self.notes = history, notes      # the turn never happened
+            raise
+        except _CallerFailed as failed:
+            self.history, self.notes = history, notes
+            raise failed.__cause__ from None
+        except Exception as err:              # tokenizer, template, model or device: one line, the turn taken back
+            self.history, self.notes = history, notes
+            raise ChatError(f"generation failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}") \
+                from None
         self.stopped = self._stop.is_set()
-        if failure:
-            self.history.pop()                 # the turn never happened
-            err = failure[0]
-            raise ChatError(f"generation failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}")
         self.history.append({"role": "assistant", "content": reply.strip()})
         return reply.strip()
 
@@ -179,6 +233,7 @@ class ChatSession:
             if on_done:
                 on_done(reply, error)
         self._worker = threading.Thread(target=run, daemon=True)
+        _replying(self)
         self._worker.start()
         return True
 
@@ -195,6 +250,25 @@ class ChatSession:
             who = "You" if m["role"] == "user" else "Assistant"
             parts.append(f"<p><b>{who}:</b> {html.escape(m['content']).replace(chr(10), '<br>')}</p>")
         return "\n".join(parts)
+
+
+# Sessions whose reply thread may still run: at exit each is stopped and waited for (Stop acts within a token), so
+# the interpreter never ends with a thread inside a forward pass — that aborts the process (distributed.finish).
+_REPLYING: "weakref.WeakSet[ChatSession]" = weakref.WeakSet()
+
+
+def _stop_replies_at_exit() -> None:
+    for session in list(_REPLYING):
+        session.stop()
+        session.wait(timeout=10)
+
+
+def _replying(session) -> None:
+    """Track a session whose reply runs in a thread; the exit hook is registered with the first (not at import)."""
+    if not _REPLYING:
+        atexit.unregister(_stop_replies_at_exit)
+        atexit.register(_stop_replies_at_exit)
+    _REPLYING.add(session)
 
 
 def tokenizer_problem(tokenizer, model) -> str | None:
@@ -328,30 +402,42 @@ def side_by_side(cfg: Config, prompt: str, names=("sft_masked", "sft_unmasked"),
 
 
 def chat_cli(model_dir: str, prompt: str | None = None, temperature: float = 0.7, max_new_tokens: int = 256,
-             stream=None, read=input) -> int:
+             stream=None, read=input, errors=None) -> int:
     """`python -m helpers chat --model DIR [PROMPT]`: one answer and exit, or a loop (quit/exit, /reset).
 
-    Exit codes: 0 done; 1 generation failed; 2 bad arguments or an unloadable model. A closed stdout (a pipe into
-    `head`) or stdin ends quietly, never with a traceback."""
-    stream = stream or sys.stdout
+    Exit codes: 0 done; 1 generation failed; 2 bad arguments or an unloadable model; 130 a one-shot reply stopped
+    by Ctrl-C. In the loop, Ctrl-C ends the reply and the session goes on (at the prompt it leaves). A closed stdout
+    (a pipe into `head`) or stdin ends quietly, never with a traceback. Notes (a message cut to fit, a capped
+    reply) go to stderr."""
+    stream, errors = stream or sys.stdout, errors or sys.stderr
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        print(f"error: --max-new-tokens must be ≥ 1, got {max_new_tokens}", file=sys.stderr)
+        print(f"error: --max-new-tokens must be ≥ 1, got {max_new_tokens}", file=errors)
         return 2
     if prompt is not None and not prompt.strip():
-        print("error: the prompt is empty: give a message, or leave it out to chat interactively", file=sys.stderr)
+        print("error: the prompt is empty: give a message, or leave it out to chat interactively", file=errors)
         return 2
     session = ChatSession(temperature=temperature, max_new_tokens=max_new_tokens)
     error = session.load(model_dir)
     if error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}", file=errors)
         return 2
     write = lambda piece: (stream.write(piece), stream.flush())
+
+    def answer(text: str) -> None:
+        session.send(text, write)
+        stream.write("\n")
+        if session.interrupted:
+            stream.write("(stopped)\n")
+        stream.flush()
+        for note in session.notes:
+            print(f"({note})", file=errors)
+        session.notes = []
     try:
         if prompt is not None:
-            session.send(prompt, write)
-            stream.write("\n")
-            return 0
-        stream.write(f"Chatting with {model_dir}. 'quit' or 'exit' leaves, '/reset' clears the history.\n")
+            answer(prompt)
+            return 130 if session.interrupted else 0
+        stream.write(f"Chatting with {model_dir}. 'quit' or 'exit' leaves, '/reset' clears the history, "
+                     "Ctrl-C stops a reply.\n")
         while True:
             try:
                 text = read("you> ")
@@ -366,16 +452,18 @@ def chat_cli(model_dir: str, prompt: str | None = None, temperature: float = 0.7
             if not text.strip():
                 continue
             stream.write("assistant> ")
-            session.send(text, write)
-            for note in session.notes:
-                stream.write(f"\n({note})")
-            session.notes = []
-            stream.write("\n")
+            try:
+                answer(text)
+            except ChatError as err:       # this turn failed; the session goes on
+                print(f"\nerror: {err}", file=errors)
         return 0
     except ChatError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
+        print(f"\nerror: {err}", file=errors)
         return 1
     except (BrokenPipeError, ValueError, OSError) as err:    # stdout closed under us (ValueError: I/O on closed file)
         if isinstance(err, ValueError) and "closed file" not in str(err):
             raise
+        if stream is sys.stdout:          # or Python's own flush at exit would print the broken pipe again
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -3,6 +3,8 @@ checksums), loading weights back, and what a stage folder holds — nothing, a r
 or something unusable, named with its fix. Imports: modeling."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -12,14 +14,45 @@ from pathlib import Path
 
 import torch
 
+from .config import ProjectError
 from .modeling import save_model
 
 CHECKSUMS = "checksums.json"      # written last: a folder with it is complete
+PROGRESS = "progress.json"        # {"step", "finished"} of the run that saved it
+
+# Where each checkpoint a stage can start from comes from: the fix named when it is missing or unfinished.
+MADE_BY = {"initial": "00_data (python -m helpers data)", "final": "05_evaluation (it publishes the chain's end)"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ProjectError, RuntimeError):
     """A checkpoint that cannot be used as it is — corrupt, foreign, or a run of another config. The message names
     the file and the fix; nothing is deleted or overwritten behind the user's back."""
+
+
+@contextlib.contextmanager
+def stage_lock(stage_dir: Path):
+    """Only one process trains a stage folder at a time: a second `train` of the same stage and output folder is
+    refused at once, naming the folder, instead of both writing the same checkpoint and duplicate TensorBoard
+    points. An OS file lock (flock): released by the operating system when the process ends, even killed."""
+    stage_dir = Path(stage_dir)
+    lock_path = stage_dir.with_name(stage_dir.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise CheckpointError(f"{stage_dir} is being trained by {holder}: wait for it to finish (or stop it), "
+                                  "then run this again") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"process {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def fix_hint(stage_dir: Path) -> str:
@@ -54,14 +87,41 @@ def save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, s
     optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     torch.save({**state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), **rng},
                tmp / "training_state.pt")
-    files = weight_files(tmp) + [tmp / "training_state.pt", tmp / "run_config.json"]
-    (tmp / CHECKSUMS).write_text(json.dumps({p.name: sha256(p) for p in files}, indent=1))
+    write_checksums(tmp, progress={"step": state["step"], "finished": bool(state.get("finished"))})
+    swap_in(tmp, stage_dir)
+
+
+def write_checksums(folder: Path, progress: dict | None = None) -> None:
+    """checksums.json (last: a folder with it is complete) over the weights, the training state and the run config,
+    and `progress.json` ({"step", "finished"}) beside them — what a later stage reads to know that this one is
+    finished without unpickling its optimizer state. A plain model (the initial one, `final`) is finished."""
+    folder = Path(folder)
+    (folder / PROGRESS).write_text(json.dumps(progress or {"step": None, "finished": True}))
+    files = weight_files(folder) + [folder / name for name in ("training_state.pt", "run_config.json", PROGRESS)
+                                    if (folder / name).exists()]
+    (folder / CHECKSUMS).write_text(json.dumps({p.name: sha256(p) for p in files}, indent=1))
+
+
+def swap_in(tmp: Path, stage_dir: Path) -> None:
+    """Put a complete folder written beside `stage_dir` in its place: the old one is renamed away first and removed
+    last, so a crash leaves either the old folder or the new one (recover_interrupted_save tidies up)."""
     old = stage_dir.with_name(stage_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if stage_dir.exists():
         stage_dir.rename(old)
     tmp.rename(stage_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_finished_model(model, tokenizer, stage_dir: Path, extra: dict | None = None) -> Path:
+    """A finished model without training state (the initial model, RFT's result), atomically and with checksums."""
+    stage_dir = Path(stage_dir)
+    tmp = stage_dir.with_name(stage_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, tokenizer, extra=extra)
+    write_checksums(tmp)
+    swap_in(tmp, stage_dir)
+    return stage_dir
 
 
 def verify_checkpoint(folder: Path) -> None:
@@ -125,6 +185,60 @@ def load_weights_into(model, ckpt_dir: Path) -> None:
                               f"unexpected {sorted(unexpected)[:3]}); {fix_hint(ckpt_dir)}")
 
 
+def made_by(name: str) -> str:
+    """How a checkpoint of this name is made: its notebook and command."""
+    if name in MADE_BY:
+        return MADE_BY[name]
+    notebook = {"sft_masked": "01_sft_masked", "sft_unmasked": "02_sft_unmasked", "dpo": "03_dpo",
+                "reward_model": "03_dpo", "rloo": "04_rloo", "rft": "04_rloo"}.get(Path(name).name)
+    command = f"python -m helpers train --stage {Path(name).name}"
+    return f"{notebook} ({command})" if notebook else command
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """The exact weights a checkpoint holds, as 16 hex digits: a hash of its weight files' SHA-256 — taken from its
+    checksums (verified first) where it has them, computed otherwise. The same weights give the same fingerprint
+    wherever the folder is copied; a retrained stage gives another."""
+    folder = Path(folder)
+    verify_checkpoint(folder)
+    listed = folder / CHECKSUMS
+    digests = json.loads(listed.read_text()) if listed.exists() else {}
+    files = weight_files(folder)
+    if not files:
+        raise CheckpointError(f"{folder} holds no weights (*.safetensors); {fix_hint(folder)}")
+    weights = {p.name: digests.get(p.name) or sha256(p) for p in files}
+    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_progress(folder: Path) -> dict:
+    """{"step", "finished"} of the run that saved `folder`: from progress.json, else its training state (a
+    checkpoint saved before progress.json existed); a folder with weights and neither is a plain, finished model."""
+    folder = Path(folder)
+    if (folder / PROGRESS).exists():
+        try:
+            return json.loads((folder / PROGRESS).read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{folder / PROGRESS} is unreadable ({err}); {fix_hint(folder)}") from None
+    if (folder / "training_state.pt").exists():
+        state = read_run(folder)[0]
+        return {"step": state["step"], "finished": bool(state.get("finished"))}
+    return {"step": None, "finished": True}
+
+
+def start_fingerprint(folder: Path, name: str | None = None) -> str:
+    """The fingerprint of a checkpoint a stage starts from (or loads as its judge), after checking that it is there,
+    whole (checksums) and finished. A stage never starts from an unfinished run: its results would silently rest on
+    half-trained weights. Each failure is one CheckpointError naming the folder and the fix."""
+    folder, name = Path(folder), name or Path(folder).name
+    if not any((folder / f).exists() for f in ("config.json", "adapter_config.json")):
+        raise CheckpointError(f"no `{name}` checkpoint in {folder}: make it first with {made_by(name)}")
+    progress = run_progress(folder)
+    if not progress.get("finished"):
+        raise CheckpointError(f"{folder} holds an unfinished run of `{name}` (stopped at step {progress.get('step')}): "
+                              f"finish it first — {made_by(name)} resumes it — then start the next stage")
+    return weights_fingerprint(folder)
+
+
 def read_run(stage_dir: Path) -> tuple[dict, dict]:
     """(training state, run config) of a saved run — checksums verified; unreadable files named with the fix."""
     stage_dir = Path(stage_dir)
@@ -156,10 +270,15 @@ def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]
     return out
 
 
+START_SUFFIX = "_weights"         # run-config keys holding the fingerprint of a checkpoint the run started from
+
+
 def stage_status(stage_dir: Path, run_config: dict) -> tuple[str, dict | None]:
     """What `stage_dir` holds for a run of `run_config`: ("fresh", None), ("resume", state) — an unfinished run of
-    the same config — or ("finished", state) — a finished one, kept rather than trained again. Anything else (a
-    corrupt checkpoint, a run of another config) raises CheckpointError with the fix."""
+    the same config — ("finished", state) — a finished one, kept rather than trained again — or ("stale", state):
+    a run of the same config from other start weights (`…_weights` keys: the stage it started from was trained
+    again since), which must be trained again; state["changed"] names those keys. Anything else (a corrupt
+    checkpoint, a run of another config) raises CheckpointError with the fix."""
     stage_dir = Path(stage_dir)
     recover_interrupted_save(stage_dir)
     if not stage_dir.exists():
@@ -173,6 +292,11 @@ def stage_status(stage_dir: Path, run_config: dict) -> tuple[str, dict | None]:
     wanted = json.loads(json.dumps(run_config, default=str))      # tuples -> lists, as saved
     if state.get("finished"):      # a finished run is kept whatever number of processes trained it (the notebooks)
         saved_config, wanted = ({k: v for k, v in c.items() if k != "distributed"} for c in (saved_config, wanted))
+    starts = {k for k in set(saved_config) | set(wanted) if k.endswith(START_SUFFIX)}
+    without = lambda c: {k: v for k, v in c.items() if k not in starts}
+    if saved_config != wanted and without(saved_config) == without(wanted):
+        state["dir"], state["changed"] = stage_dir, [k for k in sorted(starts) if saved_config.get(k) != wanted.get(k)]
+        return "stale", state
     if saved_config != wanted:
         kind = "a finished" if state.get("finished") else "an unfinished"
         changes = "; ".join(config_differences(saved_config, wanted)[:4])
@@ -187,7 +311,7 @@ def keeps_events(stage_dir: Path, run_config: dict, restart: bool = False) -> bo
     if restart:
         return False
     try:
-        return stage_status(stage_dir, run_config)[0] != "fresh"
+        return stage_status(stage_dir, run_config)[0] in ("resume", "finished")
     except CheckpointError:
         return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 import re
 import sys
 import time
@@ -14,15 +15,18 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from .config import get_config, out_path
+from .config import ConfigError, ProjectError, get_config, out_path
+from .checkpoints import run_progress
 from .distributed import is_main, refuse_more_than_one
 from .data import prepare_data
+from .modeling import quiet_output
 from .sft import SFT_STAGES, build_initial_model, run_sft
 from .dpo import run_dpo
 from .reward_model import run_reward_model
 from .rloo import run_rloo
 from .rft import run_rft
 from .experiment import run_experiment, write_experiment
+from .robustness import run_robustness, write_robustness
 from .chat import chat_cli
 
 # what `train --stage` accepts, in pipeline order: each stage's start (sft_masked for DPO and the reward model, dpo for
@@ -270,8 +274,43 @@ def shard_arg(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n")[0])
+def count_arg(low: int):
+    """An argparse type: a whole number ≥ low, refused with the reason otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be ≥ {low}")
+        return value
+    return parse
+
+
+def time_arg(text: str) -> float:
+    """--started: seconds since the epoch, a real moment (not nan, not in the future)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= time.time() + 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a moment in the past (seconds since the epoch)")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (`error: …` and where to read more) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog.removeprefix('python -m helpers ')}: {message} (`{self.prog} --help` "
+                     "lists the arguments)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m helpers", description=__doc__.split("\n")[0],
+                                     epilog="Exit codes: 0 done, 1 a run failed, 2 bad input (config, data, "
+                                            "checkpoints, arguments), 130 interrupted.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("data", help="build/download the datasets and the initial model of a profile")
     p.add_argument("--profile", default=None)
@@ -282,7 +321,7 @@ def main(argv=None) -> int:
                    help="train again even if the stage folder holds a finished run of the same config")
     p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
                    help="override a config field, e.g. --set sft__batch_size=4 (VALUE read as JSON, else text)")
-    p.add_argument("--stop-after-steps", type=int, default=None,
+    p.add_argument("--stop-after-steps", type=count_arg(1), default=None,
                    help="stop after this many optimizer steps; the same command later resumes from the last "
                         "checkpoint (save_every)")
     p = sub.add_parser("experiment", help="the masked-vs-unmasked experiment: seeds, the control, the grid "
@@ -290,6 +329,16 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default=None)
     p.add_argument("--shard", default=None, metavar="K/N", type=shard_arg,
                    help="run only every N-th cell from the K-th (N processes share the grid); writes no results")
+    p = sub.add_parser("robustness", help="the chain for several base models (resumable; results under "
+                                          "evaluation_results/<profile>/robustness)")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--shard", default=None, metavar="K/N", type=shard_arg,
+                   help="run only every N-th seed from the K-th (N processes share them); writes no results")
+    p.add_argument("--tuning", action="store_true",
+                   help="the tuning seeds (robustness.tuning_seeds) instead of the reported ones; results under "
+                        "robustness_tuning")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
+                   help="override a config field (as for train)")
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
@@ -297,47 +346,115 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p = sub.add_parser("run-notebook", help="execute a notebook headless")
     p.add_argument("path")
-    p.add_argument("--timeout", type=int, default=None,
+    p.add_argument("--timeout", type=count_arg(0), default=None,
                    help="seconds per cell (0 = no limit); default: the profile's notebook_cell_timeout")
-    p.add_argument("--index", type=int, default=None, help="its place in a run of several notebooks (make demo)")
-    p.add_argument("--total", type=int, default=None, help="how many notebooks that run has")
-    p.add_argument("--started", type=float, default=None, help="when that run started (seconds since the epoch)")
-    args = parser.parse_args(argv)
+    p.add_argument("--index", type=count_arg(1), default=None,
+                   help="its place in a run of several notebooks (make demo)")
+    p.add_argument("--total", type=count_arg(1), default=None, help="how many notebooks that run has")
+    p.add_argument("--started", type=time_arg, default=None,
+                   help="when that run started (seconds since the epoch)")
+    return parser
 
-    if args.command != "train":       # only training scales out; the rest would race N copies on the same files
-        refuse_more_than_one(f"`{args.command}`")
-    if args.command == "data":
-        cfg = get_config(args.profile)
-        for name, folder in prepare_data(cfg).items():
-            print(f"{name}: {folder}")
-        print(f"initial model: {build_initial_model(cfg)}")
-    elif args.command == "train":
-        cfg = get_config(args.profile, **parse_overrides(args.set))
-        cfg.restart = cfg.restart or args.restart
-        stop = args.stop_after_steps
-        runners = {"dpo": lambda: run_dpo(cfg, stop_after_steps=stop),
-                   "reward_model": lambda: run_reward_model(cfg, stop_after_steps=stop),
-                   "rloo": lambda: run_rloo(cfg, stop_after_steps=stop), "rft": lambda: run_rft(cfg)}
-        result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage],
-                                                                             stop_after_steps=stop)
-        if is_main():               # under N processes, said once
-            last = f"; last evaluation {result['history'][-1]}" if result.get("history") else ""
-            print(f"{args.stage}: saved to {result['dir']}{last}")
-    elif args.command == "experiment":
-        cfg = get_config(args.profile)
-        if args.shard:
-            k, n = args.shard
-            run_experiment(cfg, shard=(k, n))
-            print(f"shard {k}/{n} done; `python -m helpers experiment` writes the results once every shard is")
-            return 0
-        for kind, path in write_experiment(cfg, run_experiment(cfg)).items():
-            print(f"{kind}: {path if not isinstance(path, dict) else path['md']}")
-    elif args.command == "chat":
-        return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
-    elif args.command == "run-notebook":
-        try:
-            run_notebook(args.path, args.timeout, args.index, args.total, args.started)
-        except NotebookFailed as err:
-            print(f"\nFAILED: {err}", file=sys.stderr, flush=True)
-            return 1
+
+def data_command(args) -> int:
+    cfg = get_config(args.profile)
+    for name, folder in prepare_data(cfg).items():
+        print(f"{name}: {folder}")
+    print(f"initial model: {build_initial_model(cfg)}")
     return 0
+
+
+def train_command(args) -> int:
+    cfg = get_config(args.profile, **parse_overrides(args.set))
+    cfg.restart = cfg.restart or args.restart
+    stop = args.stop_after_steps
+    if stop is not None and args.stage == "rft":
+        raise ConfigError("--stop-after-steps does not apply to rft: it saves once, after its last round")
+    runners = {"dpo": lambda: run_dpo(cfg, stop_after_steps=stop),
+               "reward_model": lambda: run_reward_model(cfg, stop_after_steps=stop),
+               "rloo": lambda: run_rloo(cfg, stop_after_steps=stop), "rft": lambda: run_rft(cfg)}
+    result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage],
+                                                                         stop_after_steps=stop)
+    if not is_main():               # under N processes, said once
+        return 0
+    history = result.get("history") or result.get("curve") or []
+    progress = run_progress(result["dir"]) if result["dir"].exists() else {"finished": False, "step": None}
+    if progress.get("finished"):
+        print(f"{args.stage}: saved to {result['dir']}" + (f"; last evaluation {history[-1]}" if history else ""))
+    elif progress.get("step") is not None:
+        print(f"{args.stage}: stopped after {stop} steps; the checkpoint of step {progress['step']} is in "
+              f"{result['dir']}: the same command without --stop-after-steps resumes it")
+    else:
+        print(f"{args.stage}: stopped after {stop} steps, before its first checkpoint (save_every): nothing was "
+              "saved, so the next run starts from the beginning")
+    return 0
+
+
+def experiment_command(args) -> int:
+    cfg = get_config(args.profile)
+    if args.shard:
+        k, n = args.shard
+        run_experiment(cfg, shard=(k, n))
+        print(f"shard {k}/{n} done; `python -m helpers experiment` writes the results once every shard is")
+        return 0
+    for kind, path in write_experiment(cfg, run_experiment(cfg)).items():
+        print(f"{kind}: {path if not isinstance(path, dict) else path['md']}")
+    return 0
+
+
+def robustness_command(args) -> int:
+    cfg = get_config(args.profile, **parse_overrides(args.set))
+    seeds = cfg.robustness.tuning_seeds if args.tuning else cfg.robustness.seeds
+    if args.shard:
+        run_robustness(cfg, seeds, shard=args.shard)
+        print(f"shard {args.shard[0]}/{args.shard[1]} done; `python -m helpers robustness` writes the results")
+        return 0
+    results = run_robustness(cfg, seeds)
+    for kind, path in write_robustness(cfg, results, "robustness_tuning" if args.tuning else "robustness").items():
+        print(f"{kind}: {path if not isinstance(path, dict) else path['md']}")
+    return 0
+
+
+def chat_command(args) -> int:
+    return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
+
+
+def run_notebook_command(args) -> int:
+    if args.index is not None and args.total is not None and args.index > args.total:
+        raise ConfigError(f"--index {args.index} is beyond --total {args.total}")
+    try:
+        run_notebook(args.path, args.timeout, args.index, args.total, args.started)
+    except NotebookFailed as err:
+        print(f"\nFAILED: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+COMMANDS = {"data": data_command, "train": train_command, "experiment": experiment_command,
+            "robustness": robustness_command, "chat": chat_command, "run-notebook": run_notebook_command}
+
+
+def main(argv=None) -> int:
+    """Run one subcommand. The project's own errors (ProjectError: config, data, checkpoints, a diverged run) and
+    the operating system's (a read-only folder, a full disk) print one line, `error: …`, and exit 2 (bad input)
+    or 1 (a failed run); --debug shows the traceback. Anything else is a bug and keeps its traceback."""
+    args = build_parser().parse_args(argv)
+    quiet_output()                  # Hugging Face's own progress bars and info logs (loading weights) off
+    try:
+        if args.command not in ("train",):      # only training scales out; the rest would race N copies on files
+            refuse_more_than_one(f"`{args.command}`")
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ProjectError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return getattr(err, "exit_code", 1)
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: its message (an OSError's with the file it names), or its type when it has none."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, ProjectError) else f"{type(err).__name__}: {text}"

@@ -10,16 +10,14 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .config import Config, out_path
+from .config import Config, MissingData, out_path, write_atomic
 from .countdown import countdown_prompt, parse_countdown_task
 from .tiny_world import build_tiny_world
 
 
 def write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """One JSON object per line, written whole or not at all (`write_atomic`)."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -273,7 +271,7 @@ def write_dataset(cfg: Config, name: str, splits: dict[str, list], source: str, 
 def load_split(cfg: Config, name: str, split: str) -> list[dict]:
     path = out_path("data", cfg, name, f"{split}.jsonl")
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run notebooks/00_data.ipynb (or `python -m helpers data "
+        raise MissingData(f"{path} not found: run notebooks/00_data.ipynb (or `python -m helpers data "
                                 f"--profile {cfg.profile}`) first")
     return read_jsonl(path)
 
@@ -294,7 +292,7 @@ def load_hub_split(cfg: Config, hub_id: str, split: str):
     if cfg.data.hub_dir:
         path = Path(cfg.data.hub_dir) / hub_id.replace("/", "__") / f"{split}.jsonl"
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: the local stand-in for {hub_id} [{split}]")
+            raise MissingData(f"{path} not found: the local stand-in for {hub_id} [{split}]")
         return load_dataset("json", data_files=str(path), split="train"), f"local file {path.name}"
     return load_dataset(hub_id, split=split), hub_revision(hub_id)
 
@@ -302,8 +300,12 @@ def load_hub_split(cfg: Config, hub_id: str, split: str):
 def countdown_tasks(cfg: Config, split: str, rows: int | None = None) -> list[dict]:
     """The profile's Countdown tasks ({"nums", "target"}) with their "prompt": the one prompt builder, in the
     profile's format, for every Countdown step — on-policy DPO pairs, RLOO, evaluation — as SFT saw it."""
+    skips = SkipCounter(f"countdown {split}")
+    tasks = convert_countdown(load_split(cfg, "countdown", split), skips)     # a row on disk is input: checked
+    if skips.total:
+        print(skips.report())
     return [dict(t, prompt=countdown_prompt(t["nums"], t["target"], cfg.data.countdown_format))
-            for t in load_split(cfg, "countdown", split)[:rows]]
+            for t in tasks[:rows]]
 
 
 def download_and_convert(cfg: Config, name: str) -> Path:

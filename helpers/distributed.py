@@ -157,9 +157,14 @@ def barrier() -> None:
 
 
 def finish() -> None:
-    """The end of a program under N processes: wait for every process, then close the process group. A process that
-    exits while the group is still open can abort at exit ("terminate called without an active exception", seen
-    once in CI at the end of a 2-process RLOO run). One process: nothing to do."""
+    """The end of a program under N processes: wait for every process, then close the process group. One process:
+    nothing to do.
+
+    Why: "terminate called without an active exception" (SIGABRT, exit 134) is C++'s std::terminate, raised when a
+    std::thread that is still running is destroyed — here at interpreter exit, when the process group's gloo
+    threads (or, in the chat, a Python thread still inside a model's forward pass) meet the static destructors. A
+    program must not leave torch threads running behind it: this closes the group, and the chat decodes in the
+    caller's thread (`generation.stream_text`) and joins a widget's reply thread before exit."""
     if launched() and torch.distributed.is_available() and torch.distributed.is_initialized():
         barrier()
         torch.distributed.destroy_process_group()

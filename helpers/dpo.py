@@ -10,7 +10,8 @@ from .config import Config, check_config, device, out_path, seed_everything
 from .data import countdown_tasks, write_jsonl
 from .modeling import add_lora, disable_dropout, enable_checkpointing, load_model, load_tokenizer
 from .distributed import gather_objects, gather_shares, is_main, process_seed, share
-from .training import stage_logger, train, whole_model
+from .checkpoints import start_fingerprint
+from .training import stage_run, train, whole_model
 from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
                          pair_length, pair_logps, pair_sequence_logps, preference_data)
 
@@ -80,6 +81,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     dcfg = check_config(cfg).dpo      # a bad value fails here, before any model is loaded
     seed_everything(dcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)
+    start_weights = start_fingerprint(start_dir, start)
     tokenizer = load_tokenizer(start_dir)
     model = load_model(start_dir).to(device())
     fresh_adapters = False
@@ -98,7 +100,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
         onpolicy_stats = {key: value if key == "samples_per_prompt" else sum(stats[key] for _, stats in parts)
                           for key, value in parts[0][1].items()}
         if is_main():
-            write_jsonl(out_path("data", cfg, "countdown_onpolicy_pairs", "train.jsonl"), onpolicy)
+            write_jsonl(out_path("outputs", cfg, stage, "countdown_onpolicy_pairs.jsonl"), onpolicy)
         rows = rows + onpolicy
     train_pairs, skips = build_pair_dataset(tokenizer, rows, dcfg.max_length, "dpo train")
     train_pairs = balance_tracks(train_pairs, dcfg.countdown_share)
@@ -111,14 +113,14 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
     before = preference_accuracy(model, test_pairs, pad)
     stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "dpo": dataclasses.asdict(dcfg),
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "start_weights": start_weights,
+                  "dpo": dataclasses.asdict(dcfg),
                   "train_pairs": len(train_pairs), "dropped": dict(skips.reasons), "onpolicy": onpolicy_stats}
-    logger = stage_logger(cfg, stage, run_config, log)
     eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}
-    history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight), pair_collate(pad),
-                    stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, length_fn=pair_length,
-                    restart=cfg.restart, stop_after_steps=stop_after_steps)
-    logger.close()
+    with stage_run(cfg, stage, run_config, log) as logger:
+        history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight),
+                        pair_collate(pad), stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config,
+                        desc=stage, length_fn=pair_length, restart=cfg.restart, stop_after_steps=stop_after_steps)
     model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
             "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,

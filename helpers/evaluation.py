@@ -9,6 +9,7 @@ from .config import Config, STAGES, device, out_path, quality_metric
 from .countdown import countdown_reward
 from .data import countdown_tasks, write_jsonl
 from .modeling import load_model, load_tokenizer
+from .checkpoints import CHECKSUMS, PROGRESS, start_fingerprint, swap_in, write_checksums
 from .logger import read_tensorboard_scalars
 from .formatting import fit_prompts
 from .generation import generate_eval
@@ -105,9 +106,14 @@ def publish_final(cfg: Config) -> str | None:
     if not source.exists():
         print(f"no `final` yet: it is a copy of the chain's end, {source}, which does not exist (run 04_rloo)")
         return None
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("training_state.pt", "checksums.json"))
-    (target / "FINAL_IS.txt").write_text(f"{final}: the end of the chain sft_masked → dpo → rloo\n")
+    fingerprint = start_fingerprint(source, final)        # whole and finished, or a one-line CheckpointError
+    tmp = target.with_name("final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("training_state.pt", CHECKSUMS, PROGRESS))
+    (tmp / "FINAL_IS.txt").write_text(f"{final}: the end of the chain sft_masked → dpo → rloo "
+                                      f"(weights {fingerprint})\n")
+    write_checksums(tmp)
+    swap_in(tmp, target)
     return final
 
 
@@ -159,8 +165,8 @@ LEGEND = {
     "pass@4": "chance that at least one of 4 samples is correct (unbiased estimator; = best of 4 by the verifier)",
     "pass@8": "the same for 8 samples",
     "response_loss": "held-out loss on response tokens only (nats per token)",
-    "response_ppl": "exp(response loss): how many tokens the model hesitates between; a vocabulary of 1,024 "
-                    "allows far more than 1,024 when the model is confidently wrong",
+    "response_ppl": "exp(response loss): roughly how many tokens the model hesitates between; it can exceed the "
+                    "vocabulary's size when the model is confidently wrong (the base model's is in the thousands)",
     "sequence_loss": "held-out loss on every token, prompt included",
 }
 

@@ -9,12 +9,14 @@ import math
 import shutil
 import time
 
-from .config import Config, ExperimentConfig, assets_dir, config_dict, out_path, replace_config, replace_sections
+from .config import (Config, ExperimentConfig, assets_dir, config_dict, out_path, replace_config, replace_sections,
+                     write_atomic)
 from .modeling import load_tokenizer
 from .formatting import build_sft_dataset
 from .sft import run_sft, sft_mixture
 from .scoring import evaluate_model
-from .results import save_figure, timestamp, write_summary
+from .checkpoints import start_fingerprint
+from .results import machine, save_figure, timestamp, write_summary
 
 METRICS = ("response_loss", "exact_match", "rouge_l", "countdown_accuracy", "countdown_reward", "sequence_loss")
 
@@ -59,6 +61,27 @@ def run_cell(cfg: Config, cell: dict, dataset=None) -> dict:
     return {**cell, **metrics, "curve": curve}      # whether it had stopped learning: write_experiment judges
 
 
+def base_weights(cfg: Config) -> str | None:
+    """The fingerprint of the profile's base model (checkpoints/<profile>/initial), or None while there is none."""
+    try:
+        return start_fingerprint(out_path("checkpoints", cfg, "initial"), "initial")
+    except RuntimeError:
+        return None
+
+
+def read_cached(path, progress=print) -> dict | None:
+    """A cached result file, or None when there is none — or when it cannot be read (a truncated or edited file):
+    then it says which file and the run computes it again, instead of stopping on a JSON error."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        progress(f"{path} is unreadable ({type(err).__name__}): computing it again")
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def run_experiment(cfg: Config, run=run_cell, progress=print, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Every cell, each cached in outputs/<profile>/experiment/<cell>.json with the settings it ran under: a rerun
     (after an interruption, or to add cells) does only the missing ones. Prints progress and an ETA.
@@ -71,12 +94,13 @@ def run_experiment(cfg: Config, run=run_cell, progress=print, shard: tuple[int, 
         raise ValueError(f"shard {k}/{n}: k must be in 0 … {n - 1}")
     folder = out_path("outputs", cfg, "experiment")
     folder.mkdir(parents=True, exist_ok=True)
-    settings = {"experiment": config_dict(cfg.experiment), "sft": config_dict(cfg.sft), "data": config_dict(cfg.data)}
+    settings = {"experiment": config_dict(cfg.experiment), "sft": config_dict(cfg.sft), "data": config_dict(cfg.data),
+                "initial_weights": base_weights(cfg)}        # another base model: every cell runs again
     cells, results, took = grid_cells(cfg)[k::n], [], []
     datasets, tokenizer = {}, None
     for i, cell in enumerate(cells, 1):
         path = folder / f"{cell_key(cell)}.json"
-        saved = json.loads(path.read_text()) if path.exists() else None
+        saved = read_cached(path, progress)
         if saved and saved.get("settings") == settings:
             results.append(saved["result"])
             continue
@@ -90,7 +114,7 @@ def run_experiment(cfg: Config, run=run_cell, progress=print, shard: tuple[int, 
             result = run(cfg, cell, datasets[key])
         else:
             result = run(cfg, cell)
-        path.write_text(json.dumps({"settings": settings, "result": result}, default=str))
+        write_atomic(path, json.dumps({"settings": settings, "result": result}, default=str))
         results.append(result)
         took.append(time.perf_counter() - started)
         left = sum(1 for c in cells[i:] if not (folder / f"{cell_key(c)}.json").exists())
@@ -168,7 +192,9 @@ def write_experiment(cfg: Config, results: list[dict]) -> dict:
              "mean_std": write_summary(summary, cfg, "sft_sweep_mean_std", stamp),
              "headline": write_summary(pd.DataFrame(headline(results)), cfg, "sft_headline", stamp)}
     raw = out_path("evaluation_results", cfg, "sft_sweep", stamp, "results.json")
-    raw.write_text(json.dumps({"experiment": config_dict(cfg.experiment), "results": results}, default=str))
+    origin = {"made": time.strftime("%Y-%m-%d"), "machine": machine(), "initial_weights": base_weights(cfg)}
+    raw.write_text(json.dumps({"experiment": config_dict(cfg.experiment), "origin": origin, "results": results},
+                              default=str))
     paths["heatmap"] = plot_grid(summary, assets_dir(cfg) / "sweep_heatmap.png")
     paths["comparison"] = plot_headline(results, assets_dir(cfg) / "Comparison.png")
     return paths
@@ -178,6 +204,21 @@ def latest_experiment(cfg: Config) -> list[dict] | None:
     """The newest committed experiment's runs (with their curves), or None if `make experiment` never ran."""
     found = sorted(out_path("evaluation_results", cfg, "sft_sweep").glob("*/results.json"))
     return json.loads(found[-1].read_text())["results"] if found else None
+
+
+def experiment_origin(cfg: Config) -> str:
+    """Where the committed experiment comes from, said beside it: when and on what machine it was made, and whether
+    from this base model (the fingerprint of checkpoints/<profile>/initial) or another one."""
+    found = sorted(out_path("evaluation_results", cfg, "sft_sweep").glob("*/results.json"))
+    if not found:
+        return "no experiment yet for this profile"
+    origin = json.loads(found[-1].read_text()).get("origin", {})
+    same = origin.get("initial_weights") == base_weights(cfg)
+    return (f"The experiment was made by `make experiment` on {origin.get('made', 'an unrecorded date')} "
+            f"({origin.get('machine', 'machine not recorded')}), from "
+            + ("this notebook's own base model." if same else
+               "another base model than this notebook's (another machine or seed): its numbers are that base "
+               "model's; `make experiment` remakes them from this one."))
 
 
 def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:

@@ -169,3 +169,56 @@ def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, t
         samples.append({"prompt_ids": prompt_row, "response_ids": response,
                         "text": tokenizer.decode(response, skip_special_tokens=True).strip()})
     return samples
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> int:
+    """One token from a row of logits: the most likely at temperature 0; else sampled at `temperature` from the
+    smallest set of tokens whose probability reaches `top_p` (nucleus sampling, Holtzman et al. 2020)."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p      # the tokens after the nucleus is full
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return int(torch.multinomial(probs, num_samples=1))
+
+
+@torch.no_grad()
+def stream_tokens(model, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                  stops=(), should_stop=lambda: False):
+    """One reply, token by token (a generator), with the KV cache: what the chat streams. It ends at a stop token
+    (not yielded), at `max_new_tokens`, or as soon as `should_stop()` says so — checked before every token, so Stop
+    ends a reply within one token. It runs in the caller's thread: no thread is left running a model when the
+    caller stops reading (a closed pipe, Ctrl-C)."""
+    device = model_device(model)
+    with generation_mode(model):
+        cache, tokens = DynamicCache(config=model.config), torch.tensor([prompt_ids], device=device)
+        for _ in range(max_new_tokens):
+            if should_stop():
+                return
+            logits = model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+            token = next_token(logits, temperature, top_p)
+            if token in stops:
+                return
+            yield token
+            tokens = torch.tensor([[token]], device=device)
+
+
+def stream_text(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
+                top_p: float = 1.0, should_stop=lambda: False):
+    """`stream_tokens` as text pieces: the reply so far is decoded whole each time and its new end yielded, held
+    back while it ends inside a character (a multi-byte character spans several byte-level tokens)."""
+    ids, shown = [], ""
+    for token in stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_p, stop_token_ids(tokenizer),
+                               should_stop):
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(shown):
+            continue
+        piece, shown = text[len(shown):], text
+        if piece:
+            yield piece
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if text.startswith(shown) and text != shown:
+        yield text[len(shown):]

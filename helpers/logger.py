@@ -53,7 +53,8 @@ def read_tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
 def progress_bar(iterable=None, **options):
     """One text progress bar for our own long loops (training steps, generate calls): plain text on stderr, so an
     executed notebook keeps a readable line instead of a widget that shows 0% without its state; TQDM_DISABLE=1
-    turns it off. Updates every 2 s in a terminal, every 10 s elsewhere (notebook outputs keep every update)."""
+    turns it off. Redrawn at most every 2 s in a terminal and every 10 s elsewhere — a notebook's output keeps every
+    redraw, so there a stage of a few minutes leaves a few lines, not hundreds."""
     import os
     import sys
     from tqdm.std import tqdm

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, ProjectError
 
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -121,6 +121,24 @@ def quiet_output() -> None:
         disable_progress_bars()
     except ImportError:       # datasets is only needed by the hub profiles
         pass
+    short_project_errors()
+
+
+def short_project_errors() -> None:
+    """In a notebook, the project's own errors (ProjectError: a missing stage, a bad config value, a corrupt
+    checkpoint) show as their one-line message, as on the command line — not a 20-frame traceback; the cell still
+    fails. Other errors (bugs) keep their traceback. Outside IPython nothing happens."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def one_line(shell, etype, value, tb, tb_offset=None):
+        return [f"{etype.__name__}: {' '.join(str(value).split())}"]
+    shell.set_custom_exc((ProjectError,), one_line)
 
 
 def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.float32,
@@ -152,14 +170,30 @@ def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
         with peft_reads_old_names():
-            return AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=True, **kwargs)
+            return check_finite(AutoPeftModelForCausalLM.from_pretrained(str(path), is_trainable=True, **kwargs),
+                                model_name)
     model = AutoModelForCausalLM.from_pretrained(str(model_name), **kwargs)
+    check_finite(model, model_name)
     lora = as_lora_config(lora_cfg)
     if lora is not None:
         from peft import prepare_model_for_kbit_training
         if quant is not None:
             model = prepare_model_for_kbit_training(model)
         model = add_lora(model, lora)
+    return model
+
+
+class CorruptWeights(ProjectError, ValueError):
+    """A model whose weights hold NaN or inf: every output would be NaN, and a stage started from it would blame
+    its own learning rate."""
+
+
+def check_finite(model, name):
+    """The model, if every weight is a finite number; CorruptWeights naming the folder and a tensor otherwise."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise CorruptWeights(f"{name}: {len(bad)} weight tensor(s) hold NaN or inf ({bad[0]}, …): the checkpoint is "
+                             "corrupt — train its stage again (restart=True / --restart / RESTART=1)")
     return model
 
 

@@ -12,6 +12,20 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d_%H%M%S")
 
 
+def machine() -> str:
+    """This machine in a few words ("AMD EPYC, 2 cores"), for the record of a run: another CPU rounds floats
+    differently and pre-trains another base model."""
+    import os
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                     "")
+    except OSError:
+        pass
+    import platform
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def markdown_table(df) -> str:
     """A GitHub markdown table without the optional `tabulate` dependency."""
     cells = [[str(c) for c in df.columns]] + [[_cell(v) for v in row] for row in df.itertuples(index=False)]

@@ -10,16 +10,17 @@ import random
 import shutil
 
 from .config import Config, check_config, device, out_path, replace_config, seed_everything
-from .modeling import load_model, load_tokenizer, save_model
+from .modeling import load_model, load_tokenizer
 from .formatting import build_sft_example
 from .distributed import barrier, gather_shares, is_main, main_first, seed_this_process, share
-from .training import refuse_sharded, stage_logger, train
+from .checkpoints import run_progress, save_finished_model, start_fingerprint, weights_fingerprint
+from .training import refuse_sharded, stage_run, train
 from .sft import sft_collate, sft_loss
 from .results import save_figure
 from .generation import sample_completions
 from .scoring import track_scores
 from .reward_model import load_reward_model
-from .rloo import make_reward_fn, rl_tasks
+from .rloo import make_reward_fn, rl_tasks, start_scores
 
 
 def keep_best(tasks: list[dict], samples: list[dict], rewards: list[float], n: int, use_model: bool) -> list[dict]:
@@ -60,10 +61,12 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
                          f"{fcfg.rounds * fcfg.steps_per_round}")
     seed_everything(fcfg.seed)
     start_dir, stage_dir = out_path("checkpoints", cfg, start), out_path("checkpoints", cfg, stage)
+    starts = {"start_weights": start_fingerprint(start_dir, start)}
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
     use_model = rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model"
     judge = None
     if use_model:
+        starts["judge_weights"] = start_fingerprint(out_path("checkpoints", cfg, "reward_model"), "reward_model")
         with main_first():
             rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
         judge = (rm_tok, rm.to(device()))
@@ -74,51 +77,61 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     if per_round * fcfg.rounds > len(tasks):
         raise ValueError(f"RFT needs {per_round * fcfg.rounds} prompts for {fcfg.rounds} rounds; there are "
                          f"{len(tasks)}")
-    run_config = json.loads(json.dumps({"stage": stage, "profile": cfg.profile, "start": start,
+    run_config = json.loads(json.dumps({"stage": stage, "profile": cfg.profile, "start": start, **starts,
                                         "rft": dataclasses.asdict(fcfg), "rloo": dataclasses.asdict(rcfg)}))
-    saved = stage_dir / "run_config.json"
-    if not cfg.restart and saved.exists() and json.loads(saved.read_text()) == run_config:
-        print(f"{stage}: {stage_dir} already holds this finished run: kept (restart=True trains it again)")
+    if not cfg.restart and finished_run(stage_dir, run_config):
+        print(f"{stage}: {stage_dir} already holds this finished run (same config, same start): kept "
+              "(restart=True trains it again)")
         return {"curve": load_curve(stage_dir), "dir": stage_dir, "model": load_model(stage_dir).to(device()),
                 "tokenizer": tokenizer, "kept": None, "prompts_per_round": per_round}
-    logger = stage_logger(cfg, stage, run_config, log)
-    curve = [{"samples": 0, "round": 0, **track_scores(model, tokenizer, cfg)}]
-    kept_total = 0
-    seed_this_process(fcfg.seed)        # N processes: each samples its own stream; one process: untouched
-    for r in range(fcfg.rounds):
-        round_tasks = tasks[r * per_round:(r + 1) * per_round]
-        my_tasks, samples = share(round_tasks), []
-        for i in range(0, len(my_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
-            batch = my_tasks[i:i + rcfg.batch_size]
-            samples += sample_completions(model, tokenizer, [t["prompt"] for t in batch], rcfg.k,
-                                          rcfg.max_new_tokens, rcfg.temperature)
-        rep = [t for t in my_tasks for _ in range(rcfg.k)]
-        rewards = reward_fn([t["prompt"] for t in rep], [s["text"] for s in samples], rep)
-        best = [keep_best([task], samples[i * rcfg.k:(i + 1) * rcfg.k], rewards[i * rcfg.k:(i + 1) * rcfg.k],
-                          rcfg.k, use_model) for i, task in enumerate(my_tasks)]
-        kept = [k for one in gather_shares(best, len(round_tasks)) for k in one]      # every prompt's, in order
-        kept_total += len(kept)
-        examples = [e for e in (build_sft_example(tokenizer, k["task"]["prompt"] + [
-            {"role": "assistant", "content": k["completion"]}], fcfg.max_length) for k in kept) if e]
-        by_track = {track: sum(k["task"]["track"] == track for k in kept) for track in ("countdown", "instructions")}
-        if examples:
-            round_cfg = replace_config(fcfg, max_steps=fcfg.steps_per_round, eval_every=10 ** 9, save_every=10 ** 9,
-                                       seed=fcfg.seed + r)
-            train(model, tokenizer, examples, round_cfg, sft_loss, sft_collate(tokenizer.pad_token_id),
-                  stage_dir.with_name(f"{stage}.round"), restart=True, desc=f"{stage} round {r + 1}")
-        point = {"samples": (r + 1) * per_round * rcfg.k, "round": r + 1, "kept": len(kept), **by_track,
-                 **track_scores(model, tokenizer, cfg)}
-        curve.append(point)
-        logger.scalars({f"rft/{k}": v for k, v in point.items() if k not in ("samples", "round")}, point["samples"])
-        print(f"RFT round {r + 1}/{fcfg.rounds}: kept {len(kept)} of {len(round_tasks)} prompts {by_track}; "
-              + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if isinstance(v, float)))
-    logger.close()
-    if is_main():
-        shutil.rmtree(stage_dir.with_name(f"{stage}.round"), ignore_errors=True)
-        save_model(model, stage_dir, tokenizer, extra={"run_config.json": run_config, "rft_curve.json": curve})
-    barrier()
+    with stage_run(cfg, stage, run_config, log) as logger:
+        curve = [{"samples": 0, "round": 0, **start_scores(cfg, start)}]     # the start's cached evaluation
+        kept_total = 0
+        seed_this_process(fcfg.seed)        # N processes: each samples its own stream; one process: untouched
+        for r in range(fcfg.rounds):
+            round_tasks = tasks[r * per_round:(r + 1) * per_round]
+            my_tasks, samples = share(round_tasks), []
+            for i in range(0, len(my_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
+                batch = my_tasks[i:i + rcfg.batch_size]
+                samples += sample_completions(model, tokenizer, [t["prompt"] for t in batch], rcfg.k,
+                                              rcfg.max_new_tokens, rcfg.temperature)
+            rep = [t for t in my_tasks for _ in range(rcfg.k)]
+            rewards = reward_fn([t["prompt"] for t in rep], [s["text"] for s in samples], rep)
+            best = [keep_best([task], samples[i * rcfg.k:(i + 1) * rcfg.k], rewards[i * rcfg.k:(i + 1) * rcfg.k],
+                              rcfg.k, use_model) for i, task in enumerate(my_tasks)]
+            kept = [k for one in gather_shares(best, len(round_tasks)) for k in one]      # every prompt's, in order
+            kept_total += len(kept)
+            examples = [e for e in (build_sft_example(tokenizer, k["task"]["prompt"] + [
+                {"role": "assistant", "content": k["completion"]}], fcfg.max_length) for k in kept) if e]
+            by_track = {track: sum(k["task"]["track"] == track for k in kept)
+                        for track in ("countdown", "instructions")}
+            if examples:
+                round_cfg = replace_config(fcfg, max_steps=fcfg.steps_per_round, eval_every=10 ** 9, save_every=10 ** 9,
+                                           seed=fcfg.seed + r)
+                train(model, tokenizer, examples, round_cfg, sft_loss, sft_collate(tokenizer.pad_token_id),
+                      stage_dir.with_name(stage_dir.name + ".round"), restart=True, desc=f"{stage} round {r + 1}")
+            point = {"samples": (r + 1) * per_round * rcfg.k, "round": r + 1, "kept": len(kept), **by_track,
+                     **track_scores(model, tokenizer, cfg)}
+            curve.append(point)
+            logger.scalars({f"rft/{k}": v for k, v in point.items() if k not in ("samples", "round")}, point["samples"])
+            print(f"RFT round {r + 1}/{fcfg.rounds}: kept {len(kept)} of {len(round_tasks)} prompts {by_track}; "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if isinstance(v, float)))
+        if is_main():
+            shutil.rmtree(stage_dir.with_name(stage_dir.name + ".round"), ignore_errors=True)
+            save_finished_model(model, tokenizer, stage_dir, extra={"run_config.json": run_config,
+                                                                    "rft_curve.json": curve})
+        barrier()
     return {"curve": curve, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "kept": kept_total,
             "prompts_per_round": per_round}
+
+
+def finished_run(stage_dir, run_config: dict) -> bool:
+    """Does `stage_dir` hold a whole, finished RFT run of exactly this config and start? (checksums verified)"""
+    saved = stage_dir / "run_config.json"
+    if not saved.exists() or json.loads(saved.read_text()) != run_config:
+        return False
+    weights_fingerprint(stage_dir)          # raises CheckpointError, naming the file, if anything changed since
+    return bool(run_progress(stage_dir).get("finished"))
 
 
 def load_curve(stage_dir) -> list[dict]:

@@ -2,18 +2,21 @@
 best-of-n. Imports: config, countdown, data, sft, generation."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
-from .config import Config, config_dict, device, out_path, quality_metric
-from .countdown import countdown_reward
+import torch
+
+from .config import Config, config_dict, device, out_path, quality_metric, write_atomic
+from .countdown import countdown_reward, countdown_text
 from .data import countdown_tasks, write_jsonl
-from .modeling import load_model, load_tokenizer
+from .modeling import load_model, load_tokenizer, model_device
+from .checkpoints import start_fingerprint
 from .formatting import fit_prompts
 from .sft import evaluate_loss, heldout_loss_examples, sft_mixture
-from .generation import generate_eval
+from .generation import generate_eval, generation_mode, left_padded
 
 
 def exact_match(response: str, reference: str) -> float:
@@ -96,32 +99,56 @@ def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = 
     return metrics
 
 
-def checkpoint_fingerprint(folder: Path) -> str:
-    """Changes whenever the checkpoint's files do (names, sizes, modification times) — a retrained stage included."""
-    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir() if p.is_file())
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
-
-
 def evaluate_checkpoint(cfg: Config, name: str) -> tuple[dict, list[dict]]:
     """`evaluate_model` of checkpoints/<profile>/<name>, computed once and reused by every later notebook until the
-    checkpoint, the evaluation settings or the data change: (metrics, greedy records). The greedy responses are
+    checkpoint's weights (their fingerprint), the evaluation settings or the data change: (metrics, greedy records).
+    Only a finished checkpoint is evaluated (CheckpointError otherwise, naming the fix). The greedy responses are
     saved to outputs/<profile>/<name>/responses.jsonl."""
     folder = out_path("checkpoints", cfg, name)
     manifests = sorted(out_path("data", cfg).glob("*/manifest.json"))
-    key = {"checkpoint": checkpoint_fingerprint(folder), "eval": config_dict(cfg.eval),
+    key = {"checkpoint": start_fingerprint(folder, name), "eval": config_dict(cfg.eval),
            "data": [json.loads(p.read_text())["content_hash"] for p in manifests],
            "max_length": cfg.sft.max_length, "max_prompt_tokens": cfg.data.max_prompt_tokens}
     cached = out_path("outputs", cfg, name, "greedy_evaluation.json")
-    if cached.exists():
-        saved = json.loads(cached.read_text())
-        if saved.get("key") == key:
-            return saved["metrics"], saved["records"]
+    try:
+        saved = json.loads(cached.read_text()) if cached.exists() else {}
+    except (OSError, ValueError):           # a truncated cache is computed again
+        saved = {}
+    if isinstance(saved, dict) and saved.get("key") == key:
+        return saved["metrics"], saved["records"]
     tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
     records: list = []
     metrics = evaluate_model(model, tokenizer, cfg, out_path("outputs", cfg, name, "responses.jsonl"), records)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps({"key": key, "metrics": metrics, "records": records}, default=str))
+    write_atomic(cached, json.dumps({"key": key, "metrics": metrics, "records": records}, default=str))
     return metrics, records
+
+
+_EQUATION = re.compile(r"\s*(\d+) ([-+*/]) (\d+) = ")
+
+
+@torch.no_grad()
+def base_copying(model, tokenizer, cfg: Config, rows: int | None = None) -> dict:
+    """Can a base model (no chat format yet) copy a task's numbers? Each held-out Countdown task in the tiny world's
+    pre-training phrasing, up to its restatement (`Using the numbers [17, 2], create an equation that equals 34.
+    Numbers [17, 2] make 34:`), continued greedily: the share of equations that use both numbers ("copies") and the
+    share that are also right ("solves"). Every later stage's Countdown rests on this skill, and it is what varies
+    most from one base model to another (docs/LOG.md)."""
+    tasks = countdown_tasks(cfg, "test", rows or cfg.eval.countdown_rows)
+    texts = [countdown_text(t["nums"], t["target"], []).rsplit(":", 1)[0] + ":" for t in tasks]
+    copies = solves = 0
+    with generation_mode(model):
+        for start in range(0, len(texts), cfg.eval.batch_size):
+            part = texts[start:start + cfg.eval.batch_size]
+            enc = left_padded([tokenizer(t, add_special_tokens=False)["input_ids"] for t in part],
+                              tokenizer.pad_token_id, model_device(model))
+            out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            for task, row in zip(tasks[start:], out[:, enc["input_ids"].shape[1]:]):
+                found = _EQUATION.match(tokenizer.decode(row, skip_special_tokens=True))
+                if found and sorted([int(found[1]), int(found[3])]) == sorted(task["nums"]):
+                    copies += 1
+                    solves += countdown_reward(f"<answer> {found[1]} {found[2]} {found[3]} </answer>", task["target"],
+                                               task["nums"]) == 1.0
+    return {"copies": copies / len(tasks), "solves": solves / len(tasks)}
 
 
 def countdown_accuracy(model, tokenizer, cfg: Config, rows: int | None = None) -> dict:

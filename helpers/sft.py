@@ -12,12 +12,13 @@ import torch
 
 from .config import Config, check_config, config_dict, dataset_name, device, out_path, replace_config, seed_everything
 from .data import load_split
-from .modeling import (build_tiny_model, enable_checkpointing, load_model, load_tokenizer, model_device, save_model,
+from .modeling import (build_tiny_model, enable_checkpointing, load_model, load_tokenizer, model_device,
                        train_tiny_tokenizer)
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
-from .training import stage_logger, train, whole_model
+from .checkpoints import save_finished_model, start_fingerprint
+from .training import stage_run, train, whole_model
 from .logprobs import trained_weights, weighted_token_logps
 
 
@@ -58,21 +59,22 @@ def evaluate_loss(model, examples: list[dict], pad_token_id: int, token_budget: 
     return sum(loss for loss, _ in sums) / max(sum(units for _, units in sums), 1.0)
 
 
-def build_initial_model(cfg: Config, log: bool = True) -> Path:
-    """checkpoints/<profile>/initial — the untouched base model every stage starts from.
+def build_initial_model(cfg: Config, log: bool = True, stage: str = "initial") -> Path:
+    """checkpoints/<profile>/initial (or `stage`) — the untouched base model every stage starts from, saved with
+    checksums so that every later stage can record exactly which weights it started from.
 
     tiny world: train the tokenizer on the tiny world, build a Qwen2 model, pre-train it briefly on plain text
     (facts of the world, never the chat format, never test prompts). Otherwise save `cfg.model.name`
     (Qwen/Qwen2.5-0.5B, or qwen_smoke's local checkpoint) as it is, in its stored dtype.
     """
-    target = out_path("checkpoints", cfg, "initial")
+    target = out_path("checkpoints", cfg, stage)
     if cfg.model.name != "tiny":
         if not cfg.model.name:
             raise ValueError(f"profile {cfg.profile!r} needs a model: set QWEN_MODEL_DIR to a Qwen2.5-architecture "
                              "checkpoint (build one with ../shared/tools/get-real-qwen.sh DIR)")
         tokenizer = load_tokenizer(cfg.model.name)
-        return save_model(load_model(cfg.model.name, dtype=None), target, tokenizer,
-                          extra={"run_config.json": config_dict(cfg)})
+        return save_finished_model(load_model(cfg.model.name, dtype=None), tokenizer, target,
+                                   extra={"run_config.json": config_dict(cfg)})
     check_config(cfg)
     seed_everything(cfg.pretrain.seed)
     texts = [r["text"] for r in load_split(cfg, "pretrain", "train")]
@@ -84,13 +86,16 @@ def build_initial_model(cfg: Config, log: bool = True) -> Path:
     held_out = examples[: max(8, len(examples) // 20)]
     logger = TensorBoardLogger(out_path("tensorboard_events", cfg, "pretrain")) if log else NullLogger()
     run_config = {"stage": "pretrain", **config_dict(cfg)}
-    train(model, tokenizer, examples[len(held_out):], cfg.pretrain, sft_loss, sft_collate(tokenizer.pad_token_id),
-          out_path("checkpoints", cfg, "pretrain_run"), logger=logger, run_config=run_config, desc="pretrain",
-          restart=True, uniform_loss=math.log(len(tokenizer)),
-          eval_fn=lambda m: {"eval/loss": evaluate_loss(m, held_out, tokenizer.pad_token_id)})
-    logger.close()
-    shutil.rmtree(out_path("checkpoints", cfg, "pretrain_run"), ignore_errors=True)
-    return save_model(model, target, tokenizer, extra={"run_config.json": run_config})
+    run_dir = target.with_name(target.name + "_pretrain_run")
+    try:
+        train(model, tokenizer, examples[len(held_out):], cfg.pretrain, sft_loss, sft_collate(tokenizer.pad_token_id),
+              run_dir, logger=logger, run_config=run_config, desc="pretrain", restart=True,
+              uniform_loss=math.log(len(tokenizer)),
+              eval_fn=lambda m: {"eval/loss": evaluate_loss(m, held_out, tokenizer.pad_token_id)})
+    finally:
+        logger.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return save_finished_model(model, tokenizer, target, extra={"run_config.json": run_config})
 
 
 def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
@@ -113,8 +118,8 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
 
 def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | None = None,
             seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False,
-            dataset: tuple | None = None, stop_after_steps: int | None = None) -> dict:
-    """Train one SFT run from checkpoints/<profile>/initial; returns {"history", "dir", "dropped"}.
+            dataset: tuple | None = None, stop_after_steps: int | None = None, start: str = "initial") -> dict:
+    """Train one SFT run from checkpoints/<profile>/initial (or `start`); returns {"history", "dir", "dropped"}.
 
     The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
     `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
@@ -126,7 +131,8 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
                                seed=cfg.sft.seed if seed is None else seed,
                                max_steps=cfg.sft.max_steps if max_steps is None else max_steps)
     seed_everything(train_cfg.seed)
-    initial = out_path("checkpoints", cfg, "initial")
+    initial = out_path("checkpoints", cfg, start)
+    start_weights = start_fingerprint(initial, start)
     tokenizer = load_tokenizer(initial)
     model = load_model(initial, lora_cfg=cfg.model.lora, quant=cfg.model.quant).to(device())
     if cfg.model.gradient_checkpointing:
@@ -139,15 +145,15 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     eval_fn = lambda m: {"eval/response_loss": evaluate_loss(m, held["response"], pad),
                          "eval/sequence_loss": evaluate_loss(m, held["sequence"], pad)}
     stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "sft": dataclasses.asdict(train_cfg),
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "start_weights": start_weights,
+                  "sft": dataclasses.asdict(train_cfg),
                   "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
                   "train_examples": len(examples), "dropped": dict(skips.reasons)}
-    logger = stage_logger(cfg, stage, run_config, log)
-    history = train(model, tokenizer, examples, train_cfg, sft_loss, sft_collate(pad, train_cfg.loss_normalization),
-                    stage_dir,
-                    eval_fn=eval_fn, logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
-                    uniform_loss=math.log(len(tokenizer)), stop_after_steps=stop_after_steps)
-    logger.close()
+    with stage_run(cfg, stage, run_config, log) as logger:
+        history = train(model, tokenizer, examples, train_cfg, sft_loss,
+                        sft_collate(pad, train_cfg.loss_normalization), stage_dir, eval_fn=eval_fn, logger=logger,
+                        run_config=run_config, desc=stage, restart=cfg.restart, uniform_loss=math.log(len(tokenizer)),
+                        stop_after_steps=stop_after_steps)
     model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
 

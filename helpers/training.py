@@ -4,6 +4,7 @@ CUDA, resume; one process, or N under `accelerate launch` (DDP, or FSDP by accel
 Imports: config, modeling, batching, logger, checkpoints, distributed."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -14,20 +15,25 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, TrainConfig, out_path
+from .config import Config, ProjectError, TrainConfig, out_path
 from .modeling import autocast_context
 from .batching import length_grouped_batches, to_device
 from .logger import NullLogger, TensorBoardLogger, progress_bar
-from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_status
+from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_lock, stage_status
 from .distributed import (barrier, call, clip_grad_norm, full_weights, gather_objects, is_main, load_optimizer_state,
                           main_first, mean_metrics, no_sync, num_processes, optimizer_state, prepare_model,
                           process_index, rng_state, run_config_of, seed_this_process, set_rng_state, share,
                           sharded_run, state_dict_for_saving, sum_over_processes)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ProjectError, RuntimeError):
     """The loss became NaN/inf, rose far above where it started, or sat at the uniform-output value; training
     stopped and the message says which checkpoint, if any, was kept."""
+    exit_code = 1
+
+
+class NothingToTrain(ProjectError, ValueError):
+    """A stage was handed no examples (every row dropped by its filters): the message says which stage and why."""
 
 
 # Divergence beyond NaN: a loss above DIVERGED_FACTOR × its first value + 1 nat, or within UNIFORM_TOLERANCE of
@@ -41,6 +47,19 @@ def stage_logger(cfg: Config, stage: str, run_config: dict, enabled: bool = True
         return NullLogger()
     keep = keeps_events(out_path("checkpoints", cfg, stage), run_config_of(run_config), cfg.restart)
     return TensorBoardLogger(out_path("tensorboard_events", cfg, stage), fresh=not keep)
+
+
+@contextlib.contextmanager
+def stage_run(cfg: Config, stage: str, run_config: dict, log: bool = True):
+    """A stage's run, opened and closed in one place: the stage folder locked against a second process (before its
+    TensorBoard events can be touched), the logger (`stage_logger`) yielded, and both released whatever happens."""
+    stage_dir = out_path("checkpoints", cfg, stage)
+    with stage_lock(stage_dir) if is_main() else contextlib.nullcontext():
+        logger = stage_logger(cfg, stage, run_config, log)
+        try:
+            yield logger
+        finally:
+            logger.close()
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -62,7 +81,7 @@ def my_share(indices: list[int]) -> tuple[list[int], bool]:
 def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, collate_fn, stage_dir,
           eval_fn=None, logger=None, run_config: dict | None = None, restart: bool = False,
           stop_after_steps: int | None = None, desc: str = "train", length_fn=None, watch_loss: bool = True,
-          uniform_loss: float | None = None) -> list[dict]:
+          uniform_loss: float | None = None, start_metrics: dict | None = None) -> list[dict]:
     """The one training loop. Returns the evaluation history [{step, metric: value, …}].
 
     loss_fn(model, batch) -> (summed_loss, metrics): the loss summed over the batch's units (trained tokens for
@@ -81,8 +100,13 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     loaded and its history returned, nothing is trained again), or anything else (CheckpointError naming the file
     and the fix); `restart=True` deletes it and trains from scratch. `watch_loss` stops a loss that rises far above
     where it started (off for RLOO, whose loss has no fixed sign), `uniform_loss` (ln V for token losses) one that
-    sits where a model outputs the uniform distribution.
+    sits where a model outputs the uniform distribution. `start_metrics`: eval_fn's numbers for the start weights,
+    known already (a cached evaluation of the checkpoint the stage starts from): step 0 records them instead of
+    evaluating the same weights again.
     """
+    if not examples:
+        raise NothingToTrain(f"{desc}: no examples to train on — every row was dropped by its filters (see the "
+                             f"counts printed above; max_length = {cfg.max_length} may be too short for any of them)")
     logger = logger or NullLogger()
     run_config = run_config_of(json.loads(json.dumps(run_config or {"train": dataclasses.asdict(cfg)}, default=str)))
     stage_dir, processes = Path(stage_dir), num_processes()
@@ -92,6 +116,13 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     barrier()
     with main_first():          # the main process repairs an interrupted save first; the others only read
         status, saved = stage_status(stage_dir, run_config)
+    if status == "stale":       # the stage it started from was trained again: its results no longer follow
+        if is_main():
+            print(f"{desc}: {stage_dir} was trained from other weights ({', '.join(saved['changed'])} changed "
+                  "since): training it again")
+            shutil.rmtree(stage_dir)
+        barrier()
+        status, saved = "fresh", None
     if status == "finished":
         load_weights_into(model, saved["dir"])
         if is_main():
@@ -149,7 +180,10 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
                             state_dict=weights)
         barrier()
 
-    if state["step"] == 0:
+    if state["step"] == 0 and start_metrics is not None:
+        state["history"].append({"step": 0, **start_metrics})
+        logger.scalars(start_metrics, 0)
+    elif state["step"] == 0:
         evaluate()
     model.train()
     progress = progress_bar(total=cfg.max_steps, initial=state["step"], desc=desc, disable=not is_main())
@@ -182,15 +216,17 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
                 (summed * (1.0 if real else 0.0) / (total_units / processes)).backward()
             if real:
                 loss_sum += float(summed.detach())
-                metric_sums.update({k: float(v) / real_batches for k, v in metrics.items()})
+                metric_sums.update({k: float(v.detach() if torch.is_tensor(v) else v) / real_batches
+                                    for k, v in metrics.items()})
         loss = sum_over_processes(loss_sum) / total_units
         grad_norm = clip_grad_norm(wrapped, params, cfg.max_grad_norm)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise diverged(f"loss={loss} grad_norm={grad_norm}")
         first_loss = loss if first_loss is None else first_loss
         far_above = watch_loss and loss > DIVERGED_FACTOR * abs(first_loss) + 1.0
+        # only at full lr: during warmup a fresh model may still sit at ln V on its way down
         uniform = (uniform_loss is not None and abs(loss - uniform_loss) < UNIFORM_TOLERANCE
-                   and abs(first_loss - uniform_loss) >= UNIFORM_TOLERANCE)
+                   and abs(first_loss - uniform_loss) >= UNIFORM_TOLERANCE and state["step"] >= cfg.warmup_steps)
         strikes = strikes + 1 if far_above or uniform else 0
         if strikes >= DIVERGED_STEPS:
             raise diverged(f"loss {loss:.4g} far above its start ({first_loss:.4g})" if far_above else
@@ -205,7 +241,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
             logger.scalars(step_scalars(micro_batches, shares, time.perf_counter() - started, loss,
                                         scheduler.get_last_lr()[0], grad_norm, total_units, metric_sums),
                            state["step"])
-            progress.set_postfix(loss=f"{loss:.4f}")
+            progress.set_postfix(loss=f"{loss:.4f}", refresh=False)     # drawn with the bar's next update
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
             evaluate()
         if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:

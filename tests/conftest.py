@@ -101,7 +101,7 @@ def build_shared_prompt_pairs(tokenizer):
             {"prompt": user("Which letter does zebra start with?"), "chosen": "z", "rejected": "the letter e"},
             {"prompt": user("Hi") + [{"role": "assistant", "content": "Hello"}] + user("What follows 8?"),
              "chosen": "9", "rejected": "7"}]
-    pairs, skips = preference.build_pair_dataset(tokenizer, rows, 64)
+    pairs, skips = preference.build_pair_dataset(tokenizer, rows, 128)    # room for any tokenizer of the world
     assert skips.total == 0
     return pairs
 
@@ -137,7 +137,7 @@ def chat_model_dir(tiny_tokenizer, tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """One line for the README's reliability section: how many hostile-input cases ran, how many failed, the
+    """One line for docs/RELIABILITY.md: how many hostile-input cases ran, how many failed, the
     slowest one."""
     reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
                if getattr(r, "when", "") == "call" and "hostile" in getattr(r, "keywords", {})]

@@ -32,19 +32,22 @@ def test_send_ignores_empty_messages(chat_model_dir):
     assert session.send("  ") is None and session.history == before
 
 
-def record_generate(session) -> list[tuple[int, int]]:
-    """Wrap the session model's generate: (prompt tokens, new tokens) of every call."""
-    calls, generate = [], session.model.generate
+def record_generate(monkeypatch) -> list[list[int]]:
+    """Record every reply the chat generates: [prompt tokens, new tokens] per call (`generation.stream_tokens`, the
+    one loop the chat decodes with)."""
+    calls, real = [], generation.stream_tokens
 
-    def wrapped(**kwargs):
-        out = generate(**kwargs)
-        calls.append((kwargs["input_ids"].shape[1], out.shape[1] - kwargs["input_ids"].shape[1]))
-        return out
-    session.model.generate = wrapped
+    def wrapped(model, prompt_ids, max_new_tokens, *args, **kwargs):
+        call = [len(prompt_ids), 0]
+        calls.append(call)
+        for token in real(model, prompt_ids, max_new_tokens, *args, **kwargs):
+            call[1] += 1
+            yield token
+    monkeypatch.setattr(generation, "stream_tokens", wrapped)
     return calls
 
 
-def test_send_streams_the_reply_and_records_both_turns(chat_model_dir):
+def test_send_streams_the_reply_and_records_both_turns(chat_model_dir, monkeypatch):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=12)
     pieces = []
     reply = session.send("hi", pieces.append)
@@ -58,7 +61,7 @@ def test_send_streams_the_reply_and_records_both_turns(chat_model_dir):
                                       {"role": "user", "content": "hi"}]], max_new_tokens=12, progress=False)[0]
     assert reply == expected
     # a second turn sees the first: its prompt is the whole conversation so far
-    calls = record_generate(session)
+    calls = record_generate(monkeypatch)
     session.send("and then?")
     assert len(session.history) == 4 and session.history[2]["content"] == "and then?"
     whole = [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": "hi"},
@@ -88,10 +91,10 @@ def _never_end(tokenizer, model, delay: float = 0.004):
     return model.lm_head.register_forward_hook(hook)
 
 
-def test_stop_ends_the_reply_early(chat_model_dir):
+def test_stop_ends_the_reply_early(chat_model_dir, monkeypatch):
     session = loaded(chat_model_dir, temperature=1.0, max_new_tokens=50)
     handle = _never_end(session.tokenizer, session.model)
-    calls = record_generate(session)
+    calls = record_generate(monkeypatch)
     try:
         torch.manual_seed(0)
         unstopped = session.send("tell me a joke")
@@ -120,33 +123,33 @@ def test_stop_ends_the_reply_early(chat_model_dir):
 
 
 @pytest.mark.hostile
-def test_very_long_message_is_truncated_to_fit_the_context(chat_model_dir):
+def test_very_long_message_is_truncated_to_fit_the_context(chat_model_dir, monkeypatch):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=16, max_context_tokens=64)
-    calls = record_generate(session)
+    calls = record_generate(monkeypatch)
     message = " ".join(f"word{i} tell me about the road to paris" for i in range(60))[:2000]
     assert len(message) == 2000
     reply = session.send(message)
     assert isinstance(reply, str)
-    assert any("truncat" in note.lower() for note in session.notes)
+    assert any("cut from the left" in note.lower() for note in session.notes)
     assert calls[0][0] + 16 <= 64                            # the rendered prompt fits the budget
     assert session.history[0]["content"] != message and len(session.history) == 2
     assert message.rstrip().endswith(session.history[0]["content"].strip()[-40:])   # the newest part is kept
 
 
 @pytest.mark.hostile
-def test_long_non_ascii_message_also_fits_the_context(chat_model_dir):
+def test_long_non_ascii_message_also_fits_the_context(chat_model_dir, monkeypatch):
     message = ("Crème brûlée à la française, s'il vous plaît; über Müller naïve! " * 40)[:2000]
     for context in range(60, 68):                 # different cut points: some fall inside a 2-byte character
         session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4, max_context_tokens=context)
-        calls = record_generate(session)
+        calls = record_generate(monkeypatch)
         session.send(message)
         assert calls[0][0] + 4 <= context, f"prompt of {calls[0][0]} tokens for a budget of {context - 4}"
         assert not session.history[0]["content"].startswith("\ufffd")
 
 
-def test_older_turns_are_dropped_before_the_new_message_is_cut(chat_model_dir):
+def test_older_turns_are_dropped_before_the_new_message_is_cut(chat_model_dir, monkeypatch):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8, max_context_tokens=90)
-    calls = record_generate(session)
+    calls = record_generate(monkeypatch)
     session.send("hello there")
     session.send("how are you today")
     session.send("tell me a joke why did the chicken cross the road to get to the other side be brief")

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from helpers import config, data, dpo, evaluation, reward_model, rft, rloo, sft
+from helpers import checkpoints, config, data, dpo, evaluation, reward_model, rft, rloo, sft
 
 
 class Loaded(Exception):
@@ -22,6 +22,7 @@ def test_the_chain_wiring_each_stage_starts_from_the_one_before(monkeypatch, out
         raise Loaded(str(path))
     for module in (dpo, rloo, rft):
         monkeypatch.setattr(module, "load_tokenizer", loader)
+        monkeypatch.setattr(module, "start_fingerprint", loader)     # checked first: the start must be finished
     with pytest.raises(Loaded) as loaded:
         run(config.get_config("smoke"))
     assert loaded.value.args[0] == str(config.out_path("checkpoints", config.get_config("smoke"), start))
@@ -32,10 +33,15 @@ def test_final_is_a_copy_of_the_end_of_the_chain(output_dir, chat_model_dir):
     rloo_dir = config.out_path("checkpoints", cfg, "rloo")
     shutil.copytree(chat_model_dir, rloo_dir)
     (rloo_dir / "training_state.pt").write_bytes(b"state")
+    checkpoints.write_checksums(rloo_dir, progress={"step": 3, "finished": False})
+    with pytest.raises(checkpoints.CheckpointError, match="unfinished run of `rloo`"):
+        evaluation.publish_final(cfg)                  # `final` is never a half-trained chain
+    checkpoints.write_checksums(rloo_dir, progress={"step": 4, "finished": True})
     assert evaluation.publish_final(cfg) == "rloo"
     final = config.out_path("checkpoints", cfg, "final")
     assert (final / "model.safetensors").read_bytes() == (rloo_dir / "model.safetensors").read_bytes()
     assert not (final / "training_state.pt").exists() and "rloo" in (final / "FINAL_IS.txt").read_text()
+    assert checkpoints.weights_fingerprint(final) == checkpoints.weights_fingerprint(rloo_dir)   # verified copy
 
 
 def test_win_rate_against_a_reference_model(tmp_path, monkeypatch):

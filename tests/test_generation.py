@@ -180,3 +180,26 @@ def test_plain_temperature_sampling_of_responses_is_generates(tiny_tokenizer, li
         return out[:, enc["input_ids"].shape[1]:]
     monkeypatch.setattr(generation, "sample_policy", via_generate)
     assert sample() == ours and len(set(ours)) > len(PROMPTS)
+
+
+def test_next_token_keeps_the_nucleus_only():
+    """top_p = 0.5 over probabilities 0.6, 0.3, 0.1: the nucleus is the first token alone; 0.7 adds the second."""
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    torch.manual_seed(0)
+    assert {generation.next_token(logits, 1.0, 0.5) for _ in range(50)} == {0}
+    assert {generation.next_token(logits, 1.0, 0.7) for _ in range(200)} == {0, 1}
+    assert generation.next_token(logits, 0.0) == 0                               # greedy
+
+
+def test_stream_text_is_the_greedy_reply_piece_by_piece(lively_model, tiny_tokenizer):
+    """The chat's decoding loop gives, greedily, exactly the evaluation path's answer; Stop ends it between tokens."""
+    messages = [{"role": "user", "content": "hello there"}]
+    prompt = formatting.encode_prompt(tiny_tokenizer, messages)
+    pieces = list(generation.stream_text(lively_model, tiny_tokenizer, prompt, 12))
+    expected = generation.generate_responses(lively_model, tiny_tokenizer, [messages], max_new_tokens=12,
+                                             progress=False)[0]
+    assert "".join(pieces).strip() == expected and len(pieces) >= 2
+    calls = []
+    stopped = list(generation.stream_text(lively_model, tiny_tokenizer, prompt, 12,
+                                          should_stop=lambda: calls.append(1) or len(calls) > 2))
+    assert len(stopped) <= 2 and "".join(stopped) == "".join(pieces)[:len("".join(stopped))]

@@ -2,10 +2,15 @@
 clear error naming the problem (field, file, row), a row skipped and counted, or text kept as text — never a hang,
 a traceback from deep inside torch, silent data loss or a control token smuggled in. Every case here (and the
 other `hostile` tests: the reward's 87 expressions, corrupt checkpoints, divergence) runs with `pytest -m hostile`;
-the summary line at the end of a run counts them (README, "Reliability")."""
+the summary line at the end of a run counts them (docs/RELIABILITY.md)."""
 import io
+import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -27,32 +32,36 @@ def control_ids(tokenizer, ids) -> list[str]:
 
 
 # ── 1. the chat never hangs on a failed generation ───────────────────────────────────────────────
-def test_a_generation_error_reaches_the_caller_within_seconds(chat_model_dir):
-    """CUDA out of memory (or any error) inside the generation thread: ChatError at once, the turn taken back."""
-    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8)
+def fail_in_forward(model, message: str, after_calls: int = 0):
+    """A hook on the head that raises `message` from the model's forward pass after `after_calls` good calls: an
+    error deep inside generation (CUDA out of memory, a lost device)."""
+    calls = {"n": 0}
 
-    def out_of_memory(**kwargs):
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    session.model.generate = out_of_memory
+    def hook(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] > after_calls:
+            raise RuntimeError(message)
+    return model.lm_head.register_forward_hook(hook)
+
+
+def test_a_generation_error_reaches_the_caller_within_seconds(chat_model_dir):
+    """CUDA out of memory (or any error) inside generation: ChatError at once, the turn taken back."""
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8)
+    handle = fail_in_forward(session.model, "CUDA out of memory. Tried to allocate 2.00 GiB")
     started = time.perf_counter()
     with pytest.raises(chat.ChatError, match="generation failed: RuntimeError: CUDA out of memory"):
         session.send("hello")
+    handle.remove()
     assert time.perf_counter() - started < 5 and session.history == []
 
 
 def test_a_generation_that_dies_after_streaming_some_text_still_returns(chat_model_dir):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=8)
-    real = session.model.generate
-
-    def dies_midway(**kwargs):
-        kwargs["streamer"].put(torch.tensor([[5, 6]]))     # the prompt, skipped by the streamer
-        kwargs["streamer"].put(torch.tensor([7]))
-        raise RuntimeError("device lost")
-    session.model.generate = dies_midway
+    handle = fail_in_forward(session.model, "device lost", after_calls=2)
     with pytest.raises(chat.ChatError, match="device lost"):
         session.send("hello")
-    session.model.generate = real
-    assert session.send("hello")                     # the session still works afterwards
+    handle.remove()
+    assert session.history == [] and session.send("hello")     # the session still works afterwards
 
 
 @pytest.mark.parametrize("setting, value", [("max_new_tokens", 0), ("max_new_tokens", -3), ("max_new_tokens", 2.5),
@@ -79,9 +88,10 @@ def test_chat_cli_refuses_bad_arguments_with_a_message_and_an_exit_code(chat_mod
 
 
 def test_chat_cli_on_a_failed_generation_exits_1_with_the_reason(chat_model_dir, capsys, monkeypatch):
-    def broken(self, **kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
-    monkeypatch.setattr(type(modeling.load_model(chat_model_dir)), "generate", broken)
+        yield
+    monkeypatch.setattr(chat, "stream_text", broken)
     assert chat.chat_cli(str(chat_model_dir), "hi", stream=io.StringIO()) == 1
     assert "CUDA out of memory" in capsys.readouterr().err
 
@@ -100,6 +110,97 @@ def test_chat_cli_with_stdin_closed_ends_quietly(chat_model_dir):
     def closed(prompt):
         raise EOFError
     assert chat.chat_cli(str(chat_model_dir), None, stream=io.StringIO(), read=closed) == 0
+
+
+# ── 1b. the chat never sticks: every step from encoding to decoding is guarded ───────────────────
+CHAT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def chat_process(model_dir, *args, **options):
+    return subprocess.Popen([sys.executable, "-m", "helpers", "chat", "--model", str(model_dir), *args],
+                            cwd=config.REPO_ROOT, env=CHAT_ENV, **options)
+
+
+def test_undecodable_input_in_the_terminal_chat_gives_one_line(chat_model_dir):
+    """`printf '\\xff\\xfehi\\n' | python -m helpers chat --model M`: the turn is refused with a line, no traceback."""
+    done = chat_process(chat_model_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = done.communicate(b"\xff\xfehi\nquit\n", timeout=120)
+    assert done.returncode == 0 and b"Traceback" not in err
+    assert b"not valid text" in err and len(err.decode().strip().splitlines()) <= 3
+
+
+def test_a_lone_surrogate_is_refused_and_leaves_no_turn_behind(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4)
+    with pytest.raises(chat.ChatError, match="not valid text"):
+        session.send("hi \ud800 there")
+    assert session.history == [] and session.send("hello")      # the next message is answered
+
+
+def test_the_widget_answers_after_a_message_it_cannot_encode(chat_model_dir, output_dir):
+    """The status never sticks at "generating…", and the bad turn does not poison the next message."""
+    pytest.importorskip("ipywidgets")
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4)
+    _, c = chat.build_chat_widget(config.get_config("smoke"), session)
+    c["message"].value = "bad \ud800"
+    session.wait(30)
+    assert "not valid text" in c["status"].value and session.history == []
+    c["message"].value = "hello"
+    session.wait(30)
+    assert "answered in" in c["status"].value and len(session.history) == 2
+
+
+def test_a_chat_template_that_loops_for_ever_is_refused_in_seconds(chat_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(chat_model_dir, folder)
+    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    (folder / "chat_template.jinja").write_text(loop + (folder / "chat_template.jinja").read_text())
+    started = time.perf_counter()
+    message = chat.ChatSession().load(folder)
+    assert isinstance(message, str) and "took longer than" in message and str(folder) in message
+    assert time.perf_counter() - started < chat.TEMPLATE_SECONDS + 10
+
+
+def test_the_reply_budget_never_eats_the_message(chat_model_dir, capsys):
+    """The smoke model has 256 positions and the CLI's default reply is 256 tokens: the reply is capped at half the
+    context (and says so), so the message is not cut to its last token."""
+    message = "What is the capital of france? Tell me why."
+    assert chat.chat_cli(str(chat_model_dir), message, temperature=0.0, max_new_tokens=256,
+                         stream=io.StringIO()) == 0
+    assert "capped at 128 tokens" in capsys.readouterr().err
+    session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=256)
+    session.send(message)
+    assert session.history[0]["content"] == message
+
+
+def test_ctrl_c_stops_the_reply_and_the_session_goes_on(chat_model_dir):
+    session = loaded(chat_model_dir, temperature=1.0, max_new_tokens=40)
+
+    def interrupt(piece):
+        raise KeyboardInterrupt
+    reply = session.send("tell me a joke", interrupt)
+    assert session.interrupted and session.stopped and session.history[-1]["content"] == reply
+    assert session.send("again") is not None and not session.interrupted
+
+
+def test_a_closed_pipe_ends_the_chat_quietly(chat_model_dir):
+    """`chat --model M hello --max-new-tokens 200 --temperature 1.5 | head -c 1`: rc 0, never SIGABRT (134)."""
+    for _ in range(2):
+        done = chat_process(chat_model_dir, "hello", "--max-new-tokens", "200", "--temperature", "1.5",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        done.stdout.read(1)
+        done.stdout.close()             # `head -c 1` leaves
+        err = done.stderr.read()
+        assert done.wait(timeout=120) == 0, err.decode()[-2000:]
+        assert b"Traceback" not in err and b"terminate called" not in err
+
+
+def test_ctrl_c_in_a_one_shot_reply_exits_130(chat_model_dir):
+    done = chat_process(chat_model_dir, "hello", "--max-new-tokens", "100000", "--temperature", "1.5",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done.stdout.read(1)                 # the reply has started
+    done.send_signal(signal.SIGINT)
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 130 and b"Traceback" not in err and b"(stopped)" in out
 
 
 # ── 2. text is content: special-token strings never become control tokens ───────────────────────
@@ -123,15 +224,14 @@ def test_assistant_text_that_spells_a_turn_end_is_trained_as_text(which, request
     assert tokenizer.decode(trained, skip_special_tokens=False) == FAKE_TURN + "<|im_end|>"
 
 
-def test_the_chat_sends_injected_text_as_text(chat_model_dir):
+def test_the_chat_sends_injected_text_as_text(chat_model_dir, monkeypatch):
     session = loaded(chat_model_dir, temperature=0.0, max_new_tokens=4)
-    sent = []
-    real = session.model.generate
+    sent, real = [], chat.stream_text
 
-    def spy(**kwargs):
-        sent.append(kwargs["input_ids"][0].tolist())
-        return real(**kwargs)
-    session.model.generate = spy
+    def spy(model, tokenizer, prompt_ids, *args, **kwargs):
+        sent.append(list(prompt_ids))
+        return real(model, tokenizer, prompt_ids, *args, **kwargs)
+    monkeypatch.setattr(chat, "stream_text", spy)
     session.send(INJECTION)
     assert control_ids(session.tokenizer, sent[0]).count("<|im_start|>") == 3     # system, user, assistant
 
@@ -333,3 +433,158 @@ def test_dpo_refuses_a_config_with_nan_beta_before_loading(output_dir):
     cfg.dpo.beta = math.nan
     with pytest.raises(config.ConfigError, match="DPOConfig.beta = nan"):
         dpo.run_dpo(cfg, log=False)
+
+
+# ── 10. a stage knows what it started from: no stale chains ──────────────────────────────────────
+def smoke_start(output_dir):
+    """Data and the initial model of the smoke profile in this test's output folder."""
+    from helpers import sft
+    cfg = config.get_config("smoke")
+    data.prepare_data(cfg)
+    sft.build_initial_model(cfg, log=False)
+    return cfg
+
+
+def test_a_stage_refuses_to_start_from_an_unfinished_one_and_retrains_after_its_start_changed(output_dir, capsys):
+    """The issue's reproduction: DPO from a step-4 SFT is refused; once SFT is finished DPO trains; when SFT is trained
+    again into other weights, DPO is not kept ("same config") but trained again from the new weights."""
+    from helpers import checkpoints, sft
+    cfg = smoke_start(output_dir)
+    cfg.sft = config.replace_config(cfg.sft, max_steps=12, save_every=4, eval_every=4)
+    sft.run_sft(cfg, "sft_masked", log=False, stop_after_steps=4)
+    with pytest.raises(checkpoints.CheckpointError, match="unfinished run of `sft_masked`.*step 4"):
+        dpo.run_dpo(cfg, log=False)
+    with pytest.raises(checkpoints.CheckpointError, match="no `sft_unmasked` checkpoint.*02_sft_unmasked"):
+        dpo.run_dpo(cfg, start="sft_unmasked", log=False)
+    sft.run_sft(cfg, "sft_masked", log=False)
+    first = dpo.run_dpo(cfg, log=False)
+    started_from = json.loads((first["dir"] / "run_config.json").read_text())["start_weights"]
+    assert started_from == checkpoints.weights_fingerprint(output_dir / "checkpoints" / "smoke" / "sft_masked")
+    capsys.readouterr()
+    dpo.run_dpo(cfg, log=False)
+    assert "already holds this finished run" in capsys.readouterr().out          # same start: kept
+    retrained = config.replace_sections(cfg, restart=True, sft=config.replace_config(cfg.sft, lr=3e-3))
+    sft.run_sft(retrained, "sft_masked", log=False)
+    cfg.sft = retrained.sft
+    dpo.run_dpo(cfg, log=False)
+    assert "trained from other weights (start_weights changed since): training it again" in capsys.readouterr().out
+    now = json.loads((first["dir"] / "run_config.json").read_text())["start_weights"]
+    assert now != started_from
+
+
+def test_a_cached_evaluation_follows_the_weights_not_the_file_dates(output_dir):
+    from helpers import checkpoints, scoring, sft
+    cfg = smoke_start(output_dir)
+    sft.run_sft(cfg, "sft_masked", log=False)
+    first = scoring.evaluate_checkpoint(cfg, "sft_masked")[0]
+    weights = output_dir / "checkpoints" / "smoke" / "sft_masked" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)            # changed after it was saved
+    with pytest.raises(checkpoints.CheckpointError, match="does not match the checksum"):
+        scoring.evaluate_checkpoint(cfg, "sft_masked")
+    assert first
+
+
+def test_nan_weights_are_named_before_a_stage_blames_its_learning_rate(output_dir, tiny_tokenizer, tmp_path):
+    model = modeling.build_tiny_model(tiny_tokenizer, config.get_config("smoke").model, seed=0)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    folder = modeling.save_model(model, tmp_path / "nan_model", tiny_tokenizer)
+    with pytest.raises(modeling.CorruptWeights, match="NaN or inf.*up_proj"):
+        modeling.load_model(folder)
+    message = chat.ChatSession().load(folder)
+    assert "NaN or inf" in message and str(folder) in message
+
+
+def test_two_trainings_of_one_stage_do_not_run_at_once(output_dir):
+    from helpers import checkpoints
+    folder = output_dir / "checkpoints" / "smoke" / "sft_masked"
+    with checkpoints.stage_lock(folder):
+        done = subprocess.run([sys.executable, "-c", "from helpers import checkpoints\n"
+                               f"with checkpoints.stage_lock({str(folder)!r}): pass"], cwd=config.REPO_ROOT,
+                              env=CHAT_ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and "is being trained by process" in done.stderr
+    with checkpoints.stage_lock(folder):     # released: free again
+        pass
+
+
+def test_a_truncated_experiment_cell_is_named_and_run_again(output_dir):
+    from helpers import experiment
+    cfg = config.get_config("smoke")
+    cell = experiment.grid_cells(cfg)[0]
+    folder = output_dir / "outputs" / "smoke" / "experiment"
+    folder.mkdir(parents=True)
+    (folder / f"{experiment.cell_key(cell)}.json").write_text('{"settings": {"exp')
+    said, ran = [], []
+    experiment.run_experiment(cfg, run=lambda c, cell: ran.append(cell) or {"exact_match": 0.0, "response_loss": 1.0},
+                              progress=said.append, shard=(0, len(experiment.grid_cells(cfg))))
+    assert ran == [cell] and any("unreadable" in s and experiment.cell_key(cell) in s for s in said)
+
+
+@pytest.mark.parametrize("row, reason", [({"nums": "abc", "target": 5}, "'nums'"),
+                                         ({"nums": [3, True], "target": 5}, "'nums'"),
+                                         ({"nums": [3, 4], "target": "7"}, "'target'")])
+def test_tiny_world_countdown_rows_are_checked_when_read(output_dir, row, reason, capsys):
+    cfg = config.get_config("smoke")
+    data.write_jsonl(output_dir / "data" / "smoke" / "countdown" / "test.jsonl", [{"nums": [3, 4], "target": 7}, row])
+    tasks = data.countdown_tasks(cfg, "test")
+    assert [t["nums"] for t in tasks] == [[3, 4]]
+    assert reason in capsys.readouterr().out
+
+
+# ── 11. the command line answers in one line ─────────────────────────────────────────────────────
+@pytest.fixture(scope="module")
+def prepared_output(tmp_path_factory):
+    """A smoke profile's data and initial model, for the command-line cases (each runs in its own process)."""
+    folder = tmp_path_factory.mktemp("cli")
+    env = {**CHAT_ENV, "OUTPUT_DIR": str(folder)}
+    subprocess.run([sys.executable, "-m", "helpers", "data", "--profile", "smoke"], cwd=config.REPO_ROOT, env=env,
+                   check=True, capture_output=True, timeout=300)
+    return folder
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["train", "--stage", "dpo", "--profile", "smoke"], 2, "no `sft_masked` checkpoint"),
+    (["train", "--stage", "sft_masked", "--profile", "smoke", "--set", "sft__max_length=2"], 2,
+     "no examples to train on"),
+    (["train", "--stage", "sft_masked", "--profile", "smoke", "--set", "sft__seed=100000000000000000000"], 2,
+     "SFTConfig.seed"),
+    (["train", "--stage", "sft_masked", "--profile", "smoke", "--set", "profile=x"], 2, "choose it with --profile"),
+    (["train", "--stage", "sft_masked", "--profile", "nope"], 2, "unknown profile 'nope'"),
+    (["train", "--stage", "sft_masked", "--profile", "smoke", "--stop-after-steps", "0"], 2, "must be ≥ 1"),
+    (["train", "--stage", "rft", "--profile", "smoke", "--stop-after-steps", "2"], 2, "does not apply to rft"),
+    (["run-notebook", "notebooks/06_chat.ipynb", "--index", "5", "--total", "2"], 2, "beyond --total"),
+    (["run-notebook", "notebooks/06_chat.ipynb", "--started", "nan"], 2, "not a moment"),
+    (["run-notebook", "notebooks/06_chat.ipynb", "--timeout", "-1"], 2, "must be ≥ 0"),
+])
+def test_the_command_line_answers_in_one_line(prepared_output, args, code, says):
+    done = subprocess.run([sys.executable, "-m", "helpers", *args], cwd=config.REPO_ROOT,
+                          env={**CHAT_ENV, "OUTPUT_DIR": str(prepared_output)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 3, done.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    done = subprocess.run([sys.executable, "-m", "helpers", "data", "--profile", "smoke"], cwd=config.REPO_ROOT,
+                          env={**CHAT_ENV, "OUTPUT_DIR": str(blocker / "out")}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and done.stderr.startswith("error: NotADirectoryError")
+    assert "Traceback" not in done.stderr
+    debug = subprocess.run([sys.executable, "-m", "helpers", "--debug", "data", "--profile", "smoke"],
+                           cwd=config.REPO_ROOT, env={**CHAT_ENV, "OUTPUT_DIR": str(blocker / "out")},
+                           capture_output=True, text=True, timeout=300)
+    assert "Traceback" in debug.stderr                     # --debug shows it
+
+
+def test_a_stopped_run_says_where_its_checkpoint_is(prepared_output):
+    env = {**CHAT_ENV, "OUTPUT_DIR": str(prepared_output)}
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "helpers", "train", "--stage", "sft_unmasked",
+                                         "--profile", "smoke", "--restart", *extra], cwd=config.REPO_ROOT, env=env,
+                                        capture_output=True, text=True, timeout=300)
+    early = run("--stop-after-steps", "1")       # smoke saves every 3 steps: nothing saved yet
+    assert early.returncode == 0 and "before its first checkpoint" in early.stdout and "saved to" not in early.stdout
+    later = run("--stop-after-steps", "4")
+    assert later.returncode == 0 and "the checkpoint of step 3" in later.stdout

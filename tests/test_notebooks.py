@@ -37,7 +37,7 @@ def test_committed_without_outputs(path):
 @pytest.fixture(scope="module")
 def smoke_env(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    return {"OUTPUT_DIR": str(out), "PROFILE": "smoke", "TQDM_DISABLE": "1"}
+    return {"OUTPUT_DIR": str(out), "PROFILE": "smoke"}      # progress bars on: the hygiene check counts them
 
 
 def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
@@ -67,6 +67,7 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
 
 NOISE = ("Warning", "Traceback", "LOAD REPORT", "\x1b[")        # warnings, errors, ANSI-coloured library reports
 MAX_TEXT_OUTPUT = 60_000                                         # characters of text per notebook (images apart)
+MAX_REDRAWS, MAX_BAR_OUTPUTS = 12, 12         # a smoke stage takes seconds: a bar draws at its start and its end
 
 
 def output_problems(executed: Path) -> list[str]:
@@ -85,6 +86,12 @@ def output_problems(executed: Path) -> list[str]:
                 problems.append(f"{where}: {text.strip()[:200]!r}")
             elif "application/vnd.jupyter.widget-view+json" in output.get("data", {}) and "0%" in text:
                 problems.append(f"{where}: a progress-bar widget")
+            elif output["output_type"] == "stream" and text.count("\r") > MAX_REDRAWS:
+                problems.append(f"{where}: a progress bar redrawn {text.count(chr(13))} times in one output")
+        bars = sum(o["output_type"] == "stream" and "it/s]" in "".join(o.get("text", ""))
+                   for o in cell.get("outputs", []))
+        if bars > MAX_BAR_OUTPUTS:
+            problems.append(f"{executed.name} cell {i}: {bars} separate progress-bar outputs")
     if size > MAX_TEXT_OUTPUT:
         problems.append(f"{executed.name}: {size:,} characters of text output (limit {MAX_TEXT_OUTPUT:,})")
     return problems

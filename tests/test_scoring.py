@@ -1,7 +1,7 @@
 """Scores: pass@k and best-of-n by hand."""
 import pytest
 
-from helpers import scoring
+from helpers import config, scoring
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -52,3 +52,30 @@ def test_best_of_n_uses_only_the_first_n_samples():
     assert scoring.best_of_n(scores, correct, 2) == 1.0      # sample 2 of the first prompt (wrong, 9.0) is not seen
     assert scoring.best_of_n(scores, correct, 3) == 0.5
     assert scoring.best_of_n(scores, [[0.5, 0.25, 0], [0, 1.0, 1]], 2) == pytest.approx(0.75)   # graded quality
+
+
+def test_base_copying_reads_the_equation_a_base_model_continues_with(output_dir, monkeypatch):
+    """A stand-in model that continues every restatement with a fixed text: both numbers copied and right, copied
+    but wrong, or not copied — counted as such."""
+    import torch
+    from helpers import data, generation, scoring
+    cfg = config.get_config("smoke")
+    data.write_jsonl(output_dir / "data" / "smoke" / "countdown" / "test.jsonl",
+                     [{"nums": [17, 2], "target": 34}, {"nums": [3, 4], "target": 7}, {"nums": [5, 6], "target": 1}])
+    continuations = iter([" 17 * 2 = 34.", " 3 - 4 = 7.", " 5 - 7 = 2."])
+
+    class Tokenizer:
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 2, 3]}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return next(continuations)
+
+    class Model(torch.nn.Linear):
+        def generate(self, input_ids, attention_mask, **kwargs):
+            return torch.zeros(len(input_ids), input_ids.shape[1] + 2, dtype=torch.long)
+    monkeypatch.setattr(generation, "merged_adapters", lambda model: __import__("contextlib").nullcontext())
+    got = scoring.base_copying(Model(1, 1), Tokenizer(), cfg)
+    assert got == {"copies": 2 / 3, "solves": 1 / 3}
