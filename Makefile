@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
+.PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment robustness qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
 	bench-rloo bench-memory bench-sample clean
 
 $(VENV)/.installed: requirements.txt
@@ -51,6 +51,16 @@ experiment: setup
 	@if [ $(JOBS) -gt 1 ]; then for k in $$(seq 0 $$(($(JOBS) - 1))); do \
 	  OMP_NUM_THREADS=1 PROFILE=$(PROFILE) $(PY) -m helpers experiment --shard $$k/$(JOBS) & done; wait; fi
 	PROFILE=$(PROFILE) $(PY) -m helpers experiment
+
+# the chain for several base models (robustness.seeds; TUNING=1: the tuning seeds), every stage cached under
+# checkpoints/<profile>/robustness/, resumable; JOBS processes share the seeds, one thread each
+TUNING ?= 0
+ROBUSTNESS_ARGS = $(if $(filter 1,$(TUNING)),--tuning,)
+robustness: setup
+	@if [ $(JOBS) -gt 1 ]; then for k in $$(seq 0 $$(($(JOBS) - 1))); do \
+	  OMP_NUM_THREADS=1 PROFILE=$(PROFILE) $(PY) -m helpers robustness $(ROBUSTNESS_ARGS) --shard $$k/$(JOBS) & done; \
+	  wait; fi
+	OMP_NUM_THREADS=1 PROFILE=$(PROFILE) $(PY) -m helpers robustness $(ROBUSTNESS_ARGS)
 
 # the qwen code path end to end on CPU: a local Qwen2.5-architecture checkpoint (not a project requirement:
 # ../shared/tools/get-real-qwen.sh DIR builds one; tools/make_tied_qwen.py makes its tied-embedding twin)

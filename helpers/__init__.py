@@ -2,7 +2,7 @@
 
     config · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
     distributed · training · logprobs · sft · generation · scoring · results · comparison · experiment ·
-    preference · dpo · reward_model · rloo · rft · evaluation · report · chat · vocab · cli
+    preference · dpo · reward_model · rloo · rft · robustness · evaluation · report · chat · vocab · cli
 
 A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
 the names below are their API, in notebook order. The command line is `python -m helpers --help`.
@@ -27,8 +27,8 @@ from .sft import run_sft, sft_loss
 from .results import timestamp, write_summary
 from .comparison import (countdown_changes, evaluate_checkpoints, plot_sft_comparison, unfaithful_reasoning,
                          write_dataset_results)
-from .experiment import (conclusion, headline, latest_experiment, mean_std, noise_verdict, run_experiment,
-                         write_experiment)
+from .experiment import (conclusion, experiment_origin, headline, latest_experiment, mean_std, noise_verdict,
+                         run_experiment, write_experiment)
 
 # 03_dpo: DPO and the reward model
 from .dpo import dpo_loss, make_dpo_loss, run_dpo
@@ -40,6 +40,7 @@ from .scoring import evaluate_checkpoint, exact_match
 from .logger import read_tensorboard_scalars
 from .rloo import plot_rloo_dynamics, rloo_advantages, rloo_loss, run_rloo
 from .rft import at_equal_samples, keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft
+from .robustness import committed_range, run_robustness, target_lines, where_in_range, write_robustness
 
 # 05_evaluation
 from .scoring import best_of_n, pass_at_k
@@ -52,5 +53,5 @@ from .chat import ChatSession, build_chat_widget, side_by_side
 # the modules in pipeline order: each imports only those before it (tests/test_layout.py)
 MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
            "checkpoints", "distributed", "training", "logprobs", "sft", "generation", "scoring", "results",
-           "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "evaluation", "report",
-           "chat", "vocab", "cli")
+           "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "robustness", "evaluation",
+           "report", "chat", "vocab", "cli")

@@ -2,9 +2,10 @@
 the per-dataset workbook (the seeded experiment is `experiment`). Imports: config, scoring, results."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from .config import Config
+from .config import Config, quality_metric
 from .scoring import evaluate_checkpoint
 from .results import grouped_bars, save_figure
 
@@ -67,6 +68,37 @@ def countdown_changes(cfg: Config, before: str, after: str, n: int = 3) -> dict:
             "no_answer_tag": {name: sum("<answer>" not in r["response"] for r in rs) for name, rs in rows.items()},
             "lost": len(lost), "gained": len(gained), "examples": side_by_side(lost),
             "gained_examples": side_by_side(gained)}
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Two-sided exact sign test on the tasks that changed between two checkpoints (same held-out tasks): the
+    chance of a split at least this uneven if a change were as likely to be a gain as a loss."""
+    n, k = gained + lost, min(gained, lost)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_verdict(gained: int, lost: int, alpha: float = 0.05) -> str:
+    """"improved" / "worse" when the tasks gained and lost differ by more than chance (sign test, p < alpha), else
+    "no clear change" — a −0.5-point move (one task of 200) is not called worse."""
+    p = sign_test(gained, lost)
+    word = ("improved" if gained > lost else "worse") if p < alpha else "no clear change"
+    return f"{word}: {gained} tasks gained, {lost} lost, sign test p = {p:.2g}"
+
+
+def task_changes(cfg: Config, before: str, after: str) -> dict[str, tuple[int, int]]:
+    """{metric: (tasks gained, tasks lost)} from `before` to `after`, from both checkpoints' saved greedy answers to
+    the same held-out tasks: instruction quality (a better or worse score per prompt) and Countdown accuracy."""
+    records = {name: evaluate_checkpoint(cfg, name)[1] for name in (before, after)}
+    out = {}
+    metric = quality_metric(cfg)
+    pairs = list(zip(*([r for r in records[name] if r["task"] == "instruction"] for name in (before, after))))
+    out[metric] = (sum(a[metric] > b[metric] for b, a in pairs), sum(a[metric] < b[metric] for b, a in pairs))
+    pairs = list(zip(*([r for r in records[name] if r["task"] == "countdown"] for name in (before, after))))
+    out["countdown_accuracy"] = (sum(a["reward"] == 1.0 > b["reward"] for b, a in pairs),
+                                 sum(b["reward"] == 1.0 > a["reward"] for b, a in pairs))
+    return out
 
 
 def unfaithful_reasoning(records: list[dict]) -> dict:

@@ -9,24 +9,32 @@ import re
 
 COUNTDOWN_SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in the mind "
                     "and then provide the user with the answer.")
-COUNTDOWN_TASK = ("Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
-                  "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
-                  "tags. And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 "
-                  "</answer>.")
+COUNTDOWN_QUESTION = "Using the numbers {nums}, create an equation that equals {target}."
+COUNTDOWN_RULES = ("You can use basic arithmetic operations (+, -, *, /) and each number can only be used once. Show "
+                   "your work in <think> </think> tags. And return the final answer in <answer> </answer> tags, for "
+                   "example <answer> (1 + 2) / 3 </answer>.")
+COUNTDOWN_TASK = COUNTDOWN_QUESTION + " " + COUNTDOWN_RULES       # TinyZero's order, as the WarmStart query has it
 # The WarmStart set (cog_behav_all_strategies) writes TinyZero's base-model prompt into its `query`, numbers
 # space-separated: the qwen profile's SFT trains on it, so every later Countdown step must ask the same way.
 WARMSTART_QUERY = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
                    "The assistant first thinks about the reasoning process in the mind and then provides the user "
                    "with the answer.\nUser: " + COUNTDOWN_TASK + "\nAssistant: Let me solve this step by step.")
-COUNTDOWN_FORMATS = ("chat", "warmstart")
+# The tiny world's prompt: TinyZero's question word for word, its rules in one short sentence. The tiny model pays
+# for every prompt token in every stage; TinyZero's rules would be ~70 % of a Countdown example's tokens.
+SHORT_RULES = "Use + - * / and each number once. Think in <think> </think>, then answer in <answer> </answer>."
+COUNTDOWN_FORMATS = ("short", "chat", "warmstart")
 
 
-def countdown_prompt(nums, target, style: str = "chat") -> list[dict]:
+def countdown_prompt(nums, target, style: str = "short") -> list[dict]:
     """The profile's one Countdown prompt, as chat messages; `countdown_reward` parses the answer it asks for.
 
-    "chat" (tiny): TinyZero's instruction as a user turn under its system prompt, numbers as [17, 2].
+    "short" (tiny): TinyZero's question and its rules in a sentence, as a user turn, numbers as [17, 2].
+    "chat": TinyZero's whole instruction as a user turn under its system prompt.
     "warmstart" (qwen): the WarmStart `query` text as a user turn, exactly as SFT saw it, numbers as [44 19 35].
     """
+    if style == "short":
+        return [{"role": "user", "content": f"{COUNTDOWN_QUESTION.format(nums=list(nums), target=target)} "
+                                            f"{SHORT_RULES}"}]
     if style == "chat":
         return [{"role": "system", "content": COUNTDOWN_SYSTEM},
                 {"role": "user", "content": COUNTDOWN_TASK.format(nums=list(nums), target=target)}]
@@ -157,6 +165,15 @@ def countdown_completion(nums, target) -> str | None:
         return None
     expression, steps = solved
     return f"<think> {countdown_reasoning(nums, target, steps)} </think>\n<answer> {expression} </answer>"
+
+
+def countdown_text(nums, target, steps) -> str:
+    """A solved task as the tiny world's pre-training text: the prompt's own question, then the reasoning that
+    restates it ("Using the numbers [17, 2], create an equation that equals 34. Numbers [17, 2] make 34: 17 * 2 =
+    34."). The base model learns to copy a task's numbers from its question into the restatement — the step every
+    WarmStart answer begins with — before it ever sees the chat format (without the question, 1 base model in 4
+    never learned to copy them from a chat prompt: docs/LOG.md)."""
+    return f"{COUNTDOWN_QUESTION.format(nums=list(nums), target=target)} {countdown_reasoning(nums, target, steps)}."
 
 
 def countdown_reasoning(nums, target, steps) -> str:

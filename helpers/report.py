@@ -1,5 +1,5 @@
 """report/report.md, generated from the saved summaries only (no number typed in). Imports: config, results,
-experiment, evaluation."""
+comparison, experiment, evaluation."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 from .config import Config, out_path, output_root, quality_metric
+from .checkpoints import CheckpointError
 from .results import latest_summary, markdown_table
 from .experiment import conclusion, headline, latest_experiment
+from .comparison import paired_verdict, task_changes
 from .evaluation import LEGEND, stage_tables
 
 
@@ -19,25 +21,33 @@ def report_path(cfg: Config) -> Path:
 CHAIN = ("initial", "sft_masked", "dpo", "rloo")
 
 
-def chain_notes(by: dict, quality: str, rft_share: float = 1.0) -> list[str]:
-    """Stage by stage along the chain, both tracks: what each stage gained, and whether it kept the other track
-    (at most 2 points lost) — the report's "what improved"."""
+def saved_task_changes(cfg: Config | None, a: str, b: str) -> dict:
+    """task_changes where both checkpoints are there; {} (no verdict) for a report made from summaries alone."""
+    try:
+        return task_changes(cfg, a, b) if cfg is not None else {}
+    except CheckpointError:
+        return {}
+
+
+def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | None = None) -> list[str]:
+    """Stage by stage along the chain, both tracks: what each stage changed and whether that is more than chance
+    (a sign test on the held-out tasks gained and lost, from the saved answers; `cfg` None: no verdict) — the
+    report's "what improved"."""
     notes = []
     for a, b in zip(CHAIN, CHAIN[1:]):
         if a not in by or b not in by:
             continue
+        changed = saved_task_changes(cfg, a, b)
         parts = []
         for metric in (quality, "countdown_accuracy"):
             delta = by[b][metric] - by[a][metric]
-            word = "improved" if delta > 0 else ("unchanged" if delta == 0 else "worse")
-            kept = "" if delta >= -0.02 or a == "initial" else " — lost more than 2 points"
-            parts.append(f"{metric} {by[a][metric]:.3f} → {by[b][metric]:.3f} ({word}, {100 * delta:+.1f} "
-                         f"points{kept})")
+            verdict = f"; {paired_verdict(*changed[metric])}" if metric in changed else ""
+            parts.append(f"{metric} {by[a][metric]:.3f} → {by[b][metric]:.3f} ({100 * delta:+.1f} points{verdict})")
         notes.append(f"- `{a}` → `{b}`: " + "; ".join(parts) + ".")
     if "sft_masked" in by and "sft_unmasked" in by:
         delta = by["sft_unmasked"][quality] - by["sft_masked"][quality]
-        notes.append(f"- masked vs unmasked SFT (the demo's single seed; seeded results above): {quality} "
-                     f"{by['sft_masked'][quality]:.3f} vs {by['sft_unmasked'][quality]:.3f} "
+        notes.append(f"- masked vs unmasked SFT (the demo's single seed; the seeded experiment is in the section "
+                     f"above): {quality} {by['sft_masked'][quality]:.3f} vs {by['sft_unmasked'][quality]:.3f} "
                      f"({100 * delta:+.1f} points for whole-sequence loss).")
     if "rloo" in by and "rft" in by:
         share = "as many samples as RLOO" if rft_share == 1 else f"{rft_share:.0%} of RLOO's samples"
@@ -47,6 +57,32 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0) -> list[str]:
                      f"{by['rft'][quality]:.3f}. At equal samples: `assets/rft_vs_rloo.png` and "
                      "`evaluation_results/<profile>/rft_vs_rloo/`.")
     return notes
+
+
+def robustness_section(cfg: Config, by: dict) -> list[str]:
+    """The committed `make robustness` results — each target over base models, each headline as mean ± std
+    (min–max) — and where this run falls among them: another machine pre-trains another base model."""
+    summary, checks = latest_summary(cfg, "robustness"), latest_summary(cfg, "robustness_targets")
+    if summary is None or checks is None:
+        return []
+    n = int(summary["seeds"].iloc[0])
+    lines = ["", "## Does it hold for another base model?", "",
+             "Float rounding differs between CPUs, so another machine pre-trains another base model, and every "
+             f"stage moves with it. `make robustness` ran the whole chain for {n} base models (pre-training seeds "
+             "standing in for machines; settings tuned on other seeds). Each target, on every one of them:", "",
+             markdown_table(checks), "", "Each stage over the base models, and this run as one more draw:", "",
+             "| stage | metric | mean ± std | min–max | this run | where |", "|---|---|---|---|---|---|"]
+    for row in summary.itertuples(index=False):
+        if row.metric.endswith("change") or row.stage not in by or row.metric not in by[row.stage]:
+            mine, where = "", ""
+        else:
+            value = by[row.stage][row.metric]
+            mine = f"{value:.3f}"
+            inside = row.min - 1e-9 <= value <= row.max + 1e-9
+            where = "inside" if inside else "below" if value < row.min else "above"
+        lines.append(f"| {row.stage} | {row.metric} | {row.mean:.3f} ± {row.std:.3f} | {row.min:.3f}–{row.max:.3f} "
+                     f"| {mine} | {where} |")
+    return lines + ["", "![robustness](../assets/robustness.png)"]
 
 
 def write_report(cfg: Config, stages, final: str) -> Path:
@@ -88,7 +124,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
                   "", "![grid](../assets/sweep_heatmap.png)", "", "**Conclusion.** " + " ".join(conclusion(results,
                                                                                                         quality)), ""]
     by = {r["model"]: r for r in stages.to_dict("records")}
-    notes = chain_notes(by, quality, cfg.rft.sample_share)
+    notes = chain_notes(by, quality, cfg.rft.sample_share, cfg)
     prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
     if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
         acc = dict(zip(prefs.model, prefs.preference_accuracy))
@@ -99,6 +135,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
             notes.append(f"- reward model (Bradley–Terry, on `sft_masked`): held-out pairwise accuracy "
                          f"{rm_accuracy.iloc[-1]:.3f}.")
     lines += ["", "## What improved and what did not", ""] + notes
+    lines += robustness_section(cfg, by)
     path = report_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from .config import Config, check_config, dataset_name, device, out_path, seed_everything
+from .config import Config, check_config, dataset_name, device, out_path, quality_metric, seed_everything
 from .countdown import countdown_reward
 from .data import countdown_tasks, load_split
 from .modeling import disable_dropout, enable_checkpointing, load_model, load_tokenizer
@@ -18,10 +18,11 @@ from .formatting import fit_prompts, render_chat
 from .batching import collate
 from .logger import NullLogger, read_tensorboard_scalars
 from .distributed import main_first
-from .training import refuse_sharded, stage_logger, train
+from .checkpoints import start_fingerprint
+from .training import refuse_sharded, stage_run, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import sample_completions
-from .scoring import exact_match, track_scores
+from .scoring import evaluate_checkpoint, exact_match, track_scores
 from .results import save_figure
 from .reward_model import load_reward_model, score_responses
 
@@ -67,6 +68,13 @@ def rl_tasks(cfg: Config, tokenizer, split: str = "train") -> list[dict]:
         if too_long:
             print(f"instruction prompts: {too_long} longer than {cfg.data.max_prompt_tokens} tokens left out")
     return tasks
+
+
+def start_scores(cfg: Config, start: str) -> dict:
+    """`track_scores` of the checkpoint a stage starts from, read from its cached greedy evaluation (the same
+    held-out sets and settings) instead of generated again."""
+    metrics = evaluate_checkpoint(cfg, start)[0]
+    return {k: metrics[k] for k in ("countdown_accuracy", "countdown_reward", quality_metric(cfg))}
 
 
 def make_reward_fn(cfg: Config, reward_model=None):
@@ -161,6 +169,7 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
     rcfg = check_config(cfg).rloo      # k < 2, temperature 0, … fail here, before any model is loaded
     seed_everything(rcfg.seed)
     start_dir = out_path("checkpoints", cfg, start)
+    starts = {"start_weights": start_fingerprint(start_dir, start)}
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
     if cfg.model.gradient_checkpointing:
         enable_checkpointing(model)
@@ -171,20 +180,22 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
         reference = reference.to(device()).eval().requires_grad_(False)
     judge = None
     if rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model":
+        starts["judge_weights"] = start_fingerprint(out_path("checkpoints", cfg, "reward_model"), "reward_model")
         with main_first():
             rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
         judge = (rm_tok, rm.to(device()))
     tasks = rl_tasks(cfg, tokenizer)
     eval_fn = lambda m: {f"eval/{k}": v for k, v in track_scores(m, tokenizer, cfg).items()}
+    start_metrics = {f"eval/{k}": v for k, v in start_scores(cfg, start).items()}    # step 0 = the start's weights
     stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "rloo": dataclasses.asdict(rcfg),
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start, **starts, "rloo": dataclasses.asdict(rcfg),
                   "tasks": dict(collections.Counter(t["track"] for t in tasks))}
-    logger = stage_logger(cfg, stage, run_config, log)
-    loss_fn = make_rloo_loss(cfg, tokenizer, make_reward_fn(cfg, judge), reference, logger)
-    history = train(model, tokenizer, tasks, rcfg, loss_fn, rloo_collate(rcfg.k), stage_dir, eval_fn=eval_fn,
-                    logger=logger, run_config=run_config, desc=stage, restart=cfg.restart, watch_loss=False,
-                    length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])), stop_after_steps=stop_after_steps)
-    logger.close()
+    with stage_run(cfg, stage, run_config, log) as logger:
+        loss_fn = make_rloo_loss(cfg, tokenizer, make_reward_fn(cfg, judge), reference, logger)
+        history = train(model, tokenizer, tasks, rcfg, loss_fn, rloo_collate(rcfg.k), stage_dir, eval_fn=eval_fn,
+                        logger=logger, run_config=run_config, desc=stage, restart=cfg.restart, watch_loss=False,
+                        length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])),
+                        stop_after_steps=stop_after_steps, start_metrics=start_metrics)
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "tasks": len(tasks)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from .config import DataConfig
-from .countdown import countdown_completion, countdown_prompt, countdown_reasoning, solve_countdown
+from .countdown import countdown_completion, countdown_prompt, countdown_text, solve_countdown
 
 
 WORDS = ("apple river stone cloud tiger window garden silver planet candle forest rabbit orange pencil "
@@ -34,7 +34,7 @@ def make_instruction_task(family: str, rng: random.Random) -> dict:
     """One instruction task with its single correct answer and a plausible wrong one (for preference pairs).
 
     Short answers keyed on a word or a few digits keep the tasks learnable by a few-million-parameter model in
-    minutes on a CPU (copying or reversing whole words was not: see the README's log of what did not work).
+    minutes on a CPU (copying or reversing whole words was not: see docs/LOG.md, what did not work).
     """
     template = rng.choice(_FAMILY_TEMPLATES[family])
     w = rng.choice(WORDS)
@@ -134,11 +134,11 @@ def build_tiny_world(cfg: DataConfig) -> dict[str, dict[str, list]]:
 
     # plain (non-chat) text for pre-training the base model: the world's facts, never its test prompts
     pretrain = []
-    for t in train_tasks:
-        pretrain.append({"text": f"Question: {t['prompt']}\nAnswer: {t['answer']}\n"})
+    for t in train_tasks:       # the answer on its own line: the very token a chat answer starts with (see ANSWER)
+        pretrain.append({"text": f"Question: {t['prompt']}\nAnswer:\n{t['answer']}\n"})
     for t in countdown["train"]:
         _, steps = solve_countdown(t["nums"], t["target"])
-        pretrain.append({"text": countdown_reasoning(t["nums"], t["target"], steps) + ".\n"})
+        pretrain.append({"text": countdown_text(t["nums"], t["target"], steps) + "\n"})
     rng.shuffle(pretrain)
 
     # more preference pairs, drawn last: test prompts still excluded
@@ -146,5 +146,44 @@ def build_tiny_world(cfg: DataConfig) -> dict[str, dict[str, list]]:
         task = make_instruction_task(rng.choice(FAMILIES), rng)
         if task["prompt"] not in seen:
             preferences["train"].append(pair(task))
+    pretrain = pretrain[:cfg.pretrain_rows]
+    if cfg.pretrain_countdown_fresh:      # drawn after everything else: no other dataset changes
+        pretrain = mixed_in(pretrain, fresh_countdown_text(rng, cfg, test_keys), rng)
+    if cfg.pretrain_facts:
+        pretrain = mixed_in(pretrain, fact_text(rng, cfg.pretrain_facts), rng)
     return {"instructions": instructions, "preferences": preferences, "countdown": countdown,
-            "warmstart": warmstart, "pretrain": {"train": pretrain[:cfg.pretrain_rows]}}
+            "warmstart": warmstart, "pretrain": {"train": pretrain}}
+
+
+def fresh_countdown_text(rng: random.Random, cfg: DataConfig, test_keys: set) -> list[dict]:
+    """Pre-training lines in the Countdown phrasing ("Numbers [57, 83] make 140: 57 + 83 = 140.") for tasks drawn
+    afresh, with numbers up to `pretrain_countdown_max_value`: far more tasks than a model can memorise, so the base
+    model learns to copy the numbers it is given instead of recalling a training task's line. Held-out test tasks
+    are never among them."""
+    lines = []
+    while len(lines) < cfg.pretrain_countdown_fresh:
+        task = make_countdown_task(rng, cfg.countdown_numbers, cfg.pretrain_countdown_max_value)
+        if (tuple(sorted(task["nums"])), task["target"]) in test_keys:
+            continue
+        _, steps = solve_countdown(task["nums"], task["target"])
+        lines.append({"text": countdown_text(task["nums"], task["target"], steps) + "\n"})
+    return lines
+
+
+def fact_text(rng: random.Random, count: int) -> list[dict]:
+    """Plain text stating the world's facts that its instruction tasks ask about — a dictionary entry per word (its
+    first and last letter and length), the sums of two digits — never in a question's words: the base model learns
+    what is true in pre-training, and SFT teaches it to answer questions about it (as a real model's knowledge comes
+    from pre-training, not from its instruction data). Each letter stands on its own line, as a chat answer does:
+    byte-level BPE gives " t" (after a space) and "t" (after a newline) different tokens, so a fact learned about
+    " t" would not be the answer "t"."""
+    facts = [f"{w}\nfirst letter:\n{w[0]}\nlast letter:\n{w[-1]}\nletters:\n{len(w)}" for w in WORDS]
+    facts += [f"{a} plus {b} makes {a + b}." for a in range(1, 10) for b in range(1, 10)]
+    return [{"text": rng.choice(facts) + "\n"} for _ in range(count)]
+
+
+def mixed_in(rows: list[dict], extra: list[dict], rng: random.Random) -> list[dict]:
+    """`extra` spread through `rows` at random places, the order of `rows` kept."""
+    slots = set(rng.sample(range(len(rows) + len(extra)), len(extra)))
+    rows_left, extra_left = iter(rows), iter(extra)
+    return [next(extra_left) if i in slots else next(rows_left) for i in range(len(rows) + len(extra))]

@@ -86,6 +86,7 @@ if results is None:
     print("no experiment yet for this profile: run `make experiment` (or EXPERIMENT=1 for this notebook)")
 else:
     import pandas as pd
+    print(H.experiment_origin(cfg), "\n")
     quality = "exact_match" if cfg.data.world == "tiny" else "rouge_l"
     table = pd.DataFrame(H.headline(results, ("response_loss", quality, "countdown_accuracy")))
     columns = ["comparison", "metric", "from", "to", "difference", "noise", "verdict"]

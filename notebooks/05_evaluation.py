@@ -49,7 +49,7 @@ for theme, part in H.stage_tables(table).items():
 print(f"final = a copy of {final}, the end of the chain; every column in", paths["csv"])
 quality = "exact_match" if "exact_match" in table else "rouge_l"
 print("\nWhat we see, stage by stage along the chain (computed from the table above):")
-print("\n".join(H.chain_notes(table.set_index("model").to_dict("index"), quality, cfg.rft.sample_share)))
+print("\n".join(H.chain_notes(table.set_index("model").to_dict("index"), quality, cfg.rft.sample_share, cfg)))
 
 # %% [markdown]
 # What each column measures (every measure on the same held-out sets):

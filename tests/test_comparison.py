@@ -1,6 +1,8 @@
 """The demo's comparison: the same held-out measures for every checkpoint, read once and reused."""
 import shutil
 
+import pytest
+
 from helpers import comparison, config, scoring
 
 
@@ -11,7 +13,6 @@ def test_evaluate_checkpoints_reuses_each_checkpoint_evaluation(output_dir, monk
     calls = []
     monkeypatch.setattr(scoring, "evaluate_model", lambda model, tok, c, path=None, records=None:
                         calls.append(1) or {"exact_match": 0.5})
-    monkeypatch.setattr(scoring, "checkpoint_fingerprint", lambda folder: "same")
     (output_dir / "data" / "smoke").mkdir(parents=True)
     first = comparison.evaluate_checkpoints(cfg, ["sft_masked", "sft_unmasked"])
     again = comparison.evaluate_checkpoints(cfg, ["sft_masked"])
@@ -41,3 +42,15 @@ def test_unfaithful_reasoning_counts_correct_answers_that_restate_another_target
                row("Numbers [9, 29] make 5: 9 - 4", 0.1), row("no restatement", 1.0)]
     got = unfaithful_reasoning(records)
     assert (got["correct"], got["wrong_target_in_think"]) == (3, 1) and "make 26:" in got["examples"][0]
+
+
+def test_a_change_is_called_better_or_worse_only_beyond_chance():
+    """A sign test on the tasks that changed, by hand: 11 gained and 4 lost is p = 2 × (1 + 15 + 105 + 455 + 1365) /
+    2^15 = 0.118 (not clear); 10 gained and 0 lost is p = 2 / 2^10 = 0.002; one task lost of 200 is not "worse"."""
+    assert comparison.sign_test(11, 4) == pytest.approx(2 * 1941 / 2 ** 15)
+    assert comparison.sign_test(10, 0) == pytest.approx(2 / 2 ** 10)
+    assert comparison.sign_test(0, 0) == 1.0 and comparison.sign_test(0, 1) == 1.0
+    assert comparison.paired_verdict(11, 4).startswith("no clear change: 11 tasks gained, 4 lost")
+    assert comparison.paired_verdict(0, 10).startswith("worse") and comparison.paired_verdict(10, 0).startswith(
+        "improved")
+    assert comparison.paired_verdict(0, 1).startswith("no clear change")

@@ -228,13 +228,18 @@ def test_countdown_completion_matches_solver_and_scores_one():
 
 
 def test_countdown_prompt_asks_for_the_format_the_reward_parses():
-    messages = countdown.countdown_prompt([8, 9, 5], 12)
+    messages = countdown.countdown_prompt([8, 9, 5], 12, style="chat")
     assert [m["role"] for m in messages] == ["system", "user"]
     user = messages[1]["content"]
     assert "[8, 9, 5]" in user and "equals 12" in user
     example = re.findall(r"<answer>.*?</answer>", user)[-1]     # the prompt's own example parses
     assert example == "<answer> (1 + 2) / 3 </answer>"
     assert countdown_reward(example, 1, [1, 2, 3]) == 1.0
+    short = countdown.countdown_prompt([8, 9, 5], 12)           # the tiny default: one user turn, same tags
+    assert [m["role"] for m in short] == ["user"]
+    assert "[8, 9, 5]" in short[0]["content"] and "equals 12" in short[0]["content"]
+    assert "<answer> </answer>" in short[0]["content"] and countdown.parse_countdown_task(short[0]["content"]) == \
+        ([8, 9, 5], 12)
 
 
 def test_every_countdown_step_asks_with_the_prompt_sft_trained_on(output_dir, tiny_tokenizer, monkeypatch):

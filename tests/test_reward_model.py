@@ -59,3 +59,34 @@ def test_reward_model_from_a_lora_sft_checkpoint(preference_world, tmp_path, out
     assert len(merged) == 1 and (merged[0] / "config.json").exists() and not (tmp_path / "sft_merged").exists()
     batch = preference.pair_collate(rm_tok.pad_token_id)(pairs[:2])
     assert reward_model.reward_scores(rm, batch).shape == (4,)
+
+
+def test_the_grm_term_is_the_chosen_answers_nll_and_both_paths_agree(preference_world):
+    """scores_and_chosen_logps: the scores equal the sequence-classification model's own, and the chosen log-probs
+    equal the causal LM's (the same weights, its head tied to the embeddings) — with the prompt shared or not."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from helpers import logprobs, modeling, preference, reward_model
+    cfg, tokenizer, pairs = preference_world
+    lm = modeling.build_tiny_model(tokenizer, cfg.model, seed=0)
+    lm.config.num_labels = 1
+    rm = AutoModelForSequenceClassification.from_config(lm.config)
+    rm.model.load_state_dict(lm.model.state_dict())
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    batch = preference.pair_collate(tokenizer.pad_token_id)(pairs[:4])
+    with torch.no_grad():
+        shared = reward_model.scores_and_chosen_logps(rm, batch)
+        rm.activation_checkpointing_enable()
+        rm.train()                                  # gradient checkpointing in training: the full-sequence path
+        full = reward_model.scores_and_chosen_logps(rm, batch)
+        rm.eval()
+        expected_scores = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        expected_logps = logprobs.sequence_logps(lm, {k: v[:4] for k, v in batch.items()
+                                                      if k in ("input_ids", "attention_mask", "labels")})
+    for scores, logps, tokens in (shared, full):
+        assert torch.allclose(scores, expected_scores, atol=1e-4)
+        assert torch.allclose(logps, expected_logps, atol=1e-3)
+    assert torch.equal(shared[2], (batch["labels"][:4, 1:] != -100).sum(1))
+    loss, metrics = reward_model.make_reward_loss(0.5)(rm, batch)
+    plain, _ = reward_model.bradley_terry_loss(rm, batch)
+    assert torch.isclose(loss, plain + 0.5 * (-expected_logps / shared[2]).sum(), atol=1e-3)

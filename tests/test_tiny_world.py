@@ -19,7 +19,9 @@ def test_tiny_world_sizes_follow_the_config(smoke_world):
                      "preferences": {"train": data_cfg.preference_train + data_cfg.preference_train_extra,
                                      "test": data_cfg.preference_test},
                      "countdown": {"train": data_cfg.countdown_train, "test": data_cfg.countdown_test},
-                     "warmstart": {"train": data_cfg.warmstart_rows}, "pretrain": {"train": data_cfg.pretrain_rows}}
+                     "warmstart": {"train": data_cfg.warmstart_rows},
+                     "pretrain": {"train": data_cfg.pretrain_rows + data_cfg.pretrain_countdown_fresh
+                                  + data_cfg.pretrain_facts}}
 
 
 def test_tiny_world_test_prompts_never_seen_in_training(smoke_world):
@@ -82,3 +84,26 @@ def test_tiny_profile_countdown_test_not_a_permutation_of_train():
     key = lambda t: (tuple(sorted(t["nums"])), t["target"])
     train = {key(t) for t in w["countdown"]["train"]}
     assert [t for t in w["countdown"]["test"] if key(t) in train] == []
+
+
+def test_fresh_countdown_text_and_facts_change_only_pretraining():
+    """The optional pre-training lines are drawn after everything else: every other dataset stays the same, and no
+    held-out Countdown task or instruction test prompt appears in them."""
+    plain = tiny_world.build_tiny_world(config.get_config("smoke", data__pretrain_countdown_fresh=0,
+                                                          data__pretrain_facts=0).data)
+    cfg = config.get_config("smoke", data__pretrain_countdown_fresh=300, data__pretrain_facts=200)
+    world = tiny_world.build_tiny_world(cfg.data)
+    assert all(world[name] == plain[name] for name in ("instructions", "preferences", "countdown", "warmstart"))
+    texts = [r["text"] for r in world["pretrain"]["train"]]
+    assert len(texts) == len(plain["pretrain"]["train"]) + 500
+    assert [t for t in texts if t in {r["text"] for r in plain["pretrain"]["train"]}] == \
+        [r["text"] for r in plain["pretrain"]["train"]]                      # the plain lines, in their order
+    plain_texts = {r["text"] for r in plain["pretrain"]["train"]}
+    fresh = [t for t in texts if t.startswith("Using the numbers") and t not in plain_texts]
+    assert len(fresh) >= 250 and max(int(n) for t in fresh for n in t.split("[")[1].split("]")[0].split(", ")) > 30
+    held_out = {(tuple(sorted(t["nums"])), t["target"]) for t in world["countdown"]["test"]}
+    for text in fresh:
+        nums = tuple(sorted(int(n) for n in text.split("[")[1].split("]")[0].split(", ")))
+        assert (nums, int(text.split(" make ")[1].split(":")[0])) not in held_out
+    facts = [t for t in texts if "\nfirst letter:\n" in t or " plus " in t]
+    assert len(facts) == 200 and not any("?" in t for t in facts)
