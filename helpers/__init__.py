@@ -24,7 +24,7 @@ from .vocab import add_new_tokens, demo_new_tokens, token_fragmentation
 from .training import train
 from .checkpoints import load_history
 from .sft import run_sft, sft_loss
-from .results import timestamp, write_summary
+from .results import latest_summary, timestamp, write_summary
 from .comparison import (countdown_changes, evaluate_checkpoints, plot_sft_comparison, unfaithful_reasoning,
                          write_dataset_results)
 from .experiment import (conclusion, experiment_origin, headline, latest_experiment, mean_std, noise_verdict,
@@ -32,7 +32,7 @@ from .experiment import (conclusion, experiment_origin, headline, latest_experim
 
 # 03_dpo: DPO and the reward model
 from .dpo import dpo_loss, make_dpo_loss, run_dpo
-from .reward_model import bradley_terry_loss, run_reward_model
+from .reward_model import bradley_terry_loss, make_reward_loss, run_reward_model
 
 # 04_rloo
 from .logprobs import shared_prompt_logps
@@ -40,7 +40,8 @@ from .scoring import evaluate_checkpoint, exact_match
 from .logger import read_tensorboard_scalars
 from .rloo import plot_rloo_dynamics, rloo_advantages, rloo_loss, run_rloo
 from .rft import at_equal_samples, keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft
-from .robustness import committed_range, run_robustness, target_lines, where_in_range, write_robustness
+from .robustness import (committed_range, run_robustness, run_row, target_lines, target_table, where_in_range,
+                         write_robustness)
 
 # 05_evaluation
 from .scoring import best_of_n, pass_at_k

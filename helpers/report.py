@@ -12,6 +12,7 @@ from .results import latest_summary, markdown_table
 from .experiment import conclusion, headline, latest_experiment
 from .comparison import paired_verdict, task_changes
 from .evaluation import LEGEND, stage_tables
+from .robustness import run_row, target_table
 
 
 def report_path(cfg: Config) -> Path:
@@ -103,6 +104,11 @@ def write_report(cfg: Config, stages, final: str) -> Path:
               f"{cfg.dpo.max_steps} steps; RLOO: k = {cfg.rloo.k}, {cfg.rloo.max_steps} steps, KL {cfg.rloo.kl_coef}. "
               f"Sampled measures: temperature {cfg.eval.temperature}, top_p {cfg.eval.top_p}, top_k {cfg.eval.top_k}, "
               f"{cfg.eval.n_samples} samples on {cfg.eval.sampled_rows} prompts.", "",
+              "## Targets", "", "This run against each target of the profile, and the range `make robustness` "
+              "measured over base models (another machine pre-trains another base model):", ""]
+    prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
+    checks = target_table(cfg, run_row(cfg, stages, prefs))
+    lines += [markdown_table(checks) if len(checks) else "(no target applies to this profile's stages)", "",
               "## Every stage on the same held-out sets", ""]
     for theme, part in stage_tables(stages).items():
         lines += [f"**{theme}**", "", markdown_table(part), ""]
@@ -125,7 +131,6 @@ def write_report(cfg: Config, stages, final: str) -> Path:
                                                                                                         quality)), ""]
     by = {r["model"]: r for r in stages.to_dict("records")}
     notes = chain_notes(by, quality, cfg.rft.sample_share, cfg)
-    prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
     if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
         acc = dict(zip(prefs.model, prefs.preference_accuracy))
         notes.append(f"- held-out preference accuracy, each model ranking by its own log-probs: `sft_masked` "

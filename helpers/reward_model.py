@@ -109,7 +109,8 @@ def make_reward_loss(nll_weight: float = 0.0):
         nll = -chosen_logps / tokens
         loss = -F.logsigmoid(margins) + nll_weight * nll
         return loss.sum(), {"reward_model/accuracy": (margins > 0).float().mean(),
-                            "reward_model/margin": margins.detach().mean(), "reward_model/chosen_nll": nll.mean()}
+                            "reward_model/margin": margins.detach().mean(),
+                            "reward_model/chosen_nll": nll.detach().mean()}
     return loss_fn
 
 

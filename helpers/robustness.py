@@ -196,6 +196,37 @@ def target_lines(cfg: Config, row: dict) -> list[str]:
     return lines
 
 
+def run_row(cfg: Config, stages, prefs=None) -> dict:
+    """One run's chain as a row of `stage/metric` (what target_checks reads): the stage table of 05 (a DataFrame
+    with a `model` column) and, where 03 wrote it, its preference summary (DPO's ranking, the reward model)."""
+    row = {f"{r['model']}/{k}": v for r in stages.to_dict("records") for k, v in r.items() if k != "model"}
+    if prefs is not None:
+        for r in prefs.to_dict("records"):
+            if r.get("model") == "dpo":
+                row["dpo/preference_accuracy"] = r["preference_accuracy"]
+            accuracy = r.get("reward_model_accuracy")
+            if isinstance(accuracy, float) and accuracy == accuracy:              # NaN where no reward model
+                row["reward_model/accuracy"] = accuracy
+    return row
+
+
+def target_table(cfg: Config, row: dict):
+    """This run against each target: its value, PASS or FAIL, and where the committed range over base models lies
+    (the table at the top of 05 and of the report)."""
+    import pandas as pd
+    row, out = with_changes(row), []
+    for name, ok in target_checks(cfg, row).items():
+        metric = next(m for n, m, _, _ in targets(cfg) if n == name)
+        stage, what = metric.split("/")
+        points = what.endswith("change")
+        found = committed_range(cfg, stage, what)
+        show = (lambda v: f"{100 * v:+.1f} points") if points else (lambda v: f"{v:.3f}")
+        out.append({"target": name, "this run": show(row[metric]), "result": "PASS" if ok else "FAIL",
+                    "committed range over base models": (f"{show(found[0])} to {show(found[1])} ({found[2]} base "
+                                                         f"models)" if found else "none committed")})
+    return pd.DataFrame(out)
+
+
 def summarize(cfg: Config, results: list[dict]):
     """(per seed, summary, targets): every seed's metrics (and the changes each stage made) and target checks; each
     as mean ± std and min–max; each target with the number of base models that meet it."""

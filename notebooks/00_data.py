@@ -6,10 +6,8 @@
 #
 # **Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
 # **Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
-# **Run time.** tiny ≈ 1.5–6 min on 2 CPU cores
-# (1 min 23 s – 1 min 34 s in three runs on an idle 2-core AMD EPYC, 2026-11-28; a busy machine is up to ~3×
-# slower)
-# · smoke ≈ 15 s · qwen: download time.
+# **Run time.** tiny: a few minutes on 2 CPU cores, most of it pre-training the base model (`make demo` prints
+# each notebook's elapsed time; a busy machine is up to ~3× slower) · smoke ≈ 15 s · qwen: download time.
 
 # %%
 import os

@@ -1,8 +1,8 @@
 # %% [markdown]
 # # 04 · RLOO and rejection-sampling fine-tuning: learning from a verifier, without losing what DPO taught
 #
-# **Purpose.** Improve Countdown beyond imitation: sample k answers per prompt, score them, and push up the ones
-# better than their siblings (REINFORCE Leave-One-Out). The chain continues: RLOO **starts from the DPO model**
+# **Purpose.** Try to improve Countdown beyond imitation: sample k answers per prompt, score them, and push up the
+# ones better than their siblings (REINFORCE Leave-One-Out). The chain continues: RLOO **starts from the DPO model**
 # (`03`), and trains on a mixture of Countdown prompts (rule-based reward) and instruction prompts (exact match with
 # the tiny world's answer; the reward model in `qwen`), so it keeps DPO's instruction gains. Beside it, from the same
 # start and compared at equal numbers of samples, **rejection-sampling fine-tuning** (RFT): keep the best of k,
@@ -11,8 +11,7 @@
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
 # `assets/rft_vs_rloo.png`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-# **Run time.** tiny ≈ 4–20 min on 2 CPU cores (4 min 09 s – 4 min 52 s in two runs on an idle 2-core AMD EPYC,
-# 2026-11-28)
+# **Run time.** tiny: about 4–5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 30 s · qwen: hours on one GPU.
 #
 # In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model; docs/LOG.md). The

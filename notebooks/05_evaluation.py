@@ -8,7 +8,7 @@
 # **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 # `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
 # `report/report.md`.
-# **Run time.** tiny ≈ 0.5–3 min on 2 CPU cores (36–55 s in three runs on an idle 2-core AMD EPYC, 2026-11-28)
+# **Run time.** tiny: about 1 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
 
 # %%
@@ -47,6 +47,8 @@ paths = H.write_summary(table, cfg, "stages", stamp)          # every column, fo
 for theme, part in H.stage_tables(table).items():
     print(f"── {theme}\n{part.to_string(index=False)}\n")
 print(f"final = a copy of {final}, the end of the chain; every column in", paths["csv"])
+# the targets first: this run against each, and the range `make robustness` measured over base models
+print("\n" + H.target_table(cfg, H.run_row(cfg, table, H.latest_summary(cfg, "dpo"))).to_string(index=False) + "\n")
 quality = "exact_match" if "exact_match" in table else "rouge_l"
 print("\nWhat we see, stage by stage along the chain (computed from the table above):")
 print("\n".join(H.chain_notes(table.set_index("model").to_dict("index"), quality, cfg.rft.sample_share, cfg)))
@@ -82,7 +84,7 @@ for name in ["sft_masked", "rloo"]:
 
 # %%
 report = H.write_report(cfg, table, final)
-print(report.read_text())
+print(f"the report, made from the summaries above: {report}")
 
 
 # %% [markdown]

@@ -49,6 +49,19 @@ def test_the_summary_gives_mean_std_range_and_who_failed(output_dir):
         cfg, "rloo", "countdown_accuracy", 0.3)
     below = robustness.where_in_range(cfg, "rloo", "countdown_accuracy", 0.145)
     assert below.startswith("0.145 is below the committed range") and "docs/RESULTS.md" in below
+    # one run's target table (05 and the report): read from its stage table and 03's preference summary
+    import pandas as pd
+    stages = pd.DataFrame([{"model": "sft_masked", "exact_match": 0.5, "countdown_accuracy": 0.3},
+                           {"model": "dpo", "exact_match": 0.8, "countdown_accuracy": 0.25},
+                           {"model": "rloo", "exact_match": 0.8, "countdown_accuracy": 0.145}])
+    prefs = pd.DataFrame([{"model": "sft_masked", "preference_accuracy": 0.8, "reward_model_accuracy": float("nan")},
+                          {"model": "dpo", "preference_accuracy": 0.95, "reward_model_accuracy": 0.92}])
+    table = robustness.target_table(cfg, robustness.run_row(cfg, stages, prefs)).set_index("target")
+    assert table.loc["final Countdown ≥ 0.3", "result"] == "FAIL"
+    assert table.loc["final Countdown ≥ 0.3", "committed range over base models"] == "0.250 to 0.450 (3 base models)"
+    assert table.loc["reward model ≥ 0.9", ["this run", "result"]].tolist() == ["0.920", "PASS"]
+    assert table.loc["DPO keeps Countdown (≥ −2 points)", ["this run", "result"]].tolist() == ["-5.0 points", "FAIL"]
+    assert table.loc["DPO ranks held-out pairs ≥ 0.9", "result"] == "PASS"
 
 
 def test_the_runner_keeps_finished_seeds_and_reruns_changed_settings(output_dir, monkeypatch):
