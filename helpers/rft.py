@@ -160,18 +160,23 @@ def at_equal_samples(table):
     return both[both.index > 0].swaplevel(axis=1).sort_index(axis=1)
 
 
-def plot_rft_vs_rloo(table, path):
-    """Held-out Countdown accuracy and instruction quality against samples drawn, one line per method."""
+def plot_rft_vs_rloo(table, path, tasks: dict | None = None):
+    """Held-out Countdown accuracy and instruction quality against samples drawn, one line per method, on full 0–1
+    axes. tasks = {metric: held-out tasks}: error bars of ±2 binomial standard errors (one seed: the noise of a
+    share of that many tasks, not of the method)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     quality = [c for c in table.columns if c in ("exact_match", "rouge_l")][0]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("countdown_accuracy", quality)):
+        n = (tasks or {}).get(metric)
         for method, part in table.groupby("method", sort=False):
-            ax.plot(part["samples"], part[metric], marker="o", label=method.upper())
-        ax.set(xlabel="completions sampled", ylabel=f"held-out {metric.replace('_', ' ')}",
-               title=metric.replace("_", " "))
+            p = part[metric].clip(0, 1)
+            ax.errorbar(part["samples"], part[metric], yerr=2 * (p * (1 - p) / n) ** 0.5 if n else None, marker="o",
+                        capsize=3, label=method.upper())
+        ax.set(xlabel="completions sampled", ylabel=f"held-out {metric.replace('_', ' ')}", ylim=(0, 1),
+               title=metric.replace("_", " ") + (f" (±2 s.e., {n} tasks)" if n else ""))
         ax.legend()
     fig.suptitle("RLOO and rejection-sampling fine-tuning from the same start, at equal samples")
     return save_figure(fig, path)

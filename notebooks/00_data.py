@@ -160,11 +160,15 @@ print(pd.DataFrame({"held-out phrasing": demo["prompts"], "target": demo["words"
                     "after training": demo["after"], "after merge + reload": demo["after_merge_and_reload"]}
                    ).to_string(index=False))
 right = sum(a == w for a, w in zip(demo["after"], demo["words"]))
+swapped = sum(a != w and a in demo["words"] for a, w in zip(demo["after"], demo["words"]))
 same = demo["after"] == demo["after_merge_and_reload"]
 print(f"\nWhat we see: {right} of {len(demo['words'])} held-out phrasings answered with the new word after "
-      f"{cfg.new_token_steps} steps; merge → save → reload {'kept every answer' if same else 'CHANGED answers'}."
-      + ("" if right == len(demo["words"]) else " The misses show how little 160 steps on 6 conversations teach: "
-         "try more steps or more phrasings (exercise 3)."))
+      f"{cfg.new_token_steps} steps; merge → save → reload {'kept every answer' if same else 'CHANGED answers'}.")
+if swapped:      # it produces the new words, but mixes up which question each answers
+    print(f"{swapped} miss(es) answer with *another* new word: the words themselves were learned, not which question "
+          "each one answers — more phrasings per word would teach that (exercise 3).")
+elif right < len(demo["words"]):
+    print("The misses are other text: the new rows were not learned well enough yet — try more steps (exercise 3).")
 
 
 # %% [markdown]

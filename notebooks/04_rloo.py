@@ -156,7 +156,8 @@ print(table.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
 
 # %%
-display(Image(filename=str(H.plot_rft_vs_rloo(table, H.assets_dir(cfg) / "rft_vs_rloo.png"))))
+tasks = {"countdown_accuracy": cfg.eval.countdown_rows, quality: cfg.eval.instruction_rows}
+display(Image(filename=str(H.plot_rft_vs_rloo(table, H.assets_dir(cfg) / "rft_vs_rloo.png", tasks))))
 
 # %%
 import pandas as pd

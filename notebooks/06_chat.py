@@ -46,8 +46,13 @@ if cfg.data.world == "tiny":        # the tiny world has one right answer; say w
 # ## Side by side: the same prompt, two checkpoints
 
 # %%
-for prompt in ["What is the last letter of garden?", "Which number is the largest: 3, 8, 5?"]:
-    print(prompt, H.side_by_side(cfg, prompt, names=("sft_masked", "sft_unmasked")))
+# the tiny world knows the right answers: each reply is marked right or wrong (other worlds: shown as they are)
+for prompt, right in [("What is the last letter of garden?", "n"), ("Which number is the largest: 3, 8, 5?", "8")]:
+    print(prompt)
+    for name, reply in H.side_by_side(cfg, prompt, names=("sft_masked", "sft_unmasked")).items():
+        mark = ("right" if H.exact_match(reply, right) else f"WRONG (the answer is {right})") \
+            if cfg.data.world == "tiny" else ""
+        print(f"  {name:>12}: {reply!r}  {mark}")
 
 
 # %% [markdown]
