@@ -32,7 +32,7 @@ print(f"profile={cfg.profile}  seed={SEED}  outputs under {H.output_root()}")
 # $\log\pi(y|x)$ sums the log-probabilities of the **response tokens only** — the same mask as masked SFT. The
 # implicit reward of a response is $\beta(\log\pi_\theta - \log\pi_\text{ref})$. The reference is the SFT model; its
 # log-probs are computed **once** before training, so training holds a single model in memory.
-# On the tiny model, plain DPO pushed the likelihood of *both* answers down and cost 10 points of exact match, so
+# On the tiny model, plain DPO pushed the likelihood of *both* answers down and cost exact match (docs/LOG.md), so
 # `cfg.dpo.sft_weight` adds $\alpha\cdot$NLL of the chosen answer (the RPO variant, Pang et al. 2024); set it to 0
 # for plain DPO. The loss that is **trained** is therefore
 #
@@ -57,9 +57,9 @@ print(f"equal log-probs: loss = {loss.item():.4f} = log 2 = {math.log(2):.4f}")
 # ## On-policy Countdown pairs
 #
 # As the course project does: sample completions per Countdown prompt from the SFT model (temperature > 0), make the
-# best one by the rule-based reward *chosen* and the worst *rejected*, and drop prompts where all tie. With 79
-# Countdown pairs among 6,000 instruction pairs, DPO erased Countdown (0.22 → 0.01); so here 800 prompts are sampled
-# 4 times each, and the Countdown pairs are repeated until they are a quarter of the pairs
+# best one by the rule-based reward *chosen* and the worst *rejected*, and drop prompts where all tie. With a few
+# dozen Countdown pairs among thousands of instruction pairs, DPO erased Countdown (docs/LOG.md); so here prompts
+# are sampled 4 times each, and the Countdown pairs are repeated until they are a quarter of the pairs
 # (`cfg.dpo.countdown_share`): the two tracks are weighed against each other.
 
 # %%

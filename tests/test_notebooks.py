@@ -26,6 +26,36 @@ def test_every_notebook_has_a_readable_source_in_sync():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# Numbers a markdown cell may state: settings (config values, paper constants, the reward's tiers, the targets,
+# run lengths), never a result this run computes — results are printed from the run.
+ALLOWED_NUMBERS = {"0.1", "0.5", "0.2", "1.0", "0.01", "1.5", "1.2", "1.8", "0.6", "0.95", "0.75", "0.30",
+                   "2 points", "3,200", "6,400"}
+RESULT_LIKE = r"(?<![\w.])(\d+(?:\.\d+)? points?|\d+(?:\.\d+)? ?%|\d+\.\d+|\d+(?:,\d{3})+)"
+
+
+def test_markdown_states_no_result_of_the_run():
+    """A number in prose that the run computes (an accuracy, a loss, a count of samples) goes stale on the next
+    machine: only settings are allowed (ALLOWED_NUMBERS), or a past measurement that cites docs/LOG.md."""
+    import re
+    found = []
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "markdown":
+                continue
+            for sentence in re.split(r"(?<=[.!?])\s", "".join(cell["source"])):
+                if "LOG.md" in sentence:
+                    continue
+                found += [f"{path.stem}: {m} in {sentence.strip()[:80]!r}" for m in re.findall(RESULT_LIKE, sentence)
+                          if m not in ALLOWED_NUMBERS]
+    assert found == []
+
+
+def test_the_prose_check_can_fail():
+    import re
+    assert re.findall(RESULT_LIKE, "exact match rose to 0.790 (+23.0 points), 4 % of 1,200 samples") == \
+        ["0.790", "23.0 points", "4 %", "1,200"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_without_outputs(path):
     nb = json.loads(path.read_text())
