@@ -57,6 +57,7 @@ experiment: setup
 TUNING ?= 0
 ROBUSTNESS_ARGS = $(if $(filter 1,$(TUNING)),--tuning,)
 robustness: setup
+	PROFILE=$(PROFILE) $(PY) -m helpers data --datasets-only    # once, before the shards read them
 	@if [ $(JOBS) -gt 1 ]; then for k in $$(seq 0 $$(($(JOBS) - 1))); do \
 	  OMP_NUM_THREADS=1 PROFILE=$(PROFILE) $(PY) -m helpers robustness $(ROBUSTNESS_ARGS) --shard $$k/$(JOBS) & done; \
 	  wait; fi

@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("data", help="build/download the datasets and the initial model of a profile")
     p.add_argument("--profile", default=None)
+    p.add_argument("--datasets-only", action="store_true", help="build the datasets, not the initial model")
     p = sub.add_parser("train", help="train one stage")
     p.add_argument("--stage", required=True, choices=TRAIN_STAGES)
     p.add_argument("--profile", default=None)
@@ -360,7 +361,8 @@ def data_command(args) -> int:
     cfg = get_config(args.profile)
     for name, folder in prepare_data(cfg).items():
         print(f"{name}: {folder}")
-    print(f"initial model: {build_initial_model(cfg)}")
+    if not args.datasets_only:
+        print(f"initial model: {build_initial_model(cfg)}")
     return 0
 
 

@@ -273,7 +273,28 @@ def load_split(cfg: Config, name: str, split: str) -> list[dict]:
     if not path.exists():
         raise MissingData(f"{path} not found: run notebooks/00_data.ipynb (or `python -m helpers data "
                                 f"--profile {cfg.profile}`) first")
+    check_built_with(cfg, path.parent)
     return read_jsonl(path)
+
+
+def check_built_with(cfg: Config, folder: Path) -> None:
+    """A tiny-world dataset must have been built from this config's data settings (its manifest records them): a
+    folder left by other settings (an older world, another prompt format) would silently train the wrong task."""
+    if cfg.data.world != "tiny":
+        return
+    rebuild = f"rebuild it with notebooks/00_data.ipynb (or `python -m helpers data --profile {cfg.profile}`)"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise MissingData(f"{folder}: its manifest is missing or unreadable: {rebuild}") from None
+    try:
+        built = json.loads(manifest["filters"])
+    except (KeyError, TypeError, ValueError):
+        return                          # filters that are not settings: a folder written by other means
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg.data)))
+    if isinstance(built, dict) and built != wanted:
+        changed = ", ".join(f"{k} {built.get(k)!r} → {v!r}" for k, v in wanted.items() if built.get(k) != v)
+        raise MissingData(f"{folder} was built with other data settings ({changed}): {rebuild}")
 
 
 def hub_revision(hub_id: str) -> str:

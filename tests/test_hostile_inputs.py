@@ -533,10 +533,26 @@ def test_a_truncated_experiment_cell_is_named_and_run_again(output_dir):
                                          ({"nums": [3, 4], "target": "7"}, "'target'")])
 def test_tiny_world_countdown_rows_are_checked_when_read(output_dir, row, reason, capsys):
     cfg = config.get_config("smoke")
+    data.prepare_data(cfg)                                   # the manifest says which settings built the folder
     data.write_jsonl(output_dir / "data" / "smoke" / "countdown" / "test.jsonl", [{"nums": [3, 4], "target": 7}, row])
     tasks = data.countdown_tasks(cfg, "test")
     assert [t["nums"] for t in tasks] == [[3, 4]]
     assert reason in capsys.readouterr().out
+
+
+def test_data_built_with_other_settings_is_refused_not_trained_on(output_dir):
+    """A data folder left by an older world or another prompt format would silently train the wrong task (it once
+    fed a whole robustness run): reading it names the folder, what changed and the rebuild command."""
+    data.prepare_data(config.get_config("smoke"))
+    cfg = config.get_config("smoke", data__countdown_format="chat")
+    with pytest.raises(config.MissingData, match=r"countdown was built with other data settings \(countdown_format "
+                                                 r"'short' → 'chat'\)"):
+        data.countdown_tasks(cfg, "test")
+    (output_dir / "data" / "smoke" / "countdown" / "manifest.json").unlink()
+    with pytest.raises(config.MissingData, match="manifest is missing"):
+        data.countdown_tasks(config.get_config("smoke"), "test")
+    data.prepare_data(cfg)                                   # rebuilt with the new settings: read as before
+    assert data.countdown_tasks(cfg, "test")
 
 
 # ── 11. the command line answers in one line ─────────────────────────────────────────────────────
@@ -558,6 +574,8 @@ def prepared_output(tmp_path_factory):
      "SFTConfig.seed"),
     (["train", "--stage", "sft_masked", "--profile", "smoke", "--set", "profile=x"], 2, "choose it with --profile"),
     (["train", "--stage", "sft_masked", "--profile", "nope"], 2, "unknown profile 'nope'"),
+    (["train", "--stage", "sft_masked", "--profile", "smoke", "--set", "data__countdown_format=chat"], 2,
+     "built with other data settings (countdown_format 'short' → 'chat')"),
     (["train", "--stage", "sft_masked", "--profile", "smoke", "--stop-after-steps", "0"], 2, "must be ≥ 1"),
     (["train", "--stage", "rft", "--profile", "smoke", "--stop-after-steps", "2"], 2, "does not apply to rft"),
     (["run-notebook", "notebooks/06_chat.ipynb", "--index", "5", "--total", "2"], 2, "beyond --total"),
