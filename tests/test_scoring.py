@@ -60,8 +60,8 @@ def test_base_copying_reads_the_equation_a_base_model_continues_with(output_dir,
     import torch
     from helpers import data, generation, scoring
     cfg = config.get_config("smoke")
-    data.write_jsonl(output_dir / "data" / "smoke" / "countdown" / "test.jsonl",
-                     [{"nums": [17, 2], "target": 34}, {"nums": [3, 4], "target": 7}, {"nums": [5, 6], "target": 1}])
+    data.write_dataset(cfg, "countdown", {"test": [{"nums": [17, 2], "target": 34}, {"nums": [3, 4], "target": 7},
+                                                   {"nums": [5, 6], "target": 1}]}, source="unit test")
     continuations = iter([" 17 * 2 = 34.", " 3 - 4 = 7.", " 5 - 7 = 2."])
 
     class Tokenizer:
