@@ -270,7 +270,7 @@ def plot_robustness(cfg: Config, per_seed, path):
               ("Countdown accuracy (greedy)", ["sft_masked/countdown_accuracy", "dpo/countdown_accuracy",
                                                "rloo/countdown_accuracy", "rft/countdown_accuracy"],
                t.final_countdown),
-              ("reward model, held-out pairwise accuracy", ["reward_model/accuracy"], t.reward_model)]
+              ("reward model\n(held-out pairs)", ["reward_model/accuracy"], t.reward_model)]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1, 0.45]})
     for ax, (title, columns, target) in zip(axes, panels):
         columns = [c for c in columns if c in per_seed]
