@@ -58,7 +58,7 @@ RANGES = {**{name: _POSITIVE for name in (
               "n_samples", "sampled_rows", "token_budget", "generation_tokens",
               "win_rate_rows", "max_prompt_tokens", "countdown_test", "vocab_size", "hidden_size", "num_layers",
               "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings", "countdown_max_value",
-              "pretrain_countdown_max_value", "new_token_steps", "notebook_cell_timeout", "max_rows")},
+              "pretrain_countdown_max_value", "new_token_steps", "notebook_cell_timeout", "max_rows", "world_version")},
           **{name: _NON_NEGATIVE for name in (
               "warmup_steps", "weight_decay", "sft_weight", "nll_weight", "kl_coef", "onpolicy_countdown_prompts",
               "top_k",
@@ -112,6 +112,9 @@ class DataConfig(Checked):
     world: str = "tiny"               # "tiny": the offline tiny world; "hub": the course's hub datasets (qwen)
     hub_dir: str | None = None        # hub world only: read local files in each hub dataset's schema from here
                                       # (<hub id with / as __>/<hub split>.jsonl) instead of the hub (qwen_smoke)
+    world_version: int = 2            # the tiny world's generator: raised when its text changes (2: the facts worded
+                                      # as questions tokenize), so data folders, base models and cached chains made
+                                      # by an older generator are made again, not reused (they record this)
     countdown_format: str = "short"   # the profile's one Countdown prompt (countdown.countdown_prompt): "short" =
                                       # TinyZero's question, its rules in a sentence (tiny: every token costs in every
                                       # stage); "chat" = TinyZero's system + user turn; "warmstart" = WarmStart query
@@ -216,8 +219,9 @@ class DPOConfig(TrainConfig):
     warmup_steps: int = 10
     onpolicy_countdown_prompts: int = 800  # Countdown prompts sampled for on-policy pairs (0 = none)
     onpolicy_samples: int = 4         # samples per prompt; the best and the worst by the reward make the pair
-    countdown_share: float = 0.25     # share of each epoch's pairs that are Countdown pairs (repeated to reach it):
-                                      # 79 of 6,079 pairs let DPO erase Countdown (docs/LOG.md)
+    countdown_share: float = 0.5      # share of each epoch's pairs that are Countdown pairs (repeated to reach it):
+                                      # 79 of 6,079 pairs let DPO erase Countdown; a quarter still lost 4.5–13 points
+                                      # on some base models, half kept it with exact match as high (docs/LOG.md)
     sample_temperature: float = 1.0   # sampling temperature for the on-policy pairs
     reference_from_disabled_adapters: bool = False  # LoRA only: reference = model with adapters off
     sft_weight: float = 1.0           # α of the RPO term (NLL of chosen); 0 = plain DPO. Plain DPO cost the tiny

@@ -210,6 +210,7 @@ def plot_learning_curves(cfg: Config, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     panels = [("pretrain", "train/loss", "training loss (nats/token)", "eval/loss", None),
               ("sft_masked", "eval/response_loss", "held-out response loss (nats/token)", None, None),
               ("sft_unmasked", "eval/response_loss", "held-out response loss (nats/token)", None, None),
@@ -239,6 +240,10 @@ def plot_learning_curves(cfg: Config, path: Path) -> Path:
         ax.set_ylabel(left_label, color="C0", fontsize=8)
         if "loss" in left and points and max(v for _, v in points) > 5 * min(v for _, v in points):
             ax.set_yscale("log")        # step 0 would squash the rest of the curve
+            # a decade or two: label 2, 3, 5 in each too (matplotlib's default would leave 2 ticks on the axis)
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     return save_figure(fig, path)

@@ -3,6 +3,7 @@ comparison, experiment, evaluation."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | No
         notes.append(f"- masked vs unmasked SFT (the demo's single seed; the seeded experiment is in the section "
                      f"above): {quality} {by['sft_masked'][quality]:.3f} vs {by['sft_unmasked'][quality]:.3f} "
                      f"({100 * delta:+.1f} points for whole-sequence loss).")
+    notes += best_of_n_notes(by.get("rloo", {}), cfg.eval.sampled_rows if cfg is not None else None)
     if "rloo" in by and "rft" in by:
         share = "as many samples as RLOO" if rft_share == 1 else f"{rft_share:.0%} of RLOO's samples"
         notes.append(f"- RLOO vs rejection-sampling fine-tuning from `dpo`, each at the end of its run (RFT draws "
@@ -57,6 +59,26 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | No
                      f"{by['rft']['countdown_accuracy']:.3f}, {quality} {by['rloo'][quality]:.3f} vs "
                      f"{by['rft'][quality]:.3f}. At equal samples: `assets/rft_vs_rloo.png` and "
                      "`evaluation_results/<profile>/rft_vs_rloo/`.")
+    return notes
+
+
+def best_of_n_notes(row: dict, prompts: int | None) -> list[str]:
+    """`final`'s best-of-n at the two sizes, with the noise of their difference: both are shares of a few sampled
+    prompts, so best-of-8 can come out below best-of-4 by chance. ±2 standard errors of a difference of two shares of
+    `prompts` (as if independent: the same prompts make it smaller, so this errs towards "within noise")."""
+    notes = []
+    for picker, track in (("verifier", "Countdown"), ("reward_model", "instruction following")):
+        small, large = (f"best_of_{n}_{picker}" for n in (4, 8))
+        if small not in row or large not in row or not prompts:
+            continue
+        a, b = row[small], row[large]
+        if not (0 <= a <= 1 and 0 <= b <= 1):       # not measured for this stage (NaN)
+            continue
+        noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / prompts)
+        verdict = "within noise" if abs(b - a) <= noise else ("more than noise" if b > a else "worse, beyond noise")
+        notes.append(f"- `final`'s best-of-n by the {picker.replace('_', ' ')} ({track}, {prompts} sampled prompts): "
+                     f"best-of-4 {a:.3f}, best-of-8 {b:.3f} ({100 * (b - a):+.1f} points; ±{100 * noise:.1f} is the "
+                     f"noise of such a difference: {verdict}).")
     return notes
 
 

@@ -174,11 +174,14 @@ def fact_text(rng: random.Random, count: int) -> list[dict]:
     """Plain text stating the world's facts that its instruction tasks ask about — a dictionary entry per word (its
     first and last letter and length), the sums of two digits — never in a question's words: the base model learns
     what is true in pre-training, and SFT teaches it to answer questions about it (as a real model's knowledge comes
-    from pre-training, not from its instruction data). Each letter stands on its own line, as a chat answer does:
-    byte-level BPE gives " t" (after a space) and "t" (after a newline) different tokens, so a fact learned about
-    " t" would not be the answer "t"."""
-    facts = [f"{w}\nfirst letter:\n{w[0]}\nlast letter:\n{w[-1]}\nletters:\n{len(w)}" for w in WORDS]
-    facts += [f"{a} plus {b} makes {a + b}." for a in range(1, 10) for b in range(1, 10)]
+    from pre-training, not from its instruction data). Byte-level BPE gives a word after a space (" lizard", as in
+    every question) and at a line's start ("lizard") different tokens, and the same for an answer ("t" after a
+    newline, as a chat answer starts, vs " t"): so each fact names its word after a space, as a question does, and
+    puts its answer on its own line, as a chat answer does. (Facts about "lizard" at a line's start left the
+    letter questions to the base models that happened to link the two tokens: 16 to 46 of 66 right after DPO,
+    docs/LOG.md.)"""
+    facts = [f"word: {w}\nfirst letter:\n{w[0]}\nlast letter:\n{w[-1]}\nletters:\n{len(w)}" for w in WORDS]
+    facts += [f"total of {a} plus {b}:\n{a + b}" for a in range(1, 10) for b in range(1, 10)]
     return [{"text": rng.choice(facts) + "\n"} for _ in range(count)]
 
 

@@ -555,6 +555,22 @@ def test_data_built_with_other_settings_is_refused_not_trained_on(output_dir):
     assert data.countdown_tasks(cfg, "test")
 
 
+def test_data_made_by_an_older_world_generator_is_refused(output_dir):
+    """The same settings, another generator: a folder written before the tiny world's text changed (its manifest
+    records an older `world_version`, or none) is refused, not read as today's world."""
+    cfg = config.get_config("smoke")
+    data.prepare_data(cfg)
+    manifest_path = output_dir / "data" / "smoke" / "pretrain" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    built = json.loads(manifest["filters"])
+    built.pop("world_version")
+    manifest["filters"] = json.dumps(built)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(config.MissingData, match=r"pretrain was built with other data settings \(world_version None "
+                                                 rf"→ {cfg.data.world_version}\)"):
+        data.load_split(cfg, "pretrain", "train")
+
+
 # ── 11. the command line answers in one line ─────────────────────────────────────────────────────
 @pytest.fixture(scope="module")
 def prepared_output(tmp_path_factory):

@@ -23,3 +23,16 @@ def test_report_reads_the_chain_stage_by_stage(output_dir):
     targets = " ".join(text.split("## Targets")[1].split("## Every stage")[0].split())   # before the tables
     assert "| final Countdown ≥ 0.3 | 0.300 | PASS | none committed |" in targets
     assert "| DPO keeps Countdown (≥ −2 points) | -10.0 points | FAIL |" in targets
+
+
+def test_best_of_8_below_best_of_4_on_a_few_prompts_is_called_noise_not_worse():
+    """48 prompts: 2 fewer right at best-of-8 is well within the noise of a difference of two such shares; a jump
+    from 0.25 to 0.75 is not."""
+    notes = report.best_of_n_notes({"best_of_4_verifier": 0.5, "best_of_8_verifier": 23 / 48,
+                                    "best_of_4_reward_model": 0.25, "best_of_8_reward_model": 0.75}, 48)
+    assert len(notes) == 2
+    assert "best-of-4 0.500, best-of-8 0.479 (-2.1 points; ±20.4 is the noise" in notes[0]
+    assert notes[0].endswith("within noise).")
+    assert notes[1].endswith("more than noise).")
+    assert report.best_of_n_notes({"best_of_4_verifier": float("nan"), "best_of_8_verifier": 0.5}, 48) == []
+    assert report.best_of_n_notes({"best_of_4_verifier": 0.5, "best_of_8_verifier": 0.5}, None) == []
