@@ -181,6 +181,16 @@ def stage_tables(table) -> dict:
     return out
 
 
+def log_axis(ax) -> None:
+    """A log y-axis labelled at 1, 2, 3 and 5 of each decade, in plain numbers: over a decade or two matplotlib's
+    default leaves two ticks (10⁰, 10¹) to read a whole curve by."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_stage_metrics(table, path: Path) -> Path:
     """One panel per theme, stages as groups of bars, each axis labelled with its unit."""
     import matplotlib
@@ -196,7 +206,7 @@ def plot_stage_metrics(table, path: Path) -> Path:
         grouped_bars(ax, table, metrics, labels=True)
         ax.set(title=title, ylabel="nats per token" if "loss" in title else "share of held-out tasks")
         if "loss" in title:
-            ax.set_yscale("log")
+            log_axis(ax)
         ax.get_legend().remove()
     # one legend for the stages, below the panels, where it covers no bar
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(table), fontsize=9, frameon=False)
@@ -210,7 +220,6 @@ def plot_learning_curves(cfg: Config, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
     panels = [("pretrain", "train/loss", "training loss (nats/token)", "eval/loss", None),
               ("sft_masked", "eval/response_loss", "held-out response loss (nats/token)", None, None),
               ("sft_unmasked", "eval/response_loss", "held-out response loss (nats/token)", None, None),
@@ -239,11 +248,7 @@ def plot_learning_curves(cfg: Config, path: Path) -> Path:
         ax.set(title=stage, xlabel="optimizer step")
         ax.set_ylabel(left_label, color="C0", fontsize=8)
         if "loss" in left and points and max(v for _, v in points) > 5 * min(v for _, v in points):
-            ax.set_yscale("log")        # step 0 would squash the rest of the curve
-            # a decade or two: label 2, 3, 5 in each too (matplotlib's default would leave 2 ticks on the axis)
-            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
-            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            log_axis(ax)                # step 0 would squash the rest of the curve
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
     return save_figure(fig, path)
