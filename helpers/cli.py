@@ -219,6 +219,25 @@ class EchoingClient(NotebookClient):
                 f"{clock(time.perf_counter() - self.cell_started)}:\n{text.rstrip()}")
 
 
+def settle_streams(nb) -> None:
+    """The executed copy as a notebook front-end shows it: consecutive outputs of one stream merged into one, and a
+    line redrawn with carriage returns (a progress bar, every 10 s) kept as its last drawing — one output per bar,
+    not one per redraw."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if last is not None and out.output_type == last.output_type == "stream" and out.name == last.name:
+                last.text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream" and "\r" in out.text:
+                out.text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+        if "outputs" in cell:
+            cell.outputs = merged
+
+
 def run_notebook(path, timeout: int | None = None, index: int | None = None, total: int | None = None,
                  started: float | None = None, write=None) -> Path:
     """Execute a notebook headless (cwd = its folder), printing where it is (EchoingClient, RunPlan); the executed
@@ -244,9 +263,11 @@ def run_notebook(path, timeout: int | None = None, index: int | None = None, tot
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
+        settle_streams(nb)
         nbformat.write(nb, executed)
         raise NotebookFailed(f"{path.name}: {client.failure(err, timeout)}\n"
                              f"The executed notebook up to there: {executed}") from None
+    settle_streams(nb)
     nbformat.write(nb, executed)
     write(f"{path.name}: ran in {clock(time.perf_counter() - started_here)}; executed copy: {executed}")
     return executed

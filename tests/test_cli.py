@@ -89,3 +89,17 @@ def test_run_plan_estimates_the_time_left_from_the_notebooks_stated_times(tmp_pa
     assert plan.line() == "notebook 2/3 · elapsed 3 min 00 s · estimated remaining 9 min 00 s"
     assert cli.stated_run_time(nbformat.read(tmp_path / "00_a.ipynb", as_version=4), "smoke") == 5
     assert [cli.clock(s) for s in (42, 362, 3900)] == ["42 s", "6 min 02 s", "1 h 05 min"]
+
+
+def test_the_executed_copy_keeps_one_output_per_progress_bar():
+    """A bar redrawn every 10 s in a kernel arrives as one stream message per redraw; the executed copy keeps what a
+    notebook shows — the last drawing — so a 5-minute stage is one line, not thirty outputs."""
+    stream = lambda name, text: nbformat.v4.new_output("stream", name=name, text=text)
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [stream("stdout", "config\n"), stream("stderr", "\rdpo:   0%| 0/800"),
+                    stream("stderr", "\rdpo:  50%| 400/800"), stream("stderr", "\rdpo: 100%| 800/800\n"),
+                    stream("stdout", "done\n"), stream("stdout", "more\n")]
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    cli.settle_streams(nb)
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [
+        ("stdout", "config\n"), ("stderr", "dpo: 100%| 800/800\n"), ("stdout", "done\nmore\n")]
