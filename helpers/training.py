@@ -188,6 +188,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
     model.train()
     progress = progress_bar(total=cfg.max_steps, initial=state["step"], desc=desc, disable=not is_main())
     first_loss, strikes, last_saved = None, 0, state["step"] if status == "resume" else None
+    left_uniform = False        # the loss has been away from ln V (a fresh model starts there; it must leave first)
 
     def diverged(why: str):
         optimizer.zero_grad(set_to_none=True)
@@ -224,9 +225,11 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
             raise diverged(f"loss={loss} grad_norm={grad_norm}")
         first_loss = loss if first_loss is None else first_loss
         far_above = watch_loss and loss > DIVERGED_FACTOR * abs(first_loss) + 1.0
-        # only at full lr: during warmup a fresh model may still sit at ln V on its way down
-        uniform = (uniform_loss is not None and abs(loss - uniform_loss) < UNIFORM_TOLERANCE
-                   and abs(first_loss - uniform_loss) >= UNIFORM_TOLERANCE and state["step"] >= cfg.warmup_steps)
+        # at ln V after having been elsewhere (a fresh model starts at ln V: that alone is no sign), and only at full
+        # lr: during warmup a fresh model may still sit at ln V on its way down
+        at_uniform = uniform_loss is not None and abs(loss - uniform_loss) < UNIFORM_TOLERANCE
+        uniform = at_uniform and left_uniform and state["step"] >= cfg.warmup_steps
+        left_uniform = left_uniform or not at_uniform
         strikes = strikes + 1 if far_above or uniform else 0
         if strikes >= DIVERGED_STEPS:
             raise diverged(f"loss {loss:.4g} far above its start ({first_loss:.4g})" if far_above else
