@@ -73,6 +73,7 @@ RANGES = {**{name: _POSITIVE for name in (
           "countdown_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
           "instruction_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
           "onpolicy_samples": (lambda v: v >= 2, "≥ 2 (a best and a worst)"),
+          "onpolicy_min_chosen": (lambda v: 0 <= v <= 1, "in [0, 1] (a Countdown reward)"),
           "instruction_reward": (lambda v: v in ("verifier", "reward_model"), '"verifier" or "reward_model"'),
           "loss_normalization": (lambda v: v in ("trained_tokens", "response_tokens"),
                                  '"trained_tokens" or "response_tokens"'),
@@ -219,6 +220,9 @@ class DPOConfig(TrainConfig):
     warmup_steps: int = 10
     onpolicy_countdown_prompts: int = 800  # Countdown prompts sampled for on-policy pairs (0 = none)
     onpolicy_samples: int = 4         # samples per prompt; the best and the worst by the reward make the pair
+    onpolicy_min_chosen: float = 1.0  # the chosen sample must score this (1.0 = it solves the task): a chosen with the
+                                      # format but a wrong equation (0.1) is imitated by the RPO term, and a weak
+                                      # base model's pairs were 43 % such (docs/LOG.md); 0 = any better sample
     countdown_share: float = 0.5      # share of each epoch's pairs that are Countdown pairs (repeated to reach it):
                                       # 79 of 6,079 pairs let DPO erase Countdown; a quarter still lost 4.5–13 points
                                       # on some base models, half kept it with exact match as high (docs/LOG.md)

@@ -47,7 +47,10 @@ def build_pair_dataset(tokenizer, pairs, max_length: int, name: str = "pairs") -
         if c is None or r is None:
             skips.skip(i, f"response truncated away at {max_length} tokens")
             continue
-        out.append({"chosen": c, "rejected": r, "source": pair.get("source")})
+        # a sampled pair's chosen may be only the better of two wrong answers: DPO may prefer it, RPO must not
+        # imitate it (`make_dpo_loss`)
+        imitate = not isinstance(pair.get("reward_chosen"), (int, float)) or pair["reward_chosen"] >= 1.0
+        out.append({"chosen": c, "rejected": r, "source": pair.get("source"), "imitate": imitate})
     return out, skips
 
 
@@ -63,6 +66,7 @@ def pair_collate(pad_token_id: int):
         if "ref_chosen_logps" in pairs[0]:
             batch["ref_chosen_logps"] = torch.tensor([p["ref_chosen_logps"] for p in pairs])
             batch["ref_rejected_logps"] = torch.tensor([p["ref_rejected_logps"] for p in pairs])
+        batch["imitate"] = torch.tensor([float(p.get("imitate", True)) for p in pairs])
         batch["normalizer"] = torch.tensor(float(len(pairs)))
         batch["pairs"], batch["pad_token_id"] = pairs, pad_token_id     # for the shared-prompt path
         return batch
@@ -82,12 +86,14 @@ def countdown_onpolicy_pairs(model, tokenizer, tasks: list[dict], cfg: Config, s
     """The course project's on-policy pairs: `cfg.dpo.onpolicy_samples` samples per Countdown prompt (tasks from
     `countdown_tasks`) from the model DPO starts from (temperature > 0), scored by the rule-based reward; the best
     is chosen, the worst rejected (the first of each among equals); prompts whose samples all score alike are
-    dropped (and counted). More samples per prompt: more prompts with a correct and a wrong answer."""
-    n = cfg.dpo.onpolicy_samples
+    dropped, and so are those whose best sample scores below `cfg.dpo.onpolicy_min_chosen` (both counted): the
+    chosen answer is imitated too (the RPO term), so it must be right. More samples per prompt: more prompts with a
+    correct and a wrong answer."""
+    n, min_chosen = cfg.dpo.onpolicy_samples, cfg.dpo.onpolicy_min_chosen
     prompts = [t["prompt"] for t in tasks]
     flat = generate_eval(model, tokenizer, [p for p in prompts for _ in range(n)], cfg.eval,
                          temperature=cfg.dpo.sample_temperature, top_p=1.0, seed=seed)
-    pairs, ties = [], 0
+    pairs, ties, unsolved = [], 0, 0
     for i, (task, prompt) in enumerate(zip(tasks, prompts)):
         samples = flat[i * n:(i + 1) * n]
         rewards = [countdown_reward(s, task["target"], task["nums"]) for s in samples]
@@ -95,10 +101,14 @@ def countdown_onpolicy_pairs(model, tokenizer, tasks: list[dict], cfg: Config, s
         if rewards[best] == rewards[worst]:
             ties += 1
             continue
+        if rewards[best] < min_chosen:
+            unsolved += 1
+            continue
         pairs.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
                       "source": "countdown/on-policy", "reward_chosen": rewards[best],
                       "reward_rejected": rewards[worst]})
-    return pairs, {"prompts": len(tasks), "samples_per_prompt": n, "pairs": len(pairs), "ties_dropped": ties}
+    return pairs, {"prompts": len(tasks), "samples_per_prompt": n, "pairs": len(pairs), "ties_dropped": ties,
+                   "unsolved_dropped": unsolved}
 
 
 def balance_tracks(pairs: list[dict], share: float) -> list[dict]:

@@ -53,7 +53,21 @@ def test_onpolicy_pairs_take_the_best_and_the_worst_sample_and_drop_ties(monkeyp
     monkeypatch.setattr(preference, "generate_eval", lambda model, tok, prompts, *a, **k: outputs[:len(prompts)])
     pairs, stats = preference.countdown_onpolicy_pairs(None, None, tasks, cfg, seed=0)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("<answer> 3 + 4 </answer>", "nothing")]
-    assert stats == {"prompts": 2, "samples_per_prompt": 3, "pairs": 1, "ties_dropped": 1}
+    assert stats == {"prompts": 2, "samples_per_prompt": 3, "pairs": 1, "ties_dropped": 1, "unsolved_dropped": 0}
+
+
+def test_onpolicy_pairs_drop_a_prompt_whose_best_sample_is_wrong(monkeypatch):
+    """A chosen answer is imitated (the RPO term): format-only (0.1) over nothing (0.0) is no pair by default."""
+    cfg = config.get_config("smoke")
+    cfg.dpo = config.replace_config(cfg.dpo, onpolicy_samples=2)
+    tasks = [{"nums": [3, 4], "target": 7, "prompt": [{"role": "user", "content": "a"}]}]
+    outputs = ["<answer> 4 </answer>", "nothing"]                                   # 0.1 and 0.0
+    monkeypatch.setattr(preference, "generate_eval", lambda model, tok, prompts, *a, **k: outputs[:len(prompts)])
+    pairs, stats = preference.countdown_onpolicy_pairs(None, None, tasks, cfg, seed=0)
+    assert pairs == [] and stats["unsolved_dropped"] == 1 and stats["ties_dropped"] == 0
+    cfg.dpo = config.replace_config(cfg.dpo, onpolicy_min_chosen=0.0)              # any better sample
+    pairs, stats = preference.countdown_onpolicy_pairs(None, None, tasks, cfg, seed=0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("<answer> 4 </answer>", "nothing")]
 
 
 def test_balance_tracks_repeats_countdown_pairs_up_to_their_share():
