@@ -179,9 +179,8 @@ class TrainConfig(Checked):
 class PretrainConfig(TrainConfig):
     max_steps: int = 2000             # tiny: at 1,000 steps 2 base models of 3 copied a task's numbers in < 55 % of
                                       # held-out tasks; at 1,500–2,000 all of them in 80–87 % (docs/LOG.md)
-    lr: float = 5e-4                  # copying (induction) is learned in a phase that starts earlier at a smaller
-                                      # step: at 1e-3 two tuning base models of three had only begun it by step 2,000
-                                      # (copies 0.285, 0.39); at 5e-4 all three copy 0.87–0.93 (docs/LOG.md)
+    lr: float = 5e-4                  # copying (induction) starts earlier at a smaller step: at 1e-3 some base
+                                      # models had barely begun it by the last step (docs/LOG.md, third round)
     batch_size: int = 16              # copying is learned after a number of steps more than of tokens: 2,000 steps of
                                       # 16 learned it as 1,500–2,000 of 32 did, 1,000 of 64 did not (docs/LOG.md)
 
@@ -222,9 +221,9 @@ class DPOConfig(TrainConfig):
     warmup_steps: int = 10
     onpolicy_countdown_prompts: int = 800  # Countdown prompts sampled for on-policy pairs (0 = none)
     onpolicy_samples: int = 4         # samples per prompt; the best and the worst by the reward make the pair
-    onpolicy_min_chosen: float = 1.0  # the chosen sample must score this (1.0 = it solves the task): a chosen with the
-                                      # format but a wrong equation (0.1) is imitated by the RPO term, and a weak
-                                      # base model's pairs were 43 % such (docs/LOG.md); 0 = any better sample
+    onpolicy_min_chosen: float = 1.0  # the chosen sample must score this (1.0 = it solves the task): the RPO term
+                                      # imitates the chosen, and a right format with a wrong equation (0.1) taught
+                                      # weak base models wrong equations (docs/LOG.md); 0 = any better sample
     countdown_share: float = 0.5      # share of each epoch's pairs that are Countdown pairs (repeated to reach it):
                                       # 79 of 6,079 pairs let DPO erase Countdown; a quarter still lost 4.5–13 points
                                       # on some base models, half kept it with exact match as high (docs/LOG.md)

@@ -45,8 +45,8 @@ def add_reference_logps(model, pairs: list[dict], pad_token_id: int, disable_ada
 
 def make_dpo_loss(beta: float, sft_weight: float = 0.0):
     """DPO as a loss for the one loop. sft_weight > 0 adds α · (per-token NLL of the chosen response) — the RPO
-    variant (Pang et al. 2024), which stops DPO from pushing the chosen answer's likelihood down with the rest —
-    for the pairs whose chosen answer is right (batch["imitate"]; a sampled Countdown pair's chosen may be wrong)."""
+    variant (Pang et al. 2024), which stops DPO from pushing the chosen answer's likelihood down with the rest. It
+    imitates every chosen answer, so on-policy pairs keep only chosen answers that are right (`onpolicy_min_chosen`)."""
     def loss_fn(model, batch):
         n = batch["ref_chosen_logps"].shape[0]
         logps = pair_sequence_logps(model, batch)
@@ -54,8 +54,7 @@ def make_dpo_loss(beta: float, sft_weight: float = 0.0):
                                                           batch["ref_rejected_logps"], beta)
         if sft_weight > 0:
             chosen_tokens = (batch["labels"][:n, 1:] != -100).sum(-1).clamp(min=1)
-            imitate = batch["imitate"].to(logps.dtype) if "imitate" in batch else torch.ones_like(logps[:n])
-            loss = loss + sft_weight * (-logps[:n] / chosen_tokens * imitate).mean()
+            loss = loss + sft_weight * (-logps[:n] / chosen_tokens).mean()
         margins = chosen_rewards - rejected_rewards
         return loss * n, {"rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
                           "rewards/margins": margins.mean(), "rewards/accuracies": (margins > 0).float().mean(),

@@ -47,10 +47,7 @@ def build_pair_dataset(tokenizer, pairs, max_length: int, name: str = "pairs") -
         if c is None or r is None:
             skips.skip(i, f"response truncated away at {max_length} tokens")
             continue
-        # a sampled pair's chosen may be only the better of two wrong answers: DPO may prefer it, RPO must not
-        # imitate it (`make_dpo_loss`)
-        imitate = not isinstance(pair.get("reward_chosen"), (int, float)) or pair["reward_chosen"] >= 1.0
-        out.append({"chosen": c, "rejected": r, "source": pair.get("source"), "imitate": imitate})
+        out.append({"chosen": c, "rejected": r, "source": pair.get("source")})
     return out, skips
 
 
@@ -66,7 +63,6 @@ def pair_collate(pad_token_id: int):
         if "ref_chosen_logps" in pairs[0]:
             batch["ref_chosen_logps"] = torch.tensor([p["ref_chosen_logps"] for p in pairs])
             batch["ref_rejected_logps"] = torch.tensor([p["ref_rejected_logps"] for p in pairs])
-        batch["imitate"] = torch.tensor([float(p.get("imitate", True)) for p in pairs])
         batch["normalizer"] = torch.tensor(float(len(pairs)))
         batch["pairs"], batch["pad_token_id"] = pairs, pad_token_id     # for the shared-prompt path
         return batch

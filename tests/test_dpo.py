@@ -61,23 +61,3 @@ def test_dpo_training_raises_preference_accuracy_on_its_pairs(preference_world, 
     assert before == 0.0            # policy == reference: every implicit reward margin is 0
     assert after >= 0.9
 
-
-def test_rpo_term_imitates_only_a_right_chosen_answer(preference_world):
-    """A sampled Countdown pair whose chosen scored below 1 (the better of two wrong answers) keeps its DPO term,
-    but its chosen answer is not imitated: the loss is that of the same batch with the NLL of that row left out."""
-    cfg, tokenizer, _ = preference_world
-    user = [{"role": "user", "content": "Using the numbers [3, 4], make 7."}]
-    rows = [{"prompt": user, "chosen": "<answer> 3 + 4 </answer>", "rejected": "no", "reward_chosen": 1.0},
-            {"prompt": user, "chosen": "<answer> 3 * 4 </answer>", "rejected": "no", "reward_chosen": 0.1}]
-    pairs, _ = preference.build_pair_dataset(tokenizer, rows, 64)
-    assert [p["imitate"] for p in pairs] == [True, False]
-    model = modeling.build_tiny_model(tokenizer, cfg.model, seed=0).eval()
-    dpo.add_reference_logps(model, pairs, tokenizer.pad_token_id)
-    batch = preference.pair_collate(tokenizer.pad_token_id)(pairs)
-    with torch.no_grad():
-        plain, _ = dpo.make_dpo_loss(0.1)(model, batch)
-        rpo, _ = dpo.make_dpo_loss(0.1, sft_weight=1.0)(model, batch)
-        logps = preference.pair_sequence_logps(model, batch)
-    tokens = (batch["labels"][:2, 1:] != -100).sum(-1)
-    expected = plain / 2 + (-logps[0] / tokens[0]) / 2          # the mean over both pairs, the second's NLL left out
-    assert (rpo / 2).item() == pytest.approx(expected.item(), rel=1e-5)
