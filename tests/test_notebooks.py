@@ -119,7 +119,7 @@ def output_problems(executed: Path) -> list[str]:
                 problems.append(f"{where}: a progress-bar widget")
             elif output["output_type"] == "stream" and text.count("\r") > MAX_REDRAWS:
                 problems.append(f"{where}: a progress bar redrawn {text.count(chr(13))} times in one output")
-        bars = sum(o["output_type"] == "stream" and "it/s" in "".join(o.get("text", ""))
+        bars = sum(o["output_type"] == "stream" and "%|" in "".join(o.get("text", ""))   # tqdm's "NN%|"
                    for o in cell.get("outputs", []))
         if bars > MAX_BAR_OUTPUTS:
             problems.append(f"{executed.name} cell {i}: {bars} separate progress-bar outputs")
