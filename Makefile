@@ -11,11 +11,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 .PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment robustness qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
 	bench-rloo bench-memory bench-sample clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .     # the helpers package, importable from notebooks/, tests/, benchmarks/
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

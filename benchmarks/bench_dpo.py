@@ -13,7 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import config, dpo, formatting, modeling, preference, sft, tiny_world, training
 
 STEPS, BATCH = 10, 8

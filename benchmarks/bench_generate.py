@@ -4,12 +4,10 @@
 
 Greedy, same max_new_tokens; prints both wall times and the ratio (target >= 5x), and checks the outputs agree.
 """
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import countdown, generation, tiny_world
 from bench_sft import setup  # noqa: E402
 

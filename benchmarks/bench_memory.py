@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import batching, config, logprobs, modeling, preference, sft  # noqa: E402
 from helpers.rloo import sample_rows  # noqa: E402
 from helpers.batching import collate, to_device  # noqa: E402

@@ -15,14 +15,12 @@ prompts, and sampling with our loop against transformers' `generate`.
 """
 import argparse
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import batching, countdown, formatting, generation, logprobs, modeling, rloo, tiny_world
 from bench_sft import setup  # noqa: E402
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import config, countdown, formatting, generation, modeling
 
 LORA_B_STD = 0.005   # lora_B drawn at random (peft starts it at 0), so merging matters: |ΔW| / |W| is 1-9 %

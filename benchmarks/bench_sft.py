@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import batching, config, formatting, modeling, sft, tiny_world, training
 
 

@@ -20,9 +20,7 @@
 
 # %%
 import os
-import sys
 import inspect
-sys.path.insert(0, os.path.abspath(".."))   # the helpers package lives at the repository root
 import helpers as H
 H.quiet_output()          # Hugging Face's own progress bars and info logs off
 

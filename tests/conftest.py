@@ -1,17 +1,11 @@
 """Shared fixtures: an in-process tiny tokenizer, the real Qwen2.5 tokenizer (skipped when absent), and an
 OUTPUT_DIR that points every test at its own temporary folder, so no test writes into the repository."""
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import torch  # noqa: E402
-
-from helpers import chat, config, formatting, modeling, preference, tiny_world  # noqa: E402  (after sys.path)
+from helpers import chat, config, formatting, modeling, preference, tiny_world
 
 QWEN_TOKENIZER_DIR = config.REPO_ROOT.parent / "shared" / "qwen2.5-tokenizer"
 

@@ -49,7 +49,7 @@ def test_run_notebook_says_where_it_is_and_names_the_failing_cell(tmp_path, outp
         "md:## Training",
         "import time\nfrom tqdm.auto import tqdm\nbar = tqdm(range(30), desc='train')\nfor i in bar:\n"
         "    time.sleep(0.02)\n    bar.set_postfix(loss=1.0 / (i + 1))\n"
-        f"import sys\nsys.path.insert(0, {str(config.REPO_ROOT)!r})\nfrom helpers.logger import progress_bar\n"
+        "from helpers.logger import progress_bar\n"
         "for i in progress_bar(range(30), desc='text'):\n    time.sleep(0.02)",
         "def check(x):\n    raise ValueError(f'bad value {x}')\n\ncheck(3)",
         "print('never runs')"])
