@@ -252,7 +252,8 @@ class RLOOConfig(TrainConfig):
                                       # recovered (1e-3 collapsed it); 1e-4 climbs steadily (docs/LOG.md)
     max_steps: int = 100              # tiny: ~3 min on 2 CPU cores
     warmup_steps: int = 5
-    temperature: float = 0.6          # tiny: at 1.0 only 3% of samples were correct (greedy: 12%); too little signal
+    temperature: float = 1.0          # tiny: on strong DPO models 1.0 leaves twice as many groups mixed (right and
+                                      # wrong) as 0.6, so twice as many carry a gradient (docs/LOG.md, third round)
     max_new_tokens: int = 64          # room for a Countdown <think> … </think> <answer> … </answer>
     kl_coef: float = 0.15             # KL penalty to the reference, folded into the reward (tiny, from DPO: 0.05
                                       # and instruction_share 0.25 cost 5 points of exact match; docs/LOG.md)

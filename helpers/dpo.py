@@ -110,7 +110,8 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     # adapters off = the reference only for adapters created here; a LoRA SFT checkpoint's trained adapters
     # ARE the SFT model, so then the model as loaded is the reference
     use_adapters = dcfg.reference_from_disabled_adapters and fresh_adapters
-    add_reference_logps(model, train_pairs, pad, disable_adapters=use_adapters)
+    # balance_tracks repeats the same Countdown pair dicts: one forward per distinct pair fills every repeat
+    add_reference_logps(model, list({id(p): p for p in train_pairs}.values()), pad, disable_adapters=use_adapters)
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
     before = preference_accuracy(model, test_pairs, pad)
     stage_dir = out_path("checkpoints", cfg, stage)

@@ -181,8 +181,8 @@ print(f"\nAt {n:,} samples each: RLOO Countdown {equal.loc[n, ('rloo', 'countdow
 # ## Try next
 # 1. `cfg.rloo.k = 4` (and `batch_size = 32` to keep the samples per step): fewer samples per group — more groups
 #    with equal rewards, a noisier baseline.
-# 2. `cfg.rloo.temperature = 1.0`: more diverse samples but fewer correct ones (an earlier tiny model at 1.0 got
-#    few right: docs/LOG.md).
+# 2. `cfg.rloo.temperature = 0.6`: fewer diverse samples — more groups all right or all wrong, whose
+#    leave-one-out advantages are zero (watch how many groups carry a gradient; docs/LOG.md).
 # 3. `cfg.rloo.kl_coef = 0` and then `0.5`: watch `rloo/kl` and how much exact match RLOO keeps.
 # 4. `cfg.rloo.instruction_share = 0`: RLOO on Countdown only — does it give back DPO's instruction gains?
 #

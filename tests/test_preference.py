@@ -76,5 +76,6 @@ def test_balance_tracks_repeats_countdown_pairs_up_to_their_share():
     balanced = preference.balance_tracks(others + countdown, share=0.25)
     assert len(balanced) == 12 and balanced[:9] == others
     assert [p["i"] for p in balanced[9:]] == [0, 1, 0]                      # cycled to 3 = 25 % of 12
+    assert balanced[11] is balanced[9]      # the same dict: DPO's reference log-probs fill every repeat at once
     assert preference.balance_tracks(others, 0.25) == others                 # nothing to balance
     assert len(preference.balance_tracks(others + countdown * 10, 0.25)) == 29   # never fewer than they are
