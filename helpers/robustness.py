@@ -55,19 +55,21 @@ def kept_initial(cfg: Config, name: str) -> bool:
     return all(saved.get(k) == config_dict(getattr(cfg, k)) for k in ("data", "model", "pretrain"))
 
 
-def finished_with(cfg: Config, name: str, section: str, start: str) -> bool:
-    """Whether a stage's folder holds a finished run of this section's settings from these exact start weights —
-    checked before the stage samples pairs or computes reference log-probs, which take longer than the check."""
+def held_run(cfg: Config, name: str, section: str, start: str) -> str | None:
+    """What a stage's folder holds of a run of this section's settings from these exact start weights: "finished"
+    (kept), "unfinished" (resumed where it stopped), or None (anything else: trained from scratch) — checked before
+    the stage samples pairs or computes reference log-probs, which take longer than the check."""
     folder = out_path("checkpoints", cfg, name)
     try:
-        if not run_progress(folder).get("finished"):
-            return False
+        progress = run_progress(folder)
         saved = json.loads((folder / "run_config.json").read_text())
         start_weights = start_fingerprint(out_path("checkpoints", cfg, start), start)
     except (OSError, ValueError, RuntimeError):
-        return False
+        return None
     wanted = json.loads(json.dumps(dataclasses.asdict(getattr(cfg, section)), default=str))
-    return saved.get(section) == wanted and saved.get("start_weights") == start_weights
+    if saved.get(section) != wanted or saved.get("start_weights") != start_weights:
+        return None
+    return "finished" if progress.get("finished") else "unfinished"
 
 
 def run_chain(cfg: Config, seed: int, progress=print) -> dict:
@@ -79,15 +81,20 @@ def run_chain(cfg: Config, seed: int, progress=print) -> dict:
     result, started = {"seed": seed}, time.perf_counter()
     if cfg.restart or not kept_initial(cfg, name("initial")):
         build_initial_model(cfg, log=False, stage=name("initial"))
-    again = replace_sections(cfg, restart=True)     # a stage not finished as wanted trains from scratch
-    if cfg.restart or not finished_with(cfg, name("sft_masked"), "sft", name("initial")):
-        run_sft(again, name("sft_masked"), prompt_loss_weight=0.0, quiet=True, start=name("initial"), log=False)
-    if cfg.restart or not finished_with(cfg, name("dpo"), "dpo", name("sft_masked")):
-        run_dpo(again, start=name("sft_masked"), stage=name("dpo"), log=False)
-    if cfg.restart or not finished_with(cfg, name("reward_model"), "reward", name("sft_masked")):
-        run_reward_model(again, start=name("sft_masked"), stage=name("reward_model"), log=False)
-    if cfg.restart or not finished_with(cfg, name("rloo"), "rloo", name("dpo")):
-        run_rloo(again, start=name("dpo"), stage=name("rloo"), log=False)
+    again = replace_sections(cfg, restart=True)     # a stage held from other settings or weights: from scratch
+
+    def unless_finished(stage: str, section: str, start: str, run) -> None:
+        held = None if cfg.restart else held_run(cfg, name(stage), section, name(start))
+        if held != "finished":
+            run(cfg if held == "unfinished" else again)     # an interrupted run of these settings resumes
+
+    unless_finished("sft_masked", "sft", "initial", lambda c: run_sft(
+        c, name("sft_masked"), prompt_loss_weight=0.0, quiet=True, start=name("initial"), log=False))
+    unless_finished("dpo", "dpo", "sft_masked", lambda c: run_dpo(
+        c, start=name("sft_masked"), stage=name("dpo"), log=False))
+    unless_finished("reward_model", "reward", "sft_masked", lambda c: run_reward_model(
+        c, start=name("sft_masked"), stage=name("reward_model"), log=False))
+    unless_finished("rloo", "rloo", "dpo", lambda c: run_rloo(c, start=name("dpo"), stage=name("rloo"), log=False))
     stages = ["sft_masked", "dpo", "rloo"]
     if cfg.robustness.rft:
         run_rft(cfg, start=name("dpo"), stage=name("rft"), log=False)      # keeps a finished run of its own

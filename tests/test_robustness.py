@@ -78,7 +78,7 @@ def test_the_runner_keeps_finished_seeds_and_reruns_changed_settings(output_dir,
     assert json.loads(cached.read_text())["settings"]["rloo"]["kl_coef"] == 0.5
 
 
-def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys):
+def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys, monkeypatch):
     """Two smoke base models end to end, then once more: every stage is kept, nothing trains again."""
     from helpers import data
     cfg = config.get_config("smoke")
@@ -92,6 +92,16 @@ def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys):
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
     out = capsys.readouterr().out
     assert "pretrain" not in out and "training it again" not in out
+    # an interrupted stage of the same settings from the same start resumes; of other settings, starts afresh
+    assert robustness.held_run(cfg, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") == "finished"
+    other = config.replace_sections(cfg, dpo=config.replace_config(cfg.dpo, beta=0.5))
+    assert robustness.held_run(other, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") is None
+    restarts = {}
+    for stage in ("run_sft", "run_dpo", "run_reward_model", "run_rloo"):
+        monkeypatch.setattr(robustness, stage, lambda c, *a, _s=stage, **k: restarts.update({_s: c.restart}))
+    monkeypatch.setattr(robustness, "run_progress", lambda folder: {"step": 1, "finished": False})
+    robustness.run_chain(cfg, 1, progress=lambda *_: None)
+    assert restarts == {"run_sft": False, "run_dpo": False, "run_reward_model": False, "run_rloo": False}
 
 
 def test_a_notebook_gets_one_line_per_target_it_reached_or_missed(output_dir):
