@@ -11,7 +11,7 @@
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
 # `assets/rft_vs_rloo.png`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-# **Run time.** tiny: about 4–5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 4 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 30 s · qwen: hours on one GPU.
 #
 # In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model; docs/LOG.md). The
