@@ -53,11 +53,12 @@ def clock(seconds: float) -> str:
 
 
 def stated_run_time(nb, profile: str) -> float | None:
-    """The seconds a notebook says it takes in a profile, read from its first markdown cell ("tiny ≈ 2.5 min";
-    a range "8–11 min" counts as its middle), or None where it does not say."""
+    """The seconds a notebook says it takes in a profile, read from its first markdown cell ("tiny ≈ 2.5 min" or
+    "tiny: about 2.5 min"; a range "8–11 min" counts as its middle), or None where it does not say."""
     intro = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
     number = r"(\d+(?:\.\d+)?)"
-    found = re.search(rf"(?<![\w-]){re.escape(profile)} ≈ {number}(?:[–-]{number})? ?(s|min|h)\b", intro)
+    found = re.search(rf"(?<![\w-]){re.escape(profile)}(?: ≈|: about) {number}(?:[–-]{number})? ?(s|min|h)\b",
+                      intro)
     if not found:
         return None
     low, high, unit = found.groups()

@@ -91,6 +91,15 @@ def test_run_plan_estimates_the_time_left_from_the_notebooks_stated_times(tmp_pa
     assert [cli.clock(s) for s in (42, 362, 3900)] == ["42 s", "6 min 02 s", "1 h 05 min"]
 
 
+def test_every_notebook_states_its_tiny_run_time_so_make_demo_can_estimate():
+    """`make demo`'s "estimated remaining" reads these; a notebook the pattern missed counted as 0 s (it said 10 s
+    left for the whole run)."""
+    notebooks = sorted((config.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    stated = {p.name: cli.stated_run_time(nbformat.read(p, as_version=4), "tiny") for p in notebooks}
+    assert len(stated) == 7 and all(stated.values()), stated
+    assert 600 <= sum(stated.values()) <= 1800                              # the demo: minutes, not seconds
+
+
 def test_the_executed_copy_keeps_one_output_per_progress_bar():
     """A bar redrawn every 10 s in a kernel arrives as one stream message per redraw; the executed copy keeps what a
     notebook shows — the last drawing — so a 5-minute stage is one line, not thirty outputs."""
