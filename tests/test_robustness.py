@@ -93,8 +93,9 @@ def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys, monkeyp
     out = capsys.readouterr().out
     assert "pretrain" not in out and "training it again" not in out
     # an interrupted stage of the same settings from the same start resumes; of other settings, starts afresh
-    assert robustness.held_run(cfg, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") == "finished"
-    other = config.replace_sections(cfg, dpo=config.replace_config(cfg.dpo, beta=0.5))
+    seeded = robustness.seeded(cfg, 1)                          # the settings run_chain trained seed 1 with
+    assert robustness.held_run(seeded, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") == "finished"
+    other = config.replace_sections(seeded, dpo=config.replace_config(seeded.dpo, beta=0.5))
     assert robustness.held_run(other, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") is None
     restarts = {}
     for stage in ("run_sft", "run_dpo", "run_reward_model", "run_rloo"):
