@@ -60,4 +60,3 @@ def test_dpo_training_raises_preference_accuracy_on_its_pairs(preference_world, 
     after = dpo.preference_accuracy(model, pairs, tokenizer.pad_token_id)["reward_accuracy"]
     assert before == 0.0            # policy == reference: every implicit reward margin is 0
     assert after >= 0.9
-
