@@ -10,7 +10,7 @@ Nothing here runs on import: no seeds set, no global state changed.
 """
 # every notebook: the profile's config, seeds, where outputs go
 from .config import (REPO_ROOT, assets_dir, dataset_name, describe_config, get_config, out_path, output_root,
-                     seed_everything)
+                     quality_metric, seed_everything)
 
 # 00_data: datasets, Countdown, the base model, the loss mask, new tokens
 from .data import load_split, prepare_data
@@ -25,8 +25,8 @@ from .training import train
 from .checkpoints import load_history
 from .sft import run_sft, sft_loss
 from .results import latest_summary, timestamp, write_summary
-from .comparison import (countdown_changes, evaluate_checkpoints, plot_sft_comparison, unfaithful_reasoning,
-                         write_dataset_results)
+from .comparison import (countdown_changes, evaluate_checkpoints, plot_sft_comparison, stage_change,
+                         unfaithful_reasoning, write_dataset_results)
 from .experiment import (conclusion, experiment_origin, headline, latest_experiment, mean_std, noise_verdict,
                          run_experiment, write_experiment)
 

@@ -1,11 +1,13 @@
 """01/02's comparison of the demo's own runs: masked vs unmasked SFT on the same held-out measures, its figure and
-the per-dataset workbook (the seeded experiment is `experiment`). Imports: config, scoring, results."""
+the per-dataset workbook, and a stage's change with its noise verdict (the seeded experiment is `experiment`).
+Imports: config, checkpoints, scoring, results."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
 from .config import Config, quality_metric
+from .checkpoints import CheckpointError
 from .scoring import evaluate_checkpoint
 from .results import grouped_bars, save_figure
 
@@ -84,7 +86,7 @@ def paired_verdict(gained: int, lost: int, alpha: float = 0.05) -> str:
     "no clear change" — a −0.5-point move (one task of 200) is not called worse."""
     p = sign_test(gained, lost)
     word = ("improved" if gained > lost else "worse") if p < alpha else "no clear change"
-    return f"{word}: {gained} tasks gained, {lost} lost, sign test p = {p:.2g}"
+    return f"{word}: {gained} task{'' if gained == 1 else 's'} gained, {lost} lost, sign test p = {p:.2g}"
 
 
 def task_changes(cfg: Config, before: str, after: str) -> dict[str, tuple[int, int]]:
@@ -99,6 +101,24 @@ def task_changes(cfg: Config, before: str, after: str) -> dict[str, tuple[int, i
     out["countdown_accuracy"] = (sum(a["reward"] == 1.0 > b["reward"] for b, a in pairs),
                                  sum(b["reward"] == 1.0 > a["reward"] for b, a in pairs))
     return out
+
+
+def stage_change(cfg: Config | None, by: dict, a: str, b: str, quality: str, changed: dict | None = None) -> str:
+    """From checkpoint `a` to `b` on both tracks — "exact_match 0.780 → 0.815 (+3.5 points; no clear change: 21
+    tasks gained, 14 lost, sign test p = 0.31); countdown_accuracy …" — the verdict from the held-out tasks gained
+    and lost (their saved greedy answers; `changed` = task_changes' result when the caller has it; without a cfg or
+    saved answers, no verdict). by = {checkpoint: {metric: value}}."""
+    if changed is None:
+        try:
+            changed = task_changes(cfg, a, b) if cfg is not None else {}
+        except CheckpointError:
+            changed = {}
+    parts = []
+    for metric in (quality, "countdown_accuracy"):
+        delta = by[b][metric] - by[a][metric]
+        verdict = f"; {paired_verdict(*changed[metric])}" if metric in changed else ""
+        parts.append(f"{metric} {by[a][metric]:.3f} → {by[b][metric]:.3f} ({100 * delta:+.1f} points{verdict})")
+    return "; ".join(parts)
 
 
 def unfaithful_reasoning(records: list[dict]) -> dict:

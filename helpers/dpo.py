@@ -33,13 +33,15 @@ def add_reference_logps(model, pairs: list[dict], pad_token_id: int, disable_ada
     The reference is the model as it is now (the SFT checkpoint); with LoRA it can instead be the same model with
     its adapters disabled — the two give the same numbers while the adapters are untrained.
     Under N processes each computes its share of the pairs (`share`) and all of them get every pair's numbers.
+    A pair dict listed more than once (`balance_tracks` repeats the Countdown pairs) is computed once.
     """
     import contextlib
+    distinct = list({id(pair): pair for pair in pairs}.values())
     context = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
     with context:
-        chosen, rejected = pair_logps(model, share(pairs), pad_token_id)
-    both = gather_shares(list(zip(chosen, rejected)), len(pairs))
-    for pair, (c, r) in zip(pairs, both):
+        chosen, rejected = pair_logps(model, share(distinct), pad_token_id)
+    both = gather_shares(list(zip(chosen, rejected)), len(distinct))
+    for pair, (c, r) in zip(distinct, both):
         pair["ref_chosen_logps"], pair["ref_rejected_logps"] = c, r
 
 
@@ -110,8 +112,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     # adapters off = the reference only for adapters created here; a LoRA SFT checkpoint's trained adapters
     # ARE the SFT model, so then the model as loaded is the reference
     use_adapters = dcfg.reference_from_disabled_adapters and fresh_adapters
-    # balance_tracks repeats the same Countdown pair dicts: one forward per distinct pair fills every repeat
-    add_reference_logps(model, list({id(p): p for p in train_pairs}.values()), pad, disable_adapters=use_adapters)
+    add_reference_logps(model, train_pairs, pad, disable_adapters=use_adapters)
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
     before = preference_accuracy(model, test_pairs, pad)
     stage_dir = out_path("checkpoints", cfg, stage)

@@ -316,8 +316,9 @@ def plot_grid(summary, path, metrics=("exact_match", "response_loss")):
         ax.set(xlabel="prompt-loss weight (0 = masked, 1 = whole sequence)", ylabel="SFT conversations",
                title=f"held-out {metric.replace('_', ' ')} (mean ± std, {int(part.seeds.max())} seeds)")
         for (i, j), value in np.ndenumerate(grid.values):
+            r, g, b, _ = image.cmap(image.norm(value))      # the cell's own colour (either colour map's direction)
             ax.text(j, i, f"{value:.2f}\n±{std.values[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if image.norm(value) < 0.5 else "black")
+                    color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
         fig.colorbar(image, ax=ax, fraction=0.046)
     return save_figure(fig, path)
 

@@ -11,7 +11,7 @@ from .config import Config, out_path, output_root, quality_metric
 from .checkpoints import CheckpointError
 from .results import latest_summary, markdown_table
 from .experiment import conclusion, headline, latest_experiment
-from .comparison import paired_verdict, task_changes
+from .comparison import stage_change, task_changes
 from .evaluation import LEGEND, stage_tables
 from .robustness import run_row, target_table
 
@@ -37,27 +37,19 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | No
     report's "what improved"."""
     notes = []
     for a, b in zip(CHAIN, CHAIN[1:]):
-        if a not in by or b not in by:
-            continue
-        changed = saved_task_changes(cfg, a, b)
-        parts = []
-        for metric in (quality, "countdown_accuracy"):
-            delta = by[b][metric] - by[a][metric]
-            verdict = f"; {paired_verdict(*changed[metric])}" if metric in changed else ""
-            parts.append(f"{metric} {by[a][metric]:.3f} → {by[b][metric]:.3f} ({100 * delta:+.1f} points{verdict})")
-        notes.append(f"- `{a}` → `{b}`: " + "; ".join(parts) + ".")
+        if a in by and b in by:
+            notes.append(f"- `{a}` → `{b}`: {stage_change(cfg, by, a, b, quality, saved_task_changes(cfg, a, b))}.")
     if "sft_masked" in by and "sft_unmasked" in by:
-        delta = by["sft_unmasked"][quality] - by["sft_masked"][quality]
-        notes.append(f"- masked vs unmasked SFT (the demo's single seed; the seeded experiment is in the section "
-                     f"above): {quality} {by['sft_masked'][quality]:.3f} vs {by['sft_unmasked'][quality]:.3f} "
-                     f"({100 * delta:+.1f} points for whole-sequence loss).")
+        change = stage_change(cfg, by, "sft_masked", "sft_unmasked", quality,
+                              saved_task_changes(cfg, "sft_masked", "sft_unmasked"))
+        notes.append(f"- masked → unmasked SFT (the demo's single seed; the seeded experiment is in the section "
+                     f"above): {change}.")
     notes += best_of_n_notes(by.get("rloo", {}), cfg.eval.sampled_rows if cfg is not None else None)
     if "rloo" in by and "rft" in by:
         share = "as many samples as RLOO" if rft_share == 1 else f"{rft_share:.0%} of RLOO's samples"
-        notes.append(f"- RLOO vs rejection-sampling fine-tuning from `dpo`, each at the end of its run (RFT draws "
-                     f"{share}): Countdown {by['rloo']['countdown_accuracy']:.3f} vs "
-                     f"{by['rft']['countdown_accuracy']:.3f}, {quality} {by['rloo'][quality]:.3f} vs "
-                     f"{by['rft'][quality]:.3f}. At equal samples: `assets/rft_vs_rloo.png` and "
+        change = stage_change(cfg, by, "rloo", "rft", quality, saved_task_changes(cfg, "rloo", "rft"))
+        notes.append(f"- RLOO → rejection-sampling fine-tuning, both from `dpo`, each at the end of its run (RFT draws "
+                     f"{share}): {change}. At equal samples: `assets/rft_vs_rloo.png` and "
                      "`evaluation_results/<profile>/rft_vs_rloo/`.")
     return notes
 

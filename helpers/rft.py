@@ -9,7 +9,7 @@ import json
 import random
 import shutil
 
-from .config import Config, check_config, device, out_path, replace_config, seed_everything
+from .config import Config, check_config, device, out_path, quality_metric, replace_config, seed_everything
 from .modeling import load_model, load_tokenizer
 from .formatting import build_sft_example
 from .distributed import barrier, gather_shares, is_main, main_first, seed_this_process, share
@@ -142,7 +142,7 @@ def rft_vs_rloo(cfg: Config, rloo_history: list[dict], rft_curve: list[dict]):
     """One table: held-out scores of RLOO (at its evaluations) and RFT (after each round) against the number of
     completions each had sampled by then."""
     import pandas as pd
-    quality = [k for k in ("exact_match", "rouge_l") if k in rft_curve[0]][0]
+    quality = quality_metric(cfg)
     rows = [{"method": "rloo", "samples": h["step"] * samples_per_step(cfg), "countdown_accuracy":
              h["eval/countdown_accuracy"], quality: h[f"eval/{quality}"]}
             for h in rloo_history if "eval/countdown_accuracy" in h]

@@ -61,7 +61,7 @@ table = H.evaluate_checkpoints(cfg, ["initial", "sft_masked"])
 for theme, part in H.stage_tables(table).items():
     print(f"{theme}\n{part.to_string(index=False)}\n")
 base, sft = table.iloc[0], table.iloc[1]
-quality = "exact_match" if "exact_match" in table else "rouge_l"
+quality = H.quality_metric(cfg)
 
 # %% [markdown]
 # ### What we see
@@ -70,8 +70,9 @@ quality = "exact_match" if "exact_match" in table else "rouge_l"
 print(f"Held-out response-only loss {'fell' if sft.response_loss < base.response_loss else 'did not fall'}: "
       f"{base.response_loss:.2f} → {sft.response_loss:.2f} nats per token (perplexity {base.response_ppl:,.1f} → "
       f"{sft.response_ppl:,.1f}).")
-print(f"{quality}: {base[quality]:.3f} → {sft[quality]:.3f}; Countdown accuracy: {base.countdown_accuracy:.3f} → "
-      f"{sft.countdown_accuracy:.3f}, mean reward {sft.countdown_reward:.3f}"
+# each change with its verdict: a sign test on the held-out tasks gained and lost (their saved greedy answers)
+print(H.stage_change(cfg, table.set_index("model").to_dict("index"), "initial", "sft_masked", quality) + ".")
+print(f"Mean Countdown reward {sft.countdown_reward:.3f}"
       + (" — above the accuracy: some answers have the format (0.1) without the right equation."
          if sft.countdown_reward > sft.countdown_accuracy else "."))
 print(f"The whole-sequence loss ({sft.sequence_loss:.2f}) stays high: the prompts were never trained — the point of "

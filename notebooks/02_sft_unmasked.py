@@ -48,12 +48,12 @@ for theme, part in H.stage_tables(final).items():
     print(f"{theme}\n{part.to_string(index=False)}\n")
 print("written:", *paths.values(), sep="\n  ")
 by = final.set_index("model")
-quality = "exact_match" if "exact_match" in by else "rouge_l"
+quality = H.quality_metric(cfg)
 print("\nWhat we see (one seed each — the experiment below says whether it exceeds seed noise):")
-for metric, better in (("response_loss", "lower"), (quality, "higher"), ("countdown_accuracy", "higher")):
-    m, u = by[metric]["sft_masked"], by[metric]["sft_unmasked"]
-    winner = "masked" if (m < u if better == "lower" else m > u) else "unmasked" if m != u else "neither"
-    print(f"  {metric}: masked {m:.3f}, unmasked {u:.3f} ({better} is better: {winner})")
+m, u = by["response_loss"]["sft_masked"], by["response_loss"]["sft_unmasked"]
+print(f"  response_loss: masked {m:.3f}, unmasked {u:.3f} (lower is better: {'masked' if m < u else 'unmasked'})")
+# masked → unmasked on the same held-out tasks, with a sign test on the tasks gained and lost (the task noise)
+print("  masked → unmasked:", H.stage_change(cfg, by.to_dict("index"), "sft_masked", "sft_unmasked", quality))
 print(f"  whole-sequence loss: masked {by['sequence_loss']['sft_masked']:.2f}, unmasked "
       f"{by['sequence_loss']['sft_unmasked']:.2f} — unmasked learned the prompts, as it was asked to.")
 
@@ -84,7 +84,6 @@ if results is None:
 else:
     import pandas as pd
     print(H.experiment_origin(cfg), "\n")
-    quality = "exact_match" if cfg.data.world == "tiny" else "rouge_l"
     table = pd.DataFrame(H.headline(results, ("response_loss", quality, "countdown_accuracy")))
     columns = ["comparison", "metric", "from", "to", "difference", "noise", "verdict"]
     print(table[columns].round(3).to_string(index=False))

@@ -2,7 +2,8 @@
 # # 03 · Preference learning: DPO, on-policy Countdown pairs, and a reward model
 #
 # **Purpose.** Teach the SFT model to prefer the chosen answer of a pair over the rejected one with Direct Preference
-# Optimization, and train a Bradley–Terry reward model for RLOO's instruction track and the evaluation's judge.
+# Optimization, and train a Bradley–Terry reward model: the evaluation's judge, and RLOO's instruction reward in
+# `qwen` (the tiny world's instructions have one exact answer, checked directly).
 # **Inputs.** `checkpoints/<profile>/sft_masked` (run `00`, `01` first), preference pairs, Countdown prompts.
 # **Outputs.** `checkpoints/<profile>/dpo/`, `checkpoints/<profile>/reward_model/`,
 # `evaluation_results/<profile>/dpo/…` (csv/md/txt/xlsx), TensorBoard under `tensorboard_events/<profile>/dpo/`.
@@ -77,7 +78,7 @@ print(*H.target_lines(cfg, {"dpo/preference_accuracy": after["reward_accuracy"]}
 # %%
 table = H.evaluate_checkpoints(cfg, ["sft_masked", "dpo"])
 table["preference_accuracy"] = [before["logp_accuracy"], after["logp_accuracy"]]    # the same measure for both
-quality = "exact_match" if "exact_match" in table else "rouge_l"
+quality = H.quality_metric(cfg)
 for theme, part in H.stage_tables(table).items():
     print(f"{theme}\n{part.to_string(index=False)}\n")
 
@@ -89,9 +90,8 @@ for theme, part in H.stage_tables(table).items():
 
 # %%
 change = H.countdown_changes(cfg, "sft_masked", "dpo")
-q_gain = 100 * (table[quality][1] - table[quality][0])
-cd_gain = 100 * (table["countdown_accuracy"][1] - table["countdown_accuracy"][0])
-print(f"DPO moved {quality} by {q_gain:+.1f} points and Countdown accuracy by {cd_gain:+.1f} points.")
+# each change with its verdict: a sign test on the held-out tasks gained and lost (their saved greedy answers)
+print("DPO:", H.stage_change(cfg, table.set_index("model").to_dict("index"), "sft_masked", "dpo", quality) + ".")
 print(*H.target_lines(cfg, {"sft_masked/countdown_accuracy": table["countdown_accuracy"][0],
                             "dpo/countdown_accuracy": table["countdown_accuracy"][1]}), sep="\n")
 print(f"Of {change['tasks']} Countdown tasks, {change['lost']} were solved before DPO and not after, "
@@ -105,9 +105,9 @@ for example in change["examples"]:
 #
 # A scalar head on the SFT model, trained so that $\max\ \mathbb{E}\,\log\sigma\big(r(x,y_w) - r(x,y_l)\big)$.
 # The head reads the last token, so to rank `7` above `8` for *What is 5 + 2?* the model has to know the sum: a
-# reward model only judges what its backbone knows. The tiny SFT model ranks the `add` pairs no better than chance,
-# so the reward model must learn single-digit sums from the pairs themselves. Plain Bradley–Terry ranked the sums at
-# chance, whatever its length: the pairwise loss says *which* answer is better but never *what* a sum is. So, as in
+# reward model only judges what its backbone knows — and where the SFT model does not know a sum, the reward model
+# must learn it from the pairs themselves. On the tiny world, plain Bradley–Terry ranked the sums at chance, whatever
+# its length (docs/LOG.md): the pairwise loss says *which* answer is better but never *what* a sum is. So, as in
 # GRM (Yang et al. 2024), the loss adds the chosen answer's negative log-likelihood through the tied embeddings,
 # $-\log\sigma(r_w - r_l) + \alpha\,\mathrm{NLL}(y_w)$ (`cfg.reward.nll_weight`): the backbone keeps learning the
 # answers while the head learns to rank them (docs/LOG.md). The held-out accuracy of this run is printed below.

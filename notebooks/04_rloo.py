@@ -11,7 +11,7 @@
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
 # `assets/rft_vs_rloo.png`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-# **Run time.** tiny: about 4 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 4–5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 30 s · qwen: hours on one GPU.
 #
 # In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model; docs/LOG.md). The
@@ -81,7 +81,7 @@ print(inspect.getsource(H.shared_prompt_logps))
 # ## Before: the DPO model, where the chain stands (greedy, held-out)
 
 # %%
-quality = "exact_match" if cfg.data.world == "tiny" else "rouge_l"
+quality = H.quality_metric(cfg)
 before = H.evaluate_checkpoint(cfg, "dpo")[0]        # evaluated once (by 03) and reused
 print(", ".join(f"{k} {before[k]:.3f}" for k in ("countdown_accuracy", "countdown_reward", quality)))
 
@@ -93,9 +93,8 @@ print(H.describe_config(cfg.rloo))
 result = H.run_rloo(cfg, start="dpo")
 # the loop evaluated both tracks on the held-out sets at its last step: reuse that, greedy is deterministic
 after = {k.removeprefix("eval/"): v for k, v in result["history"][-1].items() if k.startswith("eval/")}
-for metric in ("countdown_accuracy", quality):
-    print(f"{metric}: DPO {before[metric]:.3f} → RLOO {after[metric]:.3f} "
-          f"({100 * (after[metric] - before[metric]):+.1f} points)")
+# each change with its verdict: a sign test on the held-out tasks gained and lost (their saved greedy answers)
+print("DPO → RLOO:", H.stage_change(cfg, {"dpo": before, "rloo": after}, "dpo", "rloo", quality) + ".")
 # the profile's targets (cfg.targets: the tiny world's; the qwen course's anchors are in docs/QWEN.md), each placed
 # against the range `make robustness` measured over base models
 chain = {f"{stage}/{metric}": scores[metric] for stage, scores in (("dpo", before), ("rloo", after))
@@ -110,7 +109,7 @@ print(*H.target_lines(cfg, chain), sep="\n")
 
 # %%
 from IPython.display import Image, display
-display(Image(filename=str(H.plot_rloo_dynamics(cfg, H.output_root() / "outputs" / cfg.profile / "rloo_dynamics.png"))))
+display(Image(filename=str(H.plot_rloo_dynamics(cfg, H.out_path("outputs", cfg, "rloo_dynamics.png")))))
 curves = H.read_tensorboard_scalars(H.out_path("tensorboard_events", cfg, "rloo"))
 zero = [v for _, v in curves.get("rloo/zero_variance_groups", [])]
 kl = [v for _, v in curves.get("rloo/kl", [])]
@@ -138,11 +137,10 @@ for example in faith["examples"]:
 # ## Rejection-sampling fine-tuning at the same number of samples
 #
 # From the same start (DPO), RFT draws `cfg.rft.sample_share` of the completions RLOO drew (tiny: half, in 2 rounds
-# that end where RLOO was evaluated, at 3,200 and 6,400 samples — so the demo stays as short as before the chain;
-# qwen: all of them, in 4 rounds). Each round takes fresh prompts from the same mixture, k per prompt at RLOO's
-# temperature, keeps the best of each prompt's k if it passes (a correct Countdown answer, the exact instruction
-# answer; with a reward model, the best of k), and fine-tunes on what it kept. The comparison is made where both
-# have drawn the same number of samples.
+# that end where RLOO was evaluated, at 3,200 and 6,400 samples; qwen: all of them, in 4 rounds). Each round takes
+# fresh prompts from the same mixture, k per prompt at RLOO's temperature, keeps the best of each prompt's k if it
+# passes (a correct Countdown answer, the exact instruction answer; with a reward model, the best of k), and
+# fine-tunes on what it kept. The comparison is made where both have drawn the same number of samples.
 
 # %%
 print(inspect.getsource(H.keep_best))
@@ -175,6 +173,9 @@ print(f"\nAt {n:,} samples each: RLOO Countdown {equal.loc[n, ('rloo', 'countdow
       f"{quality} {equal.loc[n, ('rft', quality)]:.3f}." + (
           f" RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f}, "
           f"{quality} {after[quality]:.3f}." if last > n else ""))
+rft_end = H.evaluate_checkpoint(cfg, "rft")[0]
+print("Each at the end of its run, RLOO → RFT:", H.stage_change(cfg, {"rloo": after, "rft": rft_end}, "rloo", "rft",
+                                                              quality) + ".")
 
 
 # %% [markdown]

@@ -42,12 +42,12 @@ print(inspect.getsource(H.best_of_n))
 stamp = H.timestamp()
 table, final = H.evaluate_all_stages(cfg)
 paths = H.write_summary(table, cfg, "stages", stamp)          # every column, for the spreadsheet
+# the targets first: this run against each, and the range `make robustness` measured over base models
+print(H.target_table(cfg, H.run_row(cfg, table, H.latest_summary(cfg, "dpo"))).to_string(index=False) + "\n")
 for theme, part in H.stage_tables(table).items():
     print(f"── {theme}\n{part.to_string(index=False)}\n")
 print(f"final = a copy of {final}, the end of the chain; every column in", paths["csv"])
-# the targets first: this run against each, and the range `make robustness` measured over base models
-print("\n" + H.target_table(cfg, H.run_row(cfg, table, H.latest_summary(cfg, "dpo"))).to_string(index=False) + "\n")
-quality = "exact_match" if "exact_match" in table else "rouge_l"
+quality = H.quality_metric(cfg)
 print("\nWhat we see, stage by stage along the chain (computed from the table above):")
 print("\n".join(H.chain_notes(table.set_index("model").to_dict("index"), quality, cfg.rft.sample_share, cfg)))
 

@@ -54,3 +54,16 @@ def test_a_change_is_called_better_or_worse_only_beyond_chance():
     assert comparison.paired_verdict(0, 10).startswith("worse") and comparison.paired_verdict(10, 0).startswith(
         "improved")
     assert comparison.paired_verdict(0, 1).startswith("no clear change")
+
+
+def test_stage_change_carries_a_verdict_on_both_tracks():
+    by = {"a": {"exact_match": 0.780, "countdown_accuracy": 0.640},
+          "b": {"exact_match": 0.815, "countdown_accuracy": 0.780}}
+    line = comparison.stage_change(None, by, "a", "b", "exact_match",
+                                   changed={"exact_match": (21, 14), "countdown_accuracy": (37, 9)})
+    assert line.startswith("exact_match 0.780 → 0.815 (+3.5 points; no clear change: 21 tasks gained, 14 lost")
+    assert "countdown_accuracy 0.640 → 0.780 (+14.0 points; improved: 37 tasks gained, 9 lost" in line
+    assert "1 task gained" in comparison.paired_verdict(1, 2)
+    # without saved answers (a report made from summaries alone) the numbers stand without a verdict
+    assert comparison.stage_change(None, by, "a", "b", "exact_match") == \
+        "exact_match 0.780 → 0.815 (+3.5 points); countdown_accuracy 0.640 → 0.780 (+14.0 points)"

@@ -47,6 +47,19 @@ def test_lora_reference_from_disabled_adapters_matches_base(preference_world):
     assert any(abs(a["ref_chosen_logps"] - b["ref_chosen_logps"]) > 1e-3 for a, b in zip(ref_pairs, enabled))
 
 
+def test_reference_logps_once_per_distinct_pair(preference_world, monkeypatch):
+    """balance_tracks repeats the same pair dicts: each distinct pair is scored once, and every repeat has it."""
+    cfg, tokenizer, pairs = preference_world
+    model = modeling.build_tiny_model(tokenizer, cfg.model, seed=0)
+    a, b = dict(pairs[0]), dict(pairs[1])
+    scored = []
+    real = dpo.pair_logps
+    monkeypatch.setattr(dpo, "pair_logps", lambda m, rows, pad: scored.append(len(rows)) or real(m, rows, pad))
+    dpo.add_reference_logps(model, [a, b, a, a], tokenizer.pad_token_id)
+    assert scored == [2]
+    assert a["ref_chosen_logps"] != b["ref_chosen_logps"] and "ref_rejected_logps" in a
+
+
 def test_dpo_training_raises_preference_accuracy_on_its_pairs(preference_world, tmp_path):
     cfg, tokenizer, pairs = preference_world
     model = modeling.build_tiny_model(tokenizer, cfg.model, seed=0)

@@ -142,3 +142,27 @@ def test_shard_argument_is_checked_at_the_door():
     for bad in ("2/2", "1", "a/2", "-1/2", "1/0"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected K/N"):
             shard_arg(bad)
+
+
+def test_heat_map_text_is_light_on_dark_cells_in_either_colour_map(tmp_path, monkeypatch):
+    """The response-loss map runs the other way (viridis_r: high = dark): each cell's text colour follows the cell."""
+    import matplotlib.colors
+    import pandas as pd
+    rows = [{"normalization": "trained_tokens", "size": size, "weight": weight, "seeds": 3,
+             "exact_match_mean": value, "exact_match_std": 0.01, "response_loss_mean": value, "response_loss_std": 0.01}
+            for size, weight, value in ((300, 0.0, 0.1), (300, 1.0, 0.9), (3000, 0.0, 0.5), (3000, 1.0, 0.3))]
+    figures = []
+    monkeypatch.setattr(experiment, "save_figure", lambda fig, path: figures.append(fig) or path)
+    experiment.plot_grid(pd.DataFrame(rows), tmp_path / "grid.png")
+    maps = [ax for ax in figures[0].axes if ax.texts]       # the two maps (the colour bars hold no text)
+    assert len(maps) == 2
+    for ax in maps:
+        image = ax.images[0]
+        for text in ax.texts:
+            value = float(text.get_text().split("\n")[0])
+            r, g, b, _ = image.cmap(image.norm(value))
+            dark_cell = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            assert matplotlib.colors.to_hex(text.get_color()) == ("#ffffff" if dark_cell else "#000000")
+    loss_map = maps[1]
+    darkest = [t for t in loss_map.texts if t.get_text().startswith("0.90")][0]   # high loss: dark in viridis_r
+    assert matplotlib.colors.to_hex(darkest.get_color()) == "#ffffff"
