@@ -1,6 +1,7 @@
-"""Benchmark: peak memory of the log-prob/loss passes at the qwen preset's shapes, the path before this round (full
-[batch, positions, 151,936] fp32 logits) against the memory-lean one (helpers/logprobs.py: the vocabulary projection
-only where it counts, in chunks recomputed in backward; no-grad passes in token-budget batches).
+"""Benchmark: peak memory of the log-prob/loss passes at the qwen preset's shapes, the full-logits reference (full
+[batch, positions, 151,936] fp32 logits, the path the lean one replaced) against the memory-lean one
+(helpers/logprobs.py: the vocabulary projection only where it counts, in chunks recomputed in backward; no-grad
+passes in token-budget batches).
 
     make bench-memory      # or: .venv/bin/python benchmarks/bench_memory.py [--model DIR]
 
@@ -13,8 +14,8 @@ DIR or $QWEN_MODEL_DIR, else random ones in Qwen2.5-0.5B's shape (tied embedding
 Each (pass, path, size) runs in its own process: its memory is the peak RSS during the pass minus the RSS after the
 model is loaded (the high-water mark is reset then), so the weights do not count; the processes run with a fixed
 glibc mmap threshold, so that freed activations leave RSS as a GPU allocator's would. fp32 on CPU (the qwen preset
-runs bf16 autocast on CUDA: activations and logits partly half the size there; the ratios are what carry over).
-The preset's shapes do not fit a 24 GB machine on the old path (32 × 1,024 × 151,936 fp32 logits are 20 GB before
+runs bf16 autocast on CUDA: activations and logits partly half the size there; the ratios are what carry over). The
+preset's shapes do not fit a 24 GB machine on the full-logits path (32 × 1,024 × 151,936 fp32 logits are 20 GB before
 any copy), so two reduced sizes are measured. Each phase of a pass (decoder forward, head and loss, head backward,
 decoder backward) has its own peak, growing at its own rate; a line through each phase's two measurements (fixed MiB
 + MiB per token of the batch) is extrapolated to the preset's batches, and the largest phase is the pass's peak —
@@ -48,8 +49,8 @@ RLOO_PROMPT_SHARE = 150 / (150 + 1024)  # the preset's RLOO rows: ~150 prompt + 
 
 # measured sizes: rows × tokens per row (DPO: one pair = two rows; RLOO: one prompt × k = 2 rows). Both sizes put
 # at least one full chunk of logits (logprobs.CHUNK_LOGITS: 110 positions) through the head, so the line through them
-# has the new path's fixed cost as its intercept and only what grows with the batch as its slope; small enough for
-# 2 CPU cores (a 0.5B forward pass takes ~20-60 s per 1,000 tokens there) and for 24 GB on the old path.
+# has the lean path's fixed cost as its intercept and only what grows with the batch as its slope; small enough for
+# 2 CPU cores (a 0.5B forward pass takes ~20-60 s per 1,000 tokens there) and for 24 GB on the full-logits path.
 SIZES = {"evaluate_loss": [dict(rows=2, length=512), dict(rows=2, length=1024)],
          "dpo_reference": [dict(rows=2, length=512), dict(rows=2, length=1024)],
          "rloo_step": [dict(rows=2, length=256), dict(rows=2, length=512)]}
@@ -58,13 +59,14 @@ PRESET = {"evaluate_loss": ("32 rows × 1,024", 32, 1024),
           "dpo_reference": ("32 pairs × 1,024 (64 rows)", 64, 1024),
           "rloo_step": ("8 prompts × k=8 × 1,174 (64 rows)", 64, 1174)}
 SFT_STEP = dict(rows=2, length=512)
+MEMORY_TARGET = 0.3                     # lean / full-logits peak at the preset's shapes, at most
 
 
 def preset_batch_tokens(name: str, path: str) -> int:
     _, rows, length = PRESET[name]
     if name == "rloo_step":             # one micro-batch with gradients, both paths
         return rows * length
-    if path == "old":                   # evaluate_loss and pair_logps: 32 rows / 32 pairs a batch
+    if path == "full_logits":                   # evaluate_loss and pair_logps: 32 rows / 32 pairs a batch
         return rows * length
     if name == "dpo_reference":         # pair_logps batches pairs by pair_length = chosen + rejected tokens
         batches = batching.token_budget_batches([2 * length] * (rows // 2))
@@ -72,8 +74,8 @@ def preset_batch_tokens(name: str, path: str) -> int:
     return max(len(b) for b in batching.token_budget_batches([length] * rows)) * length
 
 
-# ═══ the path before this round (d7744de:helpers.py): full-vocabulary fp32 logits, batches of 32 rows / pairs ═══
-def old_sft_loss(model, batch):
+# ═══ the full-logits reference (the baseline, kept runnable): full-vocabulary fp32 logits, 32 rows / pairs a batch
+def full_logits_sft_loss(model, batch):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     weights = batch["loss_weights"][:, 1:] if "loss_weights" in batch else (labels != -100).float()
@@ -83,7 +85,7 @@ def old_sft_loss(model, batch):
 
 
 @torch.no_grad()
-def old_evaluate_loss(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
+def full_logits_evaluate_loss(model, examples: list[dict], pad_token_id: int, batch_size: int = 32) -> float:
     was_training = model.training
     model.eval()
     collate_fn, total, units = sft.sft_collate(pad_token_id), 0.0, 0.0
@@ -91,24 +93,24 @@ def old_evaluate_loss(model, examples: list[dict], pad_token_id: int, batch_size
     for i in range(0, len(examples), batch_size):
         batch = {k: v.to(dev) for k, v in collate_fn(examples[i:i + batch_size]).items()}
         with autocast_context(dev):
-            summed, _ = old_sft_loss(model, batch)
+            summed, _ = full_logits_sft_loss(model, batch)
         total, units = total + float(summed), units + float(batch["normalizer"])
     model.train(was_training)
     return total / max(units, 1.0)
 
 
-def old_sequence_logps(model, batch) -> torch.Tensor:
+def full_logits_sequence_logps(model, batch) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     token_logps = torch.gather(logits, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * (labels != -100)).sum(-1)
 
 
-def old_can_share_prompt(model) -> bool:
+def full_logits_can_share_prompt(model) -> bool:
     return not getattr(model, "is_activation_checkpointing", False)   # any mode: the qwen preset never shared
 
 
-def old_shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
+def full_logits_shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
     prompt_out, out, response_ids, response_mask = logprobs.shared_prompt_forward(
         model, [s["prompt_ids"] for s in samples[::k]], [s["response_ids"] for s in samples], pad_id)
     logits = torch.cat([prompt_out.logits[:, -1:].repeat_interleave(k, 0), out.logits[:, :-1]], 1).float()
@@ -118,28 +120,28 @@ def old_shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> 
     return (token_logps * trained).sum(-1)
 
 
-def old_pair_sequence_logps(model, batch) -> torch.Tensor:
-    if not old_can_share_prompt(model):
-        return old_sequence_logps(model, batch)
-    logps = old_shared_prompt_logps(model, logprobs.pair_samples(batch["pairs"]), 2, batch["pad_token_id"])
+def full_logits_pair_sequence_logps(model, batch) -> torch.Tensor:
+    if not full_logits_can_share_prompt(model):
+        return full_logits_sequence_logps(model, batch)
+    logps = full_logits_shared_prompt_logps(model, logprobs.pair_samples(batch["pairs"]), 2, batch["pad_token_id"])
     return torch.cat([logps[0::2], logps[1::2]])
 
 
 @torch.no_grad()
-def old_pair_logps(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> tuple[list, list]:
+def full_logits_pair_logps(model, pairs: list[dict], pad_token_id: int, batch_size: int = 32) -> tuple[list, list]:
     was_training = model.training
     model.eval()
     collate_fn, dev, chosen, rejected = preference.pair_collate(pad_token_id), model_device(model), [], []
     for i in range(0, len(pairs), batch_size):
         batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in collate_fn(pairs[i:i + batch_size]).items()}
         with autocast_context(dev):
-            logps = old_pair_sequence_logps(model, batch).float().cpu()
+            logps = full_logits_pair_sequence_logps(model, batch).float().cpu()
         n = len(pairs[i:i + batch_size])
         chosen += logps[:n].tolist()
         rejected += logps[n:].tolist()
     model.train(was_training)
     return chosen, rejected
-# ═══ end of the path before this round ═══
+# ═══ end of the full-logits reference ═══
 
 
 def ids(gen, n: int) -> list[int]:
@@ -221,8 +223,8 @@ PHASES = ("decoder forward", "head forward", "head backward", "decoder backward"
 class Phases:
     """The peak of each phase of a pass, above the RSS after loading: the decoder's forward, the head and loss
     (everything after the decoder), the head's backward, the decoder's backward. Hooks on the decoder mark the
-    switches; the high-water mark is reset at each. Each phase's peak grows at its own rate (the old path's head
-    by the vocabulary per token, the new one's by nothing once a chunk is full), so each is extrapolated alone."""
+    switches; the high-water mark is reset at each. Each phase's peak grows at its own rate (the full-logits path's head
+    by the vocabulary per token, the lean one's by nothing once a chunk is full), so each is extrapolated alone."""
 
     def __init__(self, decoder, base_mib: float):
         self.base, self.current, self.peaks = base_mib, "setup", {}
@@ -259,15 +261,16 @@ def run_pass(name: str, path: str, rows: int, length: int, model_dir: str) -> di
     phases = Phases(logprobs.causal_lm_parts(model)[0], memory_status()["VmRSS"])
     started = time.perf_counter()
     if name == "evaluate_loss":
-        value = (old_evaluate_loss if path == "old" else sft.evaluate_loss)(model, data, PAD)
+        value = (full_logits_evaluate_loss if path == "full_logits" else sft.evaluate_loss)(model, data, PAD)
     elif name == "dpo_reference":
-        chosen, rejected = (old_pair_logps if path == "old" else preference.pair_logps)(model, data, PAD)
+        pair_logps = full_logits_pair_logps if path == "full_logits" else preference.pair_logps
+        chosen, rejected = pair_logps(model, data, PAD)
         value = sum(chosen) + sum(rejected)
     elif name == "rloo_step":           # train mode + gradient checkpointing: full sequences on both paths
         model.train()
-        assert not logprobs.can_share_prompt(model) and not old_can_share_prompt(model)
+        assert not logprobs.can_share_prompt(model) and not full_logits_can_share_prompt(model)
         seqs = to_device(collate(sample_rows(data), PAD), model_device(model))
-        logps = (old_sequence_logps if path == "old" else logprobs.sequence_logps)(model, seqs)
+        logps = (full_logits_sequence_logps if path == "full_logits" else logprobs.sequence_logps)(model, seqs)
         loss = -(advantages * logps).sum()
         phases.switch("head backward")
         loss.backward()
@@ -275,7 +278,7 @@ def run_pass(name: str, path: str, rows: int, length: int, model_dir: str) -> di
     else:                               # one SFT micro-batch: sft_loss + backward
         model.train()
         batch = sft.sft_collate(PAD)(data)
-        loss, _ = (old_sft_loss if path == "old" else sft.sft_loss)(model, batch)
+        loss, _ = (full_logits_sft_loss if path == "full_logits" else sft.sft_loss)(model, batch)
         loss = loss / batch["normalizer"]
         phases.switch("head backward")
         loss.backward()
@@ -336,26 +339,26 @@ def main():
               f"fp32 on CPU, {torch.get_num_threads()} threads")
         print("memory = peak RSS during the pass − RSS after loading the model (its own process each)\n")
         results = {}
-        header = f"{'pass':<14} {'size':<18} {'old MiB':>8} {'new MiB':>8} {'new/old':>7} " \
-                 f"{'old MiB/tok':>11} {'new MiB/tok':>11} {'old s':>6} {'new s':>6}  |old-new| value"
+        header = f"{'pass':<14} {'size':<18} {'full MiB':>8} {'lean MiB':>8} {'lean/full':>9} " \
+                 f"{'full MiB/tok':>12} {'lean MiB/tok':>12} {'full s':>6} {'lean s':>6}  |full-lean| value"
         if set(passes) & set(SIZES):
             print(header)
         for name in (p for p in SIZES if p in passes):
             for size in SIZES[name]:
                 rows, length = size["rows"], size["length"]
                 got = {path: child(["--child", name, path, str(rows), str(length), "--model", model_dir], env)
-                       for path in ("old", "new")}
+                       for path in ("full_logits", "lean")}
                 results.setdefault(name, []).append(got)
                 shape = {"evaluate_loss": f"{rows} rows × {length}", "dpo_reference": f"{rows // 2} pair × {length}",
                          "rloo_step": f"1 × k={rows} × {length}"}[name]
                 if any("error" in g for g in got.values()):
                     print(f"{name:<14} {shape:<18} failed: {got}")
                     continue
-                old, new = got["old"], got["new"]
-                print(f"{name:<14} {shape:<18} {old['delta_mib']:>8.0f} {new['delta_mib']:>8.0f} "
-                      f"{new['delta_mib'] / old['delta_mib']:>6.2f}x {old['delta_mib'] / old['tokens']:>11.3f} "
-                      f"{new['delta_mib'] / new['tokens']:>11.3f} {old['seconds']:>6.0f} {new['seconds']:>6.0f}  "
-                      f"{abs(old['value'] - new['value']):.2e}")
+                full, lean = got["full_logits"], got["lean"]
+                print(f"{name:<14} {shape:<18} {full['delta_mib']:>8.0f} {lean['delta_mib']:>8.0f} "
+                      f"{lean['delta_mib'] / full['delta_mib']:>8.2f}x {full['delta_mib'] / full['tokens']:>12.3f} "
+                      f"{lean['delta_mib'] / lean['tokens']:>12.3f} {full['seconds']:>6.0f} {lean['seconds']:>6.0f}  "
+                      f"{abs(full['value'] - lean['value']):.2e}")
         fits = extrapolate(results)
         if set(fits) == set(SIZES):     # every pass measured: the per-stage estimate at the preset (README table)
             saved = Path(tempfile.gettempdir()) / "bench_memory_fits.json"
@@ -365,11 +368,11 @@ def main():
             qwen_budget.print_time()
         if "sft_step" in passes:
             rows, length = SFT_STEP["rows"], SFT_STEP["length"]
-            got = child(["--child", "sft_step", "new", str(rows), str(length), "--model", model_dir], env)
+            got = child(["--child", "sft_step", "lean", str(rows), str(length), "--model", model_dir], env)
             if "error" in got:
                 print(f"\nSFT micro-batch failed: {got}")
             else:
-                print(f"\nSFT micro-batch, new path ({rows} rows × {length}, half of each row trained; sft_loss + "
+                print(f"\nSFT micro-batch, lean path ({rows} rows × {length}, half of each row trained; sft_loss + "
                       f"backward, LoRA + gradient checkpointing, fp32, no optimizer state): {got['delta_mib']:.0f} MiB"
                       f" = {got['delta_mib'] / got['tokens']:.3f} MiB per token ({got['seconds']:.0f} s); by phase: "
                       + ", ".join(f"{k} {v:.0f}" for k, v in got["phases_mib"].items()))
@@ -385,32 +388,33 @@ def main():
 
 
 def extrapolate(results: dict) -> dict:
-    """Prints the extrapolation; returns the new path's {phase: (fixed MiB, MiB per token)} per pass."""
+    """Prints the extrapolation; returns the lean path's {phase: (fixed MiB, MiB per token)} per pass."""
     fits = {}
     if not results:
         return fits
     print("\nEXTRAPOLATION to the qwen preset's shapes (not measured): each phase's peak on a line through the two "
           "sizes above\n(fixed MiB + MiB per token of the batch held at once), the pass's peak the largest phase's")
-    print(f"{'pass':<14} {'preset shape':<34} {'path':<4} {'batch tokens':>12} "
+    print(f"{'pass':<14} {'preset shape':<34} {'path':<11} {'batch tokens':>12} "
           + " ".join(f"{p:>16}" for p in PHASES) + f" {'peak GiB':>8}  largest phase: fixed MiB + MiB/token")
     for name, sizes in results.items():
         if any("error" in g for size in sizes for g in size.values()):
             continue
         gib = {}
-        for path in ("old", "new"):
+        for path in ("full_logits", "lean"):
             tokens = preset_batch_tokens(name, path)
             lines = {phase: fit([(size[path]["tokens"], size[path]["phases_mib"][phase]) for size in sizes])
                      for phase in PHASES if all(phase in size[path]["phases_mib"] for size in sizes)}
             at = {phase: (fixed + per_token * tokens) / 1024 for phase, (fixed, per_token) in lines.items()}
             top = max(at, key=at.get)
             gib[path] = at[top]
-            if path == "new":
+            if path == "lean":
                 fits[name] = lines
             cells = " ".join(f"{at[p]:>16.1f}" if p in at else f"{'-':>16}" for p in PHASES)
-            print(f"{name:<14} {PRESET[name][0]:<34} {path:<4} {tokens:>12,} {cells} {gib[path]:>8.1f}  "
+            print(f"{name:<14} {PRESET[name][0]:<34} {path:<11} {tokens:>12,} {cells} {gib[path]:>8.1f}  "
                   f"{top}: {lines[top][0]:.0f} + {lines[top][1]:.3f}")
-        ratio = gib["new"] / gib["old"]
-        print(f"{'':<14} {'':<34} new/old {ratio:.3f}x ({'meets' if ratio <= 0.3 else 'misses'} the 0.3x target)")
+        ratio = gib["lean"] / gib["full_logits"]
+        print(f"{'':<14} {'':<34} lean/full {ratio:.3f}x "
+              f"({'meets' if ratio <= MEMORY_TARGET else 'misses'} the {MEMORY_TARGET}x target)")
     return fits
 
 

@@ -1,16 +1,18 @@
-"""Benchmark: tokens sampled per second on the real Qwen2.5 architecture (CPU), today's path against the new one.
+"""Benchmark: tokens sampled per second on the real Qwen2.5 architecture (CPU), the unmerged `generate` reference
+against the project's path.
 
     make bench-sample      # or: .venv/bin/python benchmarks/bench_sample.py [--model DIR] [--threads N]
 
-Today's path (before this round): `model.generate` on the LoRA model as it trains (unmerged: the qwen preset, r 16 on
-all seven projections), fp32, batches of a fixed row count, prompts sorted by character length. The new path:
-`generation.generate_responses` (LoRA merged into the weights for the duration, batches sized by a token budget).
-Why: merging was added for speed, so this measures it on the real architecture (0.5B, vocabulary 151,936) instead of
-the tiny model. Same 12 Countdown prompts (WarmStart format, the qwen profile's), greedy and sampled (temperature 1,
-seeded), 32 new tokens; each path runs twice per mode in ABBA order in one process and its best run counts, so a busy
-machine slows both alike. Prints tokens/s of each (new tokens up to and including the stop token), the ratio new /
-today, and how many greedy outputs agree. About 4 minutes on 2 quiet cores. DIR defaults to $QWEN_MODEL_DIR (a
-Hugging Face checkpoint; build one with ../shared/tools/get-real-qwen.sh).
+The reference (`unmerged`, the path the project's replaced): `model.generate` on the LoRA model as it trains
+(unmerged: the qwen preset, r 16 on all seven projections), fp32, batches of a fixed row count, prompts sorted by
+character length. The project's path (`merged`): `generation.generate_responses` (LoRA merged into the weights for
+the duration, batches sized by a token budget). Why: merging was added for speed, so this measures it on the real
+architecture (0.5B, vocabulary 151,936) instead of the tiny model. Same 12 Countdown prompts (WarmStart format, the
+qwen profile's), greedy and sampled (temperature 1, seeded), 32 new tokens; each path runs twice per mode in ABBA
+order in one process and its best run counts, so a busy machine slows both alike. Prints tokens/s of each (new tokens
+up to and including the stop token), the ratio merged / unmerged, and how many greedy outputs agree. About 4 minutes
+on 2 quiet cores. DIR defaults to $QWEN_MODEL_DIR (a Hugging Face checkpoint; build one with
+../shared/tools/get-real-qwen.sh).
 """
 import argparse
 import os
@@ -27,10 +29,10 @@ LORA_B_STD = 0.005   # lora_B drawn at random (peft starts it at 0), so merging 
 
 
 @torch.no_grad()
-def generate_today(model, tokenizer, conversations, batch_size: int, max_new_tokens: int,
+def generate_unmerged(model, tokenizer, conversations, batch_size: int, max_new_tokens: int,
                    temperature: float = 0.0, seed: int = 0) -> list[str]:
-    """generate_responses as it was before this round: the model as it is (LoRA unmerged), fp32, `batch_size` rows
-    per generate call, longest prompts (in characters) first; results in input order."""
+    """The reference: generate_responses as it was before merging: the model as it is (LoRA unmerged), fp32,
+    `batch_size` rows per generate call, longest prompts (in characters) first; results in input order."""
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
@@ -107,19 +109,19 @@ def main():
     counted = count_new_tokens(model, stops)
     prompts = countdown_prompts(args.prompts)
     rows, new = len(prompts), args.new_tokens
-    paths = {"today": lambda **s: generate_today(model, tokenizer, prompts, rows, new, **s),
-             "new": lambda **s: generation.generate_responses(model, tokenizer, prompts, rows, new, progress=False,
+    paths = {"unmerged": lambda **s: generate_unmerged(model, tokenizer, prompts, rows, new, **s),
+             "merged": lambda **s: generation.generate_responses(model, tokenizer, prompts, rows, new, progress=False,
                                                               **s)}
-    generate_today(model, tokenizer, prompts[:1], 1, 2)     # warm-up: first calls pay one-off costs
+    generate_unmerged(model, tokenizer, prompts[:1], 1, 2)     # warm-up: first calls pay one-off costs
     generation.generate_responses(model, tokenizer, prompts[:1], 1, 2, progress=False)
     print(f"{rows} prompts, {new} new tokens, {torch.get_num_threads()} threads, best of {args.repeats} runs each; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.model}")
-    rates, outputs, totals = {}, {}, {"today": [0, 0.0], "new": [0, 0.0]}
+    rates, outputs, totals = {}, {}, {"unmerged": [0, 0.0], "merged": [0, 0.0]}
     for m, mode in enumerate(("greedy", "sampled")):
         sampling = dict(temperature=1.0, seed=0) if mode == "sampled" else {}
-        # ABBA order (today, new, new, today, ...): a drift in the machine's load slows both paths alike
+        # ABBA order (unmerged, merged, merged, unmerged, ...): a drift in the machine's load slows both paths alike
         for r in range(args.repeats):
-            for path in ("today", "new") if (r + m) % 2 == 0 else ("new", "today"):
+            for path in ("unmerged", "merged") if (r + m) % 2 == 0 else ("merged", "unmerged"):
                 counted[0] = 0
                 started = time.perf_counter()
                 outputs[path, mode] = paths[path](**sampling)
@@ -127,14 +129,15 @@ def main():
                 rates[path, mode] = max(rates.get((path, mode), 0.0), counted[0] / seconds)
                 totals[path][0] += counted[0]
                 totals[path][1] += seconds
-        print(f"{mode:8s}: today {rates['today', mode]:.2f} tok/s, new {rates['new', mode]:.2f} tok/s; "
-              f"ratio new/today {rates['new', mode] / rates['today', mode]:.2f}x")
-    same = {m: sum(a == b for a, b in zip(outputs["today", m], outputs["new", m])) for m in ("greedy", "sampled")}
+        print(f"{mode:8s}: unmerged {rates['unmerged', mode]:.2f} tok/s, merged {rates['merged', mode]:.2f} tok/s; "
+              f"ratio merged/unmerged {rates['merged', mode] / rates['unmerged', mode]:.2f}x")
+    same = {m: sum(a == b for a, b in zip(outputs["unmerged", m], outputs["merged", m])) for m in ("greedy", "sampled")}
     overall = {p: tokens / seconds for p, (tokens, seconds) in totals.items()}
-    print(f"all runs: today {overall['today']:.2f} tok/s, new {overall['new']:.2f} tok/s, ratio new/today "
-          f"{overall['new'] / overall['today']:.2f}x; identical outputs: greedy {same['greedy']}/{rows}, sampled "
-          f"(same seed) {same['sampled']}/{rows}; load average now {os.getloadavg()[0]:.1f}")
-    print(f"first greedy output: {outputs['new', 'greedy'][0]!r}")
+    print(f"all runs: unmerged {overall['unmerged']:.2f} tok/s, merged {overall['merged']:.2f} tok/s, "
+          f"ratio merged/unmerged {overall['merged'] / overall['unmerged']:.2f}x; identical outputs: greedy "
+          f"{same['greedy']}/{rows}, sampled (same seed) {same['sampled']}/{rows}; "
+          f"load average now {os.getloadavg()[0]:.1f}")
+    print(f"first greedy output: {outputs['merged', 'greedy'][0]!r}")
 
 
 if __name__ == "__main__":
