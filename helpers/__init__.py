@@ -2,7 +2,7 @@
 
     config · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
     distributed · training · logprobs · sft · generation · scoring · results · comparison · experiment ·
-    preference · dpo · reward_model · rloo · rft · robustness · evaluation · report · chat · vocab · cli
+    preference · dpo · reward_model · rloo · rft · robustness · evaluation · report · chat · vocab · runner · cli
 
 A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
 the names below are their API, in notebook order. The command line is `python -m helpers --help`.
@@ -55,4 +55,4 @@ from .chat import ChatSession, build_chat_widget, side_by_side
 MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
            "checkpoints", "distributed", "training", "logprobs", "sft", "generation", "scoring", "results",
            "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "robustness", "evaluation",
-           "report", "chat", "vocab", "cli")
+           "report", "chat", "vocab", "runner", "cli")

@@ -1,5 +1,8 @@
 """Shared fixtures: an in-process tiny tokenizer, the real Qwen2.5 tokenizer (skipped when absent), and an
 OUTPUT_DIR that points every test at its own temporary folder, so no test writes into the repository."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,13 @@ import torch
 from helpers import chat, config, formatting, modeling, preference, tiny_world
 
 QWEN_TOKENIZER_DIR = config.REPO_ROOT.parent / "shared" / "qwen2.5-tokenizer"
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run_cli(*args, env: dict | None = None):
+    """`python -m helpers ARGS` from the repository root, one thread, output captured."""
+    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=config.REPO_ROOT, env=env or CLI_ENV,
+                          capture_output=True, text=True, timeout=120)
 
 # words the mask tests use in conversations, so the tiny BPE has merges for them (it would work without: byte-level)
 CHAT_WORDS = ("hello there friend how are you today fine thanks tell me a joke why did the chicken cross road "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import helpers as H
-from helpers import cli
+from helpers import runner
 
 NOTEBOOKS = sorted((H.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -77,7 +77,7 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
     before = {p for p in H.REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts
               and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
     for path in NOTEBOOKS:
-        cli.run_notebook(path, timeout=600)
+        runner.run_notebook(path, timeout=600)
     out = Path(smoke_env["OUTPUT_DIR"])
     assert (out / "checkpoints" / "smoke" / "sft_masked" / "model.safetensors").exists()
     assert (out / "assets" / "smoke" / "Comparison.png").exists()
@@ -97,7 +97,7 @@ def test_notebooks_run_in_smoke_profile(smoke_env, monkeypatch):
 
 NOISE = ("Warning", "Traceback", "LOAD REPORT", "\x1b[")        # warnings, errors, ANSI-coloured library reports
 MAX_TEXT_OUTPUT = 60_000                                         # characters of text per notebook (images apart)
-MAX_REDRAWS, MAX_BAR_OUTPUTS = 0, 8           # the runner keeps each bar's last drawing (cli.settle_streams):
+MAX_REDRAWS, MAX_BAR_OUTPUTS = 0, 8           # the runner keeps each bar's last drawing (runner.settle_streams):
                                               # one per run (smoke's experiment cell trains 6)
 
 
