@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,53 +53,85 @@ _POSITIVE = (lambda v: v >= 1, "≥ 1")
 _NON_NEGATIVE = (lambda v: v >= 0, "≥ 0")
 _ABOVE_ZERO = (lambda v: v > 0 and math.isfinite(v), "> 0 and finite")
 _UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
-# What a value must be beyond its type, by field name (the same name means the same thing in every section).
-RANGES = {**{name: _POSITIVE for name in (
-              "max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "max_new_tokens",
-              "table_every", "rounds", "steps_per_round", "steps", "eval_rows", "instruction_rows",
-              "train_conversations", "countdown_rows", "loss_rows",
-              "n_samples", "sampled_rows", "token_budget", "generation_tokens",
-              "win_rate_rows", "max_prompt_tokens", "countdown_test", "vocab_size", "hidden_size", "num_layers",
-              "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings", "countdown_max_value",
-              "pretrain_countdown_max_value", "new_token_steps", "notebook_cell_timeout", "max_rows", "world_version")},
-          **{name: _NON_NEGATIVE for name in (
-              "warmup_steps", "weight_decay", "sft_weight", "nll_weight", "kl_coef", "onpolicy_countdown_prompts",
-              "top_k",
-              "instruction_train", "instruction_test", "countdown_train", "warmstart_rows", "preference_train",
-              "preference_train_extra", "preference_test", "pretrain_rows", "pretrain_countdown_fresh",
-              "pretrain_facts")},
-          **{name: _ABOVE_ZERO for name in ("lr", "max_grad_norm", "beta", "temperature", "sample_temperature")},
-          # seeds are mixed into others (seed × 1000 + epoch, + 100,003 × process): 2^31 leaves room in every RNG
-          "seed": (lambda v: 0 <= v < 2 ** 31, "in 0 … 2^31 − 1"),
-          "prompt_loss_weight": _UNIT, "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-          "sample_share": (lambda v: 0 < v <= 1, "in (0, 1]"),
-          "countdown_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
-          "instruction_share": (lambda v: 0 <= v < 1, "in [0, 1)"),
-          "onpolicy_samples": (lambda v: v >= 2, "≥ 2 (a best and a worst)"),
-          "onpolicy_min_chosen": (lambda v: 0 <= v <= 1, "in [0, 1] (a Countdown reward)"),
-          "instruction_reward": (lambda v: v in ("verifier", "reward_model"), '"verifier" or "reward_model"'),
-          "loss_normalization": (lambda v: v in ("trained_tokens", "response_tokens"),
-                                 '"trained_tokens" or "response_tokens"'),
-          "flat_tolerance": (lambda v: 0 < v < 1, "in (0, 1)"),
-          "k": (lambda v: v >= 2, "≥ 2 (leave-one-out)"),
-          "max_length": (lambda v: v >= 2, "≥ 2"), "countdown_numbers": (lambda v: v >= 2, "≥ 2"),
-          "quant": (lambda v: v in (4, 8), "4 or 8"), "world": (lambda v: v in ("tiny", "hub"), '"tiny" or "hub"'),
-          "countdown_format": (lambda v: v in ("short", "chat", "warmstart"), '"short", "chat" or "warmstart"')}
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (tuple, list),
-          "dict": (dict,)}
+_SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
+_SEED = (lambda v: 0 <= v < 2 ** 31, "in 0 … 2^31 − 1")   # seeds are mixed into others (× 1000 + epoch, + 100,003
+                                                        # × process): 2^31 leaves room in every RNG
+_each = lambda rule, *names: {name: rule for name in names}
+# What a value must be beyond its type, by the class that declares the field: a subclass inherits its parent's rules
+# (every stage's max_steps is TrainConfig's), and a field of the same name in another class gets none by accident.
+RANGES = {
+    "TrainConfig": {**_each(_POSITIVE, "max_steps", "batch_size", "grad_accum", "eval_every", "save_every",
+                            "log_every"),
+                    **_each(_NON_NEGATIVE, "warmup_steps", "weight_decay"),
+                    **_each(_ABOVE_ZERO, "lr", "max_grad_norm"),
+                    "seed": _SEED, "max_length": (lambda v: v >= 2, "≥ 2")},
+    "SFTConfig": {"prompt_loss_weight": _UNIT, "countdown_share": _SHARE, "train_conversations": _POSITIVE,
+                  "loss_normalization": (lambda v: v in ("trained_tokens", "response_tokens"),
+                                         '"trained_tokens" or "response_tokens"')},
+    "DPOConfig": {**_each(_NON_NEGATIVE, "sft_weight", "onpolicy_countdown_prompts"),
+                  **_each(_ABOVE_ZERO, "beta", "sample_temperature"), "countdown_share": _SHARE,
+                  "onpolicy_samples": (lambda v: v >= 2, "≥ 2 (a best and a worst)"),
+                  "onpolicy_min_chosen": (lambda v: 0 <= v <= 1, "in [0, 1] (a Countdown reward)")},
+    "RewardConfig": {"nll_weight": _NON_NEGATIVE},
+    "RLOOConfig": {"k": (lambda v: v >= 2, "≥ 2 (leave-one-out)"), "temperature": _ABOVE_ZERO,
+                   **_each(_POSITIVE, "max_new_tokens", "table_every"), "kl_coef": _NON_NEGATIVE,
+                   "instruction_share": _SHARE,
+                   "instruction_reward": (lambda v: v in ("verifier", "reward_model"), '"verifier" or "reward_model"')},
+    "RFTConfig": {**_each(_POSITIVE, "rounds", "steps_per_round"),
+                  "sample_share": (lambda v: 0 < v <= 1, "in (0, 1]")},
+    "ExperimentConfig": {**_each(_POSITIVE, "steps", "eval_rows"),
+                         "flat_tolerance": (lambda v: 0 < v < 1, "in (0, 1)")},
+    "DataConfig": {**_each(_POSITIVE, "max_prompt_tokens", "countdown_test", "countdown_max_value",
+                           "pretrain_countdown_max_value", "max_rows", "world_version"),
+                   **_each(_NON_NEGATIVE, "instruction_train", "instruction_test", "countdown_train",
+                           "warmstart_rows", "preference_train", "preference_train_extra", "preference_test",
+                           "pretrain_rows", "pretrain_countdown_fresh", "pretrain_facts"),
+                   "seed": _SEED, "countdown_numbers": (lambda v: v >= 2, "≥ 2"),
+                   "world": (lambda v: v in ("tiny", "hub"), '"tiny" or "hub"'),
+                   "countdown_format": (lambda v: v in ("short", "chat", "warmstart"),
+                                        '"short", "chat" or "warmstart"')},
+    "ModelConfig": {**_each(_POSITIVE, "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                            "intermediate_size", "max_position_embeddings"),
+                    "quant": (lambda v: v in (4, 8), "4 or 8")},
+    "EvalConfig": {**_each(_POSITIVE, "batch_size", "max_new_tokens", "instruction_rows", "countdown_rows",
+                           "loss_rows", "n_samples", "sampled_rows", "token_budget", "generation_tokens",
+                           "win_rate_rows"),
+                   "top_k": _NON_NEGATIVE, "temperature": _ABOVE_ZERO, "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+                   "seed": _SEED},
+    "Config": _each(_POSITIVE, "new_token_steps", "notebook_cell_timeout"),
+}
 
 
-def check_value(owner: str, name: str, annotation: str, value) -> None:
-    """Raise ConfigError unless `value` has the field's type (its annotation) and lies in its range."""
-    kinds = [k.strip() for k in annotation.split("|")]
-    if value is None and "None" in kinds:
+def range_rule(cls: type, name: str):
+    """The range rule of field `name` as `cls` declares or inherits it, or None."""
+    return next((RANGES[c.__name__][name] for c in cls.__mro__ if name in RANGES.get(c.__name__, {})), None)
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[tuple[type, ...], bool, str]]:
+    """Each field's accepted types, resolved from its annotation — (types, None allowed, the annotation as words):
+    int | None → ((int,), True, "int or None"); a float field also takes an int, a tuple field a list (JSON)."""
+    widen = {float: (int, float), tuple: (tuple, list)}
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        args = [typing.get_origin(a) or a for a in (typing.get_args(hint) if union else (hint,))]
+        kinds = tuple(t for a in args if a is not type(None) for t in widen.get(a, (a,)))
+        words = " or ".join("None" if a is type(None) else a.__name__ for a in args)
+        out[name] = (kinds, type(None) in args, words)
+    return out
+
+
+def check_value(cls: type, name: str, value) -> None:
+    """Raise ConfigError unless `value` has the type of `cls`'s field `name` and lies in its range."""
+    kinds, optional, words = field_types(cls)[name]
+    if value is None and optional:
         return
-    types = tuple(t for k in kinds if k != "None" for t in _TYPES.get(k, (globals().get(k),)))
-    if not isinstance(value, types) or (isinstance(value, bool) and "bool" not in kinds):   # True is an int
-        raise ConfigError(f"{owner}.{name} = {value!r}: must be {' or '.join(kinds)}, not {type(value).__name__}")
-    rule = RANGES.get(name)
-    if rule is not None and not isinstance(value, (tuple, list, dict)) and not rule[0](value):
-        raise ConfigError(f"{owner}.{name} = {value!r}: must be {rule[1]}")
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):      # True is an int
+        raise ConfigError(f"{cls.__name__}.{name} = {value!r}: must be {words}, not {type(value).__name__}")
+    rule = range_rule(cls, name)
+    if rule is not None and not rule[0](value):
+        raise ConfigError(f"{cls.__name__}.{name} = {value!r}: must be {rule[1]}")
 
 
 class Checked:
@@ -105,7 +140,7 @@ class Checked:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            check_value(type(self).__name__, f.name, f.type, getattr(self, f.name))
+            check_value(type(self), f.name, getattr(self, f.name))
 
 
 @dataclass
@@ -476,7 +511,7 @@ def get_config(profile: str | None = None, /, **overrides) -> Config:
             raise ConfigError(f"unknown config field {key!r} for profile {profile!r}")
         if name == "profile":
             raise ConfigError("the profile is not a field to override: choose it with --profile (or PROFILE=…)")
-        check_value(type(target).__name__, name, fields[name].type, value)
+        check_value(type(target), name, value)
         setattr(target, name, value)
     return check_config(cfg)
 
@@ -485,7 +520,7 @@ def check_config(cfg):
     """Every field of a config (and of its sections) checked again — after fields were set one by one."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        check_value(type(cfg).__name__, f.name, f.type, value)
+        check_value(type(cfg), f.name, value)
         if dataclasses.is_dataclass(value):
             check_config(value)
     return cfg

@@ -56,3 +56,24 @@ def test_describe_config_is_one_short_readable_summary():
     text = config.describe_config(config.get_config("tiny").dpo)
     assert text.startswith("DPOConfig: ") and "lr 0.0005" in text and "beta 0.1" in text
     assert all(len(line) <= 112 for line in text.splitlines())
+
+
+def test_a_range_belongs_to_the_class_that_declares_the_field():
+    """RLOOConfig.k must be ≥ 2; a field called k elsewhere inherits nothing. Every stage's max_steps is
+    TrainConfig's (≥ 1), through the class hierarchy; types come from the annotations themselves."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Other(config.Checked):
+        k: int = 1
+        share: float | None = None
+
+    assert Other(k=1).k == 1 and Other(share=2).share == 2       # an int is a float; None where the hint allows it
+    with pytest.raises(config.ConfigError, match=r"RLOOConfig.k = 1: must be ≥ 2"):
+        config.RLOOConfig(k=1)
+    with pytest.raises(config.ConfigError, match=r"DPOConfig.max_steps = 0: must be ≥ 1"):
+        config.DPOConfig(max_steps=0)
+    with pytest.raises(config.ConfigError, match=r"Other.share = 'x': must be float or None, not str"):
+        Other(share="x")
+    with pytest.raises(config.ConfigError, match=r"must be int, not bool"):
+        Other(k=True)
