@@ -164,7 +164,7 @@ class DataConfig(Checked):
     warmstart_rows: int = 1500        # solver-written completions for WarmStart SFT
     preference_train: int = 1500      # tiny: (chosen = correct, rejected = plausible wrong) pairs
     preference_train_extra: int = 4500  # tiny: more pairs, drawn after all else (so changing it changes no other
-                                        # dataset); with 1,500 pairs the reward model stopped at 0.89 (docs/LOG.md)
+                                        # dataset): the reward model needs them (docs/LOG.md)
     preference_test: int = 100
     pretrain_rows: int = 6000         # tiny: plain-text documents the base model is pre-trained on
     pretrain_countdown_fresh: int = 3000  # tiny: more Countdown pre-training text, for tasks drawn afresh (too many
@@ -212,17 +212,15 @@ class TrainConfig(Checked):
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    max_steps: int = 2000             # tiny: at 1,000 steps 2 base models of 3 copied a task's numbers in < 55 % of
-                                      # held-out tasks; at 1,500–2,000 all of them in 80–87 % (docs/LOG.md)
-    lr: float = 5e-4                  # copying (induction) starts earlier at a smaller step: at 1e-3 some base
-                                      # models had barely begun it by the last step (docs/LOG.md, third round)
-    batch_size: int = 16              # copying is learned after a number of steps more than of tokens: 2,000 steps of
-                                      # 16 learned it as 1,500–2,000 of 32 did, 1,000 of 64 did not (docs/LOG.md)
+    max_steps: int = 2000             # tiny: copying a task's numbers is learned late; fewer steps left some base
+                                      # models without it (docs/LOG.md)
+    lr: float = 5e-4                  # tiny: copying (induction) starts earlier at a smaller step (docs/LOG.md)
+    batch_size: int = 16              # tiny: copying takes a number of steps more than of tokens (docs/LOG.md)
 
 
 @dataclass
 class SFTConfig(TrainConfig):
-    max_steps: int = 600              # tiny: at 300 steps the model wrote the Countdown format but copied no numbers
+    max_steps: int = 600              # tiny: shorter runs wrote the Countdown format without the task's numbers
     prompt_loss_weight: float = 0.0   # 0 = masked (response only), 1 = unmasked (whole sequence)
     countdown_share: float = 0.5      # fraction of the SFT mixture taken from WarmStart Countdown rows
     train_conversations: int | None = None  # instruction conversations in the mixture (None = all; WarmStart rows
@@ -251,22 +249,19 @@ class ExperimentConfig(Checked):
 class DPOConfig(TrainConfig):
     beta: float = 0.1                 # strength of the pull towards the reference (Rafailov et al. 2023)
     lr: float = 5e-4                  # DPO moves a trained model: a smaller step than SFT
-    max_steps: int = 800              # tiny: 600 steps ended at exact match 0.725 in the chain, 800 at 0.800
-                                      # (Countdown kept: 0.285 → 0.300); docs/LOG.md
+    max_steps: int = 800              # tiny: fewer steps gained less exact match in the chain (docs/LOG.md)
     warmup_steps: int = 10
     onpolicy_countdown_prompts: int = 800  # Countdown prompts sampled for on-policy pairs (0 = none)
     onpolicy_samples: int = 4         # samples per prompt; the best and the worst by the reward make the pair
     onpolicy_min_chosen: float = 1.0  # the chosen sample must score this (1.0 = it solves the task): the RPO term
-                                      # imitates the chosen, and a right format with a wrong equation (0.1) taught
-                                      # weak base models wrong equations (docs/LOG.md); 0 = any better sample
+                                      # imitates the chosen, so a wrong equation must not be one (docs/LOG.md);
+                                      # 0 = any better sample
     countdown_share: float = 0.67     # share of each epoch's pairs that are Countdown pairs (repeated to reach it):
-                                      # 79 of 6,079 pairs let DPO erase Countdown; on strong SFT models 0.25 / 0.5 /
-                                      # 0.67 moved it by −8.0 / −1.2 / +2.2 points on average (docs/LOG.md)
+                                      # a smaller share let DPO erode Countdown (docs/LOG.md)
     sample_temperature: float = 1.0   # sampling temperature for the on-policy pairs
     reference_from_disabled_adapters: bool = False  # LoRA only: reference = model with adapters off
     sft_weight: float = 2.0           # α of the RPO term (NLL of the chosen); 0 = plain DPO, which cost the tiny
-                                      # model 10 points of exact match; 2 with the share above kept Countdown on
-                                      # every tuning seed (docs/LOG.md, third round)
+                                      # model exact match (docs/LOG.md)
 
 
 @dataclass
@@ -274,9 +269,8 @@ class RewardConfig(TrainConfig):
     lr: float = 5e-4                  # Bradley–Terry reward model on top of the SFT model
     nll_weight: float = 1.0           # α of the GRM term (Yang et al. 2024): the chosen answer's NLL per token through
                                       # the tied embeddings (tied models only); 0 = plain Bradley–Terry, which ranked
-                                      # the tiny world's sums at chance
-    max_steps: int = 900              # tiny: ~5 passes over 6,000 pairs; single-digit sums are learned late (600
-                                      # steps end at 0.87 held-out accuracy, 900 at 0.95 as 1,200 did: docs/LOG.md)
+                                      # the tiny world's sums at chance (docs/LOG.md)
+    max_steps: int = 900              # tiny: ~5 passes over 6,000 pairs; single-digit sums are learned late
     batch_size: int = 32              # pairs per step
     warmup_steps: int = 10
 
@@ -285,19 +279,17 @@ class RewardConfig(TrainConfig):
 class RLOOConfig(TrainConfig):
     k: int = 8                        # samples per prompt; the leave-one-out baseline needs k >= 2
     batch_size: int = 16              # prompts per micro-batch (× k samples); fewer left most groups all-wrong
-    lr: float = 1e-4                  # tiny: 3e-4 dropped Countdown by 11–19 points in the first 25 steps before it
-                                      # recovered (1e-3 collapsed it); 1e-4 climbs steadily (docs/LOG.md)
-    max_steps: int = 100              # tiny: ~3 min on 2 CPU cores
+    lr: float = 1e-4                  # tiny: larger steps dropped Countdown before it recovered (docs/LOG.md)
+    max_steps: int = 100              # the course's RLOO length
     warmup_steps: int = 5
-    temperature: float = 1.0          # tiny: on strong DPO models 1.0 leaves twice as many groups mixed (right and
-                                      # wrong) as 0.6, so twice as many carry a gradient (docs/LOG.md, third round)
+    temperature: float = 1.0          # more groups hold both right and wrong samples, and only those carry a
+                                      # gradient (docs/LOG.md)
     max_new_tokens: int = 64          # room for a Countdown <think> … </think> <answer> … </answer>
-    kl_coef: float = 0.15             # KL penalty to the reference, folded into the reward (tiny: 0.05 cost
-                                      # 2–5 points of exact match on an earlier chain; docs/LOG.md)
+    kl_coef: float = 0.15             # KL penalty to the reference, folded into the reward: keeps what DPO gained
+                                      # (docs/LOG.md)
     table_every: int = 10             # steps between TensorBoard text tables of sampled completions
-    instruction_share: float = 0.25   # share of prompts from instruction following, so RLOO from DPO keeps its gains
-                                      # (tiny: 0.5 left too few Countdown groups to gain on 5 base models of 8; 0.25
-                                      # gained on all 8 and kept exact match: docs/LOG.md, third round)
+    instruction_share: float = 0.25   # share of prompts from instruction following: enough to keep DPO's gains, few
+                                      # enough that Countdown gains (docs/LOG.md)
     instruction_reward: str = "verifier"  # instruction track's reward: "verifier" (exact match with the tiny world's
                                           # one answer) or "reward_model" (the Bradley–Terry model of 03)
     group_by_length: bool = False     # mixed tracks in every batch (grouping by length would separate them)
@@ -310,9 +302,8 @@ class RFTConfig(TrainConfig):
     reward model, fine-tune on what was kept; repeated for `rounds` on fresh prompts. It draws `sample_share` of
     RLOO's samples (prompts per round are derived from the RLOO config), so the two compare at equal samples."""
     rounds: int = 2                   # one held-out evaluation after each: the curve's points
-    sample_share: float = 0.5         # RFT's samples as a share of RLOO's whole run (1 = all of it). tiny: half, at
-                                      # RLOO's evaluations (3,200 and 6,400), so the chain's demo is no longer than
-                                      # before it (RFT's 3rd and 4th rounds gained nothing: docs/LOG.md)
+    sample_share: float = 0.5         # RFT's samples as a share of RLOO's whole run (1 = all of it). tiny: half,
+                                      # ending at RLOO's evaluations; more rounds gained nothing (docs/LOG.md)
     steps_per_round: int = 50         # SFT steps on each round's kept completions
     batch_size: int = 16
     lr: float = 3e-4                  # as RLOO's: the same model, moved by the same step size
