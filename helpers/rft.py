@@ -12,15 +12,14 @@ import shutil
 from .config import Config, check_config, device, out_path, quality_metric, replace_config, seed_everything
 from .modeling import load_model, load_tokenizer
 from .formatting import build_sft_example
-from .distributed import barrier, gather_shares, is_main, main_first, seed_this_process, share
+from .distributed import barrier, gather_shares, is_main, seed_this_process, share
 from .checkpoints import run_progress, save_finished_model, start_fingerprint, weights_fingerprint
 from .training import refuse_sharded, stage_run, train
 from .sft import sft_collate, sft_loss
 from .results import save_figure
 from .generation import sample_completions
 from .scoring import track_scores
-from .reward_model import load_reward_model
-from .rloo import make_reward_fn, rl_tasks, start_scores
+from .rloo import instruction_judge, make_reward_fn, rl_tasks, start_scores
 
 
 def keep_best(tasks: list[dict], samples: list[dict], rewards: list[float], n: int, use_model: bool) -> list[dict]:
@@ -63,13 +62,8 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     start_dir, stage_dir = out_path("checkpoints", cfg, start), out_path("checkpoints", cfg, stage)
     starts = {"start_weights": start_fingerprint(start_dir, start)}
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
-    use_model = rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model"
-    judge = None
-    if use_model:
-        starts["judge_weights"] = start_fingerprint(out_path("checkpoints", cfg, "reward_model"), "reward_model")
-        with main_first():
-            rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
-        judge = (rm_tok, rm.to(device()))
+    judge = instruction_judge(cfg, starts)
+    use_model = judge is not None
     reward_fn = make_reward_fn(cfg, judge)
     tasks = rl_tasks(cfg, tokenizer)
     random.Random(fcfg.seed).shuffle(tasks)

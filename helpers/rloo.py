@@ -159,6 +159,19 @@ def rloo_collate(k: int):
     return collate_fn
 
 
+def instruction_judge(cfg: Config, starts: dict):
+    """The reward model that judges the instruction track (RLOO's and RFT's), as (tokenizer, model) — or None where
+    the instruction track has its own verifier or no prompts. Records the judge's weights in `starts`."""
+    rcfg = cfg.rloo
+    if not (rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model"):
+        return None
+    folder = out_path("checkpoints", cfg, "reward_model")
+    starts["judge_weights"] = start_fingerprint(folder, "reward_model")
+    with main_first():
+        rm_tok, rm = load_reward_model(folder)
+    return rm_tok, rm.to(device())
+
+
 def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = True,
              stop_after_steps: int | None = None) -> dict:
     """RLOO from `start` (the chain: sft_masked → dpo → rloo; name another checkpoint to branch) on a mixture of
@@ -178,12 +191,7 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
     if rcfg.kl_coef > 0:        # frozen, no-grad forwards only: bf16 where it runs under bf16 autocast anyway
         reference = load_model(start_dir, dtype=torch.bfloat16 if device().type == "cuda" else torch.float32)
         reference = reference.to(device()).eval().requires_grad_(False)
-    judge = None
-    if rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model":
-        starts["judge_weights"] = start_fingerprint(out_path("checkpoints", cfg, "reward_model"), "reward_model")
-        with main_first():
-            rm_tok, rm = load_reward_model(out_path("checkpoints", cfg, "reward_model"))
-        judge = (rm_tok, rm.to(device()))
+    judge = instruction_judge(cfg, starts)
     tasks = rl_tasks(cfg, tokenizer)
     eval_fn = lambda m: {f"eval/{k}": v for k, v in track_scores(m, tokenizer, cfg).items()}
     start_metrics = {f"eval/{k}": v for k, v in start_scores(cfg, start).items()}    # step 0 = the start's weights
