@@ -78,39 +78,61 @@ def my_share(indices: list[int]) -> tuple[list[int], bool]:
     return (mine, True) if mine else (indices[:1], False)
 
 
-def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, collate_fn, stage_dir,
-          eval_fn=None, logger=None, run_config: dict | None = None, restart: bool = False,
-          stop_after_steps: int | None = None, desc: str = "train", length_fn=None, watch_loss: bool = True,
-          uniform_loss: float | None = None, start_metrics: dict | None = None) -> list[dict]:
-    """The one training loop. Returns the evaluation history [{step, metric: value, …}].
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands: saved with every checkpoint (as a dict, these keys) and restored on resume."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    finished: bool = False
 
-    loss_fn(model, batch) -> (summed_loss, metrics): the loss summed over the batch's units (trained tokens for
-    SFT, pairs for DPO, samples for RLOO); collate_fn puts the unit count in batch["normalizer"]. A step's loss
-    is the sum over all its micro-batches divided by the total units of the whole step, so batch 8 × accumulation
-    1 and batch 1 × accumulation 8 give the same gradient (the 2024 gradient-accumulation bug).
-    `length_fn(example)` gives the length that batches are grouped by (default: len(example["input_ids"])).
-    `stop_after_steps` simulates an interruption (tests); a later call picks up the checkpoint.
 
-    Under `accelerate launch` with N processes, `cfg.batch_size` is per process: a micro-batch of the step is a
-    global batch of batch_size × N examples, shared out by `share`, and the step's total units are summed over the
-    processes (all-reduce), so N processes × batch B give the gradient of one process × batch N·B. Only the main
-    process writes (checkpoints, events); each process saves and resumes its own random streams.
+class EpochBatches:
+    """The run's batches of example indices, epoch after epoch: length-grouped and shuffled by seed × 1000 + epoch,
+    so a resumed run (the epoch and batch in `state`) continues the same sequence."""
 
-    stage_dir may hold an unfinished run of the same config (resumed), a finished one (kept: its weights are
-    loaded and its history returned, nothing is trained again), or anything else (CheckpointError naming the file
-    and the fix); `restart=True` deletes it and trains from scratch. `watch_loss` stops a loss that rises far above
-    where it started (off for RLOO, whose loss has no fixed sign), `uniform_loss` (ln V for token losses) one that
-    sits where a model outputs the uniform distribution. `start_metrics`: eval_fn's numbers for the start weights,
-    known already (a cached evaluation of the checkpoint the stage starts from): step 0 records them instead of
-    evaluating the same weights again.
-    """
-    if not examples:
-        raise NothingToTrain(f"{desc}: no examples to train on — every row was dropped by its filters (see the "
-                             f"counts printed above; max_length = {cfg.max_length} may be too short for any of them)")
-    logger = logger or NullLogger()
-    run_config = run_config_of(json.loads(json.dumps(run_config or {"train": dataclasses.asdict(cfg)}, default=str)))
-    stage_dir, processes = Path(stage_dir), num_processes()
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "finished": False}
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool, state: RunState):
+        self.make = lambda epoch: length_grouped_batches(lengths, batch_size, seed * 1000 + epoch, group_by_length)
+        self.state, self.batches = state, self.make(state.epoch)
+
+    def next(self) -> list[int]:
+        if self.state.batch_in_epoch >= len(self.batches):
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            self.batches = self.make(self.state.epoch)
+        self.state.batch_in_epoch += 1
+        return self.batches[self.state.batch_in_epoch - 1]
+
+
+class DivergenceGuard:
+    """Says why a run has diverged, or None: a NaN/inf loss or gradient at once; a loss far above its first value
+    (`watch_loss`) or sitting at ln V (`uniform_loss`: a model that outputs the uniform distribution) for
+    DIVERGED_STEPS steps in a row. ln V counts only after the loss has been elsewhere (a fresh model starts there)
+    and after warmup (a fresh model may still sit there on its way down)."""
+
+    def __init__(self, watch_loss: bool, uniform_loss: float | None, warmup_steps: int):
+        self.watch_loss, self.uniform_loss, self.warmup_steps = watch_loss, uniform_loss, warmup_steps
+        self.first_loss, self.strikes, self.left_uniform = None, 0, False
+
+    def check(self, loss: float, grad_norm: float, step: int) -> str | None:
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return f"loss={loss} grad_norm={grad_norm}"
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        far_above = self.watch_loss and loss > DIVERGED_FACTOR * abs(self.first_loss) + 1.0
+        at_uniform = self.uniform_loss is not None and abs(loss - self.uniform_loss) < UNIFORM_TOLERANCE
+        uniform = at_uniform and self.left_uniform and step >= self.warmup_steps
+        self.left_uniform = self.left_uniform or not at_uniform
+        self.strikes = self.strikes + 1 if far_above or uniform else 0
+        if self.strikes < DIVERGED_STEPS:
+            return None
+        return (f"loss {loss:.4g} far above its start ({self.first_loss:.4g})" if far_above else
+                f"loss {loss:.4g} sits at ln(vocabulary) = {self.uniform_loss:.4g}: the model outputs the uniform "
+                "distribution")
+
+
+def open_stage_dir(stage_dir: Path, run_config: dict, restart: bool, desc: str) -> tuple[str, dict | None]:
+    """What the stage folder holds for this run: ("finished" | "resume", the saved checkpoint) or ("fresh", None).
+    `restart` deletes it first; a run trained from other start weights ("stale") is deleted and trained again."""
     if restart and is_main():
         shutil.rmtree(stage_dir, ignore_errors=True)
     barrier()
@@ -122,7 +144,70 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
                   "since): training it again")
             shutil.rmtree(stage_dir)
         barrier()
-        status, saved = "fresh", None
+        return "fresh", None
+    return status, saved
+
+
+def accumulate_step(wrapped, loss_fn, examples, collate_fn, shares, dev):
+    """One optimizer step's forward and backward passes over its micro-batches. A step's loss is the sum over all its
+    micro-batches divided by the units of the whole step, over every process: each process's backward of (its
+    summed loss × N / total) is then averaged by DDP into the gradient of (everyone's summed loss / total).
+    Returns (loss, total units, micro-batches, the stage's metrics averaged over the real micro-batches)."""
+    processes = num_processes()
+    micro_batches = [collate_fn([examples[i] for i in indices]) for indices, _ in shares]
+    total_units = sum_over_processes(sum(float(b["normalizer"]) for b, (_, real) in zip(micro_batches, shares)
+                                         if real))
+    real_batches = sum(real for _, real in shares)
+    loss_sum, metric_sums = 0.0, Counter()
+    for j, (batch, (_, real)) in enumerate(zip(micro_batches, shares)):
+        batch = to_device(batch, dev)
+        with no_sync(wrapped, skip=j < len(micro_batches) - 1):     # one all-reduce per step, after the last
+            with autocast_context(dev):
+                summed, metrics = call(wrapped, loss_fn, batch)
+            (summed * (1.0 if real else 0.0) / (total_units / processes)).backward()
+        if real:
+            loss_sum += float(summed.detach())
+            metric_sums.update({k: float(v.detach() if torch.is_tensor(v) else v) / real_batches
+                                for k, v in metrics.items()})
+    return sum_over_processes(loss_sum) / total_units, total_units, micro_batches, metric_sums
+
+
+def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, collate_fn, stage_dir,
+          eval_fn=None, logger=None, run_config: dict | None = None, restart: bool = False,
+          stop_after_steps: int | None = None, desc: str = "train", length_fn=None, watch_loss: bool = True,
+          uniform_loss: float | None = None, start_metrics: dict | None = None) -> list[dict]:
+    """The one training loop. Returns the evaluation history [{step, metric: value, …}].
+
+    loss_fn(model, batch) -> (summed_loss, metrics): the loss summed over the batch's units (trained tokens for
+    SFT, pairs for DPO, samples for RLOO); collate_fn puts the unit count in batch["normalizer"]. A step's loss
+    is the sum over all its micro-batches divided by the total units of the whole step, so batch 8 × accumulation
+    1 and batch 1 × accumulation 8 give the same gradient (the 2024 gradient-accumulation bug).
+    `length_fn(example)` gives the length that batches are grouped by (default: len(example["input_ids"])).
+    `stop_after_steps` returns after that many steps, as an interrupted run would (the checkpoint saved last is
+    kept): a later call resumes it.
+
+    Under `accelerate launch` with N processes, `cfg.batch_size` is per process: a micro-batch of the step is a
+    global batch of batch_size × N examples, shared out by `share`, and the step's total units are summed over the
+    processes (all-reduce), so N processes × batch B give the gradient of one process × batch N·B. Only the main
+    process writes (checkpoints, events); each process saves and resumes its own random streams.
+
+    stage_dir may hold an unfinished run of the same config (resumed), a finished one (kept: its weights are
+    loaded and its history returned, nothing is trained again), or anything else (CheckpointError naming the file
+    and the fix); `restart=True` deletes it and trains from scratch. `watch_loss` stops a loss that rises far above
+    where it started (off for RLOO, whose loss has no fixed sign), `uniform_loss` (ln V for token losses) one that
+    sits where a model outputs the uniform distribution (`DivergenceGuard`). `start_metrics`: eval_fn's numbers
+    for the start weights, known already (a cached evaluation of the checkpoint the stage starts from): step 0
+    records them instead of evaluating the same weights again.
+    """
+    if not examples:
+        raise NothingToTrain(f"{desc}: no examples to train on — every row was dropped by its filters (see the "
+                             f"counts printed above; max_length = {cfg.max_length} may be too short for any of them)")
+    logger = logger or NullLogger()
+    run_config = run_config_of(json.loads(json.dumps(run_config or {"train": dataclasses.asdict(cfg)}, default=str)))
+    stage_dir, processes = Path(stage_dir), num_processes()
+
+    # 1. what the folder holds: a finished run is kept, an unfinished one resumed
+    status, saved = open_stage_dir(stage_dir, run_config, restart, desc)
     if status == "finished":
         load_weights_into(model, saved["dir"])
         if is_main():
@@ -131,127 +216,89 @@ def train(model, tokenizer, examples: list[dict], cfg: TrainConfig, loss_fn, col
         return saved["history"]
     if status == "resume":
         load_weights_into(model, saved["dir"])
+
+    # 2. the optimizer, the schedule and where the run stands
     wrapped = prepare_model(model)      # the model itself in one process; DDP/FSDP around it under accelerate
     dev, params = next(model.parameters()).device, [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps))
+    state = RunState()
     if status == "resume":
         load_optimizer_state(wrapped, optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["process_rng"][process_index()] if "process_rng" in saved else saved)
-        state = {k: saved[k] for k in state}
+        state = RunState(**{f.name: saved[f.name] for f in dataclasses.fields(RunState)})
         if is_main():
-            print(f"resuming {desc} from step {state['step']} ({saved['dir']})")
+            print(f"resuming {desc} from step {state.step} ({saved['dir']})")
     else:
         seed_this_process(cfg.seed)     # N processes: each its own sampling stream; one process: untouched
-
     lengths = [length_fn(e) if length_fn else len(e["input_ids"]) for e in examples]
-    epoch_batches = lambda epoch: length_grouped_batches(lengths, cfg.batch_size * processes,
-                                                         cfg.seed * 1000 + epoch, cfg.group_by_length)
-    batches = epoch_batches(state["epoch"])
-
-    def next_indices():
-        nonlocal batches
-        if state["batch_in_epoch"] >= len(batches):
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            batches = epoch_batches(state["epoch"])
-        state["batch_in_epoch"] += 1
-        return batches[state["batch_in_epoch"] - 1]
+    batches = EpochBatches(lengths, cfg.batch_size * processes, cfg.seed, cfg.group_by_length, state)
 
     def evaluate():
-        if eval_fn is None:
-            return
-        model.eval()
-        with torch.no_grad(), full_weights(wrapped):    # every process evaluates the same (whole) model
-            metrics = eval_fn(model)
-        model.train()
-        state["history"].append({"step": state["step"], **metrics})
-        logger.scalars(metrics, state["step"])
+        if eval_fn is not None:
+            model.eval()
+            with torch.no_grad(), full_weights(wrapped):    # every process evaluates the same (whole) model
+                metrics = eval_fn(model)
+            model.train()
+            state.history.append({"step": state.step, **metrics})
+            logger.scalars(metrics, state.step)
 
     def save():
-        state["finished"] = state["step"] == cfg.max_steps
+        state.finished = state.step == cfg.max_steps
         weights, optimizer_saved = state_dict_for_saving(wrapped), optimizer_state(wrapped, optimizer)
         rngs = gather_objects(rng_state())      # collectives: every process takes part, the main one writes
         if is_main():
-            saved_state = {**state, "process_rng": rngs} if processes > 1 else state
+            saved_state = dataclasses.asdict(state) | ({"process_rng": rngs} if processes > 1 else {})
             save_checkpoint(model, tokenizer, stage_dir, saved_state, optimizer_saved, scheduler, run_config,
                             state_dict=weights)
         barrier()
 
-    if state["step"] == 0 and start_metrics is not None:
-        state["history"].append({"step": 0, **start_metrics})
+    # 3. the loop: step 0's evaluation, then step, log, evaluate, save
+    if state.step == 0 and start_metrics is not None:
+        state.history.append({"step": 0, **start_metrics})
         logger.scalars(start_metrics, 0)
-    elif state["step"] == 0:
+    elif state.step == 0:
         evaluate()
     model.train()
-    progress = progress_bar(total=cfg.max_steps, initial=state["step"], desc=desc, disable=not is_main())
-    first_loss, strikes, last_saved = None, 0, state["step"] if status == "resume" else None
-    left_uniform = False        # the loss has been away from ln V (a fresh model starts there; it must leave first)
-
-    def diverged(why: str):
-        optimizer.zero_grad(set_to_none=True)
-        progress.close()
-        kept = (f"the checkpoint of step {last_saved} is kept in {stage_dir}" if last_saved is not None
-                else "no checkpoint had been saved")
-        return TrainingDiverged(f"{desc}: {why} at step {state['step'] + 1}; stopped, {kept} (lower the lr?)")
-    while state["step"] < cfg.max_steps:
-        if stop_after_steps is not None and state["step"] >= stop_after_steps:
+    progress = progress_bar(total=cfg.max_steps, initial=state.step, desc=desc, disable=not is_main())
+    guard = DivergenceGuard(watch_loss, uniform_loss, cfg.warmup_steps)
+    last_saved = state.step if status == "resume" else None
+    while state.step < cfg.max_steps:
+        if stop_after_steps is not None and state.step >= stop_after_steps:
             progress.close()
-            return state["history"]
+            return state.history
         started = time.perf_counter()
-        shares = [my_share(next_indices()) for _ in range(cfg.grad_accum)]
-        micro_batches = [collate_fn([examples[i] for i in indices]) for indices, _ in shares]
-        # Σ units of the whole step, over every process: each process's backward of (its summed loss × N / total)
-        # is then averaged by DDP into the gradient of (everyone's summed loss / total)
-        total_units = sum_over_processes(sum(float(b["normalizer"]) for b, (_, real) in zip(micro_batches, shares)
-                                             if real))
-        real_batches = sum(real for _, real in shares)
-        loss_sum, metric_sums = 0.0, Counter()
-        for j, (batch, (_, real)) in enumerate(zip(micro_batches, shares)):
-            batch = to_device(batch, dev)
-            with no_sync(wrapped, skip=j < len(micro_batches) - 1):     # one all-reduce per step, after the last
-                with autocast_context(dev):
-                    summed, metrics = call(wrapped, loss_fn, batch)
-                (summed * (1.0 if real else 0.0) / (total_units / processes)).backward()
-            if real:
-                loss_sum += float(summed.detach())
-                metric_sums.update({k: float(v.detach() if torch.is_tensor(v) else v) / real_batches
-                                    for k, v in metrics.items()})
-        loss = sum_over_processes(loss_sum) / total_units
+        shares = [my_share(batches.next()) for _ in range(cfg.grad_accum)]
+        loss, total_units, micro_batches, metric_sums = accumulate_step(wrapped, loss_fn, examples, collate_fn,
+                                                                        shares, dev)
         grad_norm = clip_grad_norm(wrapped, params, cfg.max_grad_norm)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise diverged(f"loss={loss} grad_norm={grad_norm}")
-        first_loss = loss if first_loss is None else first_loss
-        far_above = watch_loss and loss > DIVERGED_FACTOR * abs(first_loss) + 1.0
-        # at ln V after having been elsewhere (a fresh model starts at ln V: that alone is no sign), and only at full
-        # lr: during warmup a fresh model may still sit at ln V on its way down
-        at_uniform = uniform_loss is not None and abs(loss - uniform_loss) < UNIFORM_TOLERANCE
-        uniform = at_uniform and left_uniform and state["step"] >= cfg.warmup_steps
-        left_uniform = left_uniform or not at_uniform
-        strikes = strikes + 1 if far_above or uniform else 0
-        if strikes >= DIVERGED_STEPS:
-            raise diverged(f"loss {loss:.4g} far above its start ({first_loss:.4g})" if far_above else
-                           f"loss {loss:.4g} sits at ln(vocabulary) = {uniform_loss:.4g}: the model outputs the "
-                           "uniform distribution")
+        why = guard.check(loss, grad_norm, state.step)
+        if why is not None:
+            optimizer.zero_grad(set_to_none=True)
+            progress.close()
+            kept = (f"the checkpoint of step {last_saved} is kept in {stage_dir}" if last_saved is not None
+                    else "no checkpoint had been saved")
+            raise TrainingDiverged(f"{desc}: {why} at step {state.step + 1}; stopped, {kept} (lower the lr?)")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
+        state.step += 1
         progress.update(1)
-        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.max_steps:
+        last = state.step == cfg.max_steps
+        if state.step % cfg.log_every == 0 or last:
             logger.scalars(step_scalars(micro_batches, shares, time.perf_counter() - started, loss,
                                         scheduler.get_last_lr()[0], grad_norm, total_units, metric_sums),
-                           state["step"])
+                           state.step)
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)     # drawn with the bar's next update
-        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
+        if state.step % cfg.eval_every == 0 or last:
             evaluate()
-        if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
+        if state.step % cfg.save_every == 0 or last:
             save()
-            last_saved = state["step"]
+            last_saved = state.step
     progress.close()
-    return state["history"]
+    return state.history
 
 
 def step_scalars(micro_batches, shares, seconds, loss, lr, grad_norm, total_units, metric_sums) -> dict:
