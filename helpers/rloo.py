@@ -104,21 +104,60 @@ def sample_rows(samples: list[dict]) -> list[dict]:
              "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
 
 
+def sample_and_score(model, tokenizer, tasks: list[dict], rcfg, reward_fn):
+    """The generation half of an RLOO step (TRL keeps it apart from the loss the same way): k completions per task's
+    prompt from the policy as it is now, and each one's reward. Returns (samples, the task of each sample, rewards)."""
+    prompts = [t["prompt"] for t in tasks]
+    samples = sample_completions(model, tokenizer, prompts, rcfg.k, rcfg.max_new_tokens, rcfg.temperature)
+    rep_tasks = [t for t in tasks for _ in range(rcfg.k)]
+    rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
+                           dtype=torch.float32)
+    return samples, rep_tasks, rewards
+
+
+def rollout_metrics(samples: list[dict], rep_tasks: list[dict], rewards, kl, k: int) -> dict:
+    """A step's sampling in numbers for TensorBoard: rewards (per track: they live on different scales), the share
+    of groups whose k rewards are equal (they teach nothing), the KL, the completions' length."""
+    grouped = rewards.view(-1, k)
+    metrics = {"rloo/reward_mean": rewards.mean(), "rloo/reward_std": rewards.std(), "rloo/kl": kl.mean(),
+               "rloo/response_length": sum(len(s["response_ids"]) for s in samples) / len(samples),
+               "rloo/zero_variance_groups": (grouped.std(dim=1) == 0).float().mean()}
+    countdown = torch.tensor([t.get("track") == "countdown" for t in rep_tasks])
+    if countdown.any():
+        cd = rewards[countdown]
+        metrics.update({"rloo/reward_countdown": cd.mean(), "rloo/fraction_correct": (cd == 1.0).float().mean(),
+                        "rloo/fraction_format_only": ((cd > 0) & (cd < 1)).float().mean()})
+    instructions = torch.tensor([t.get("track") == "instructions" for t in rep_tasks])
+    if instructions.any():
+        metrics["rloo/reward_instructions"] = rewards[instructions].mean()
+    return metrics
+
+
+class SampleTable:
+    """Every `every` steps, a TensorBoard text table of 4 sampled completions with their rewards, picked by its own
+    RNG: logging never changes the samples."""
+
+    def __init__(self, logger, every: int, seed: int):
+        self.logger, self.every, self.rng, self.steps = logger, every, random.Random(seed), 0
+
+    def log(self, samples: list[dict], rep_tasks: list[dict], rewards) -> None:
+        self.steps += 1
+        if self.steps % self.every == 1 or self.every == 1:
+            picks = self.rng.sample(range(len(samples)), min(4, len(samples)))
+            rows = "\n".join(f"| {table_cell(rep_tasks[i]['prompt'][-1]['content'][:80])} | "
+                             f"{table_cell(samples[i]['text'][:120])} | {rewards[i]:.2f} |" for i in picks)
+            self.logger.text("rloo/samples", "| prompt | completion | reward |\n|---|---|---|\n" + rows, self.steps)
+
+
 def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=None):
-    """The RLOO step as a loss for the one training loop: sample, reward, leave-one-out advantage,
-    loss = −mean_i A_i · log π(y_i|x) (response tokens only). Optional KL penalty folded into the reward."""
-    rcfg, logger = cfg.rloo, logger or NullLogger()
-    table_rng = random.Random(rcfg.seed + 1)     # its own RNG: logging never changes the samples
-    calls = {"n": 0}
-    pad = tokenizer.pad_token_id
+    """The RLOO step as a loss for the one training loop: sample and score (`sample_and_score`), then the
+    leave-one-out advantage and loss = −mean_i A_i · log π(y_i|x) (response tokens only), with the KL penalty
+    folded into the reward."""
+    rcfg, pad = cfg.rloo, tokenizer.pad_token_id
+    table = SampleTable(logger or NullLogger(), rcfg.table_every, rcfg.seed + 1)
 
     def loss_fn(model, batch):
-        tasks = batch["tasks"]
-        prompts = [t["prompt"] for t in tasks]
-        samples = sample_completions(model, tokenizer, prompts, rcfg.k, rcfg.max_new_tokens, rcfg.temperature)
-        rep_tasks = [t for t in tasks for _ in range(rcfg.k)]
-        rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
-                               dtype=torch.float32)
+        samples, rep_tasks, rewards = sample_and_score(model, tokenizer, batch["tasks"], rcfg, reward_fn)
         if not can_share_prompt(model):
             dev = next(model.parameters()).device
             seqs = {key: v.to(dev) for key, v in collate(sample_rows(samples), pad).items()}
@@ -131,25 +170,8 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
             with torch.no_grad():
                 kl = (logps.detach() - logps_of(reference)).float().cpu()
         loss_sum = rloo_loss(logps, rewards, rcfg.k, kl, rcfg.kl_coef)
-        grouped = rewards.view(len(tasks), rcfg.k)
-        calls["n"] += 1
-        if calls["n"] % rcfg.table_every == 1 or rcfg.table_every == 1:
-            picks = table_rng.sample(range(len(samples)), min(4, len(samples)))
-            rows = "\n".join(f"| {table_cell(rep_tasks[i]['prompt'][-1]['content'][:80])} | "
-                             f"{table_cell(samples[i]['text'][:120])} | {rewards[i]:.2f} |" for i in picks)
-            logger.text("rloo/samples", "| prompt | completion | reward |\n|---|---|---|\n" + rows, calls["n"])
-        countdown = torch.tensor([t.get("track") == "countdown" for t in rep_tasks])
-        metrics = {"rloo/reward_mean": rewards.mean(), "rloo/reward_std": rewards.std(), "rloo/kl": kl.mean(),
-                   "rloo/response_length": sum(len(s["response_ids"]) for s in samples) / len(samples),
-                   "rloo/zero_variance_groups": (grouped.std(dim=1) == 0).float().mean()}
-        if countdown.any():        # per track: the two rewards live on different scales
-            cd = rewards[countdown]
-            metrics.update({"rloo/reward_countdown": cd.mean(), "rloo/fraction_correct": (cd == 1.0).float().mean(),
-                            "rloo/fraction_format_only": ((cd > 0) & (cd < 1)).float().mean()})
-        instructions = torch.tensor([t.get("track") == "instructions" for t in rep_tasks])
-        if instructions.any():
-            metrics["rloo/reward_instructions"] = rewards[instructions].mean()
-        return loss_sum, metrics
+        table.log(samples, rep_tasks, rewards)
+        return loss_sum, rollout_metrics(samples, rep_tasks, rewards, kl, rcfg.k)
     return loss_fn
 
 
