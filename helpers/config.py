@@ -159,7 +159,7 @@ class DataConfig(Checked):
     instruction_test: int = 200       # tiny: held-out instruction tasks, disjoint prompts
     countdown_train: int = 2000       # Countdown prompts for RLOO / on-policy DPO
     countdown_test: int = 200         # fixed held-out Countdown test set (>= 200 for a readable accuracy)
-    countdown_numbers: int = 2        # tiny: 3 numbers were beyond a 1.8M-parameter model (docs/LOG.md)
+    countdown_numbers: int = 2        # tiny: 3 numbers were beyond the tiny model (docs/LOG.md)
     countdown_max_value: int = 30     # 2 numbers <= 30: 1364 distinct tasks (by sorted numbers and target)
     warmstart_rows: int = 1500        # solver-written completions for WarmStart SFT
     preference_train: int = 1500      # tiny: (chosen = correct, rejected = plausible wrong) pairs
@@ -181,7 +181,7 @@ class DataConfig(Checked):
 class ModelConfig(Checked):
     name: str = "tiny"                # hub id or local dir; "tiny" = the model 00_data builds locally
     vocab_size: int = 1024            # tiny: BPE vocabulary trained on the tiny world
-    hidden_size: int = 192            # tiny: a few million parameters, fast on 2 CPU cores
+    hidden_size: int = 192            # tiny: under 2M parameters, fast on 2 CPU cores
     num_layers: int = 4
     num_heads: int = 6
     num_kv_heads: int = 2             # grouped-query attention, as in Qwen2.5

@@ -69,7 +69,7 @@ for text in [completion, "I don't know", "<answer> 1 + 2 </answer>", "<answer> _
 # ## 3. The base model
 #
 # `tiny`: a byte-level BPE tokenizer is trained on the tiny world (Qwen's special tokens `<|endoftext|>`,
-# `<|im_start|>`, `<|im_end|>` and its ChatML template), then a Qwen2-architecture model of a few million parameters
+# `<|im_start|>`, `<|im_end|>` and its ChatML template), then a Qwen2-architecture model of under 2M parameters
 # is pre-trained briefly on *plain text* of the world — its facts, never the chat format, never a test prompt.
 # It plays the untouched base model `Qwen/Qwen2.5-0.5B`, which `qwen` saves as it is.
 

@@ -14,7 +14,7 @@
 # **Run time.** tiny: about 4–5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 30 s · qwen: hours on one GPU.
 #
-# In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the 1.8M-parameter model; docs/LOG.md). The
+# In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the tiny model; docs/LOG.md). The
 # checks of this notebook: `final` (= RLOO) reaches exact match ≥ 0.75 and Countdown accuracy ≥ 0.30 at once, and
 # RLOO loses at most 2 points of the exact match DPO had.
 

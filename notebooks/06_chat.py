@@ -38,7 +38,7 @@ reply = controls["session"].history[-1]["content"] if controls["session"].histor
 if cfg.data.world == "tiny":        # the tiny world has one right answer; say when the model misses it
     print("\nWhat we see:", "the right answer." if H.exact_match(reply, "7") else
           f"a wrong answer ({reply!r}; 3 + 4 = 7). The tiny model gets about as many held-out sums right as its "
-          "exact match in 05 says — a 1.8M-parameter model is often wrong, and a chat makes that visible.")
+          "exact match in 05 says — a model of under 2M parameters is often wrong, and a chat makes that visible.")
 
 # %% [markdown]
 # ## Side by side: the same prompt, two checkpoints
