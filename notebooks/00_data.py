@@ -6,7 +6,7 @@
 #
 # **Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
 # **Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
-# **Run time.** tiny: about 3–4 min on 2 CPU cores, most of it pre-training the base model (`make demo` prints
+# **Run time.** tiny: about 3 min on 2 CPU cores, most of it pre-training the base model (`make demo` prints
 # each notebook's elapsed time; a busy machine is up to ~3× slower) · smoke ≈ 15 s · qwen: download time.
 
 # %%

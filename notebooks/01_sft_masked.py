@@ -4,7 +4,7 @@
 # **Purpose.** Fine-tune the base model on conversations with the loss on the assistant's tokens only.
 # **Inputs.** `checkpoints/<profile>/initial`, `data/<profile>/…` (run `00_data` first).
 # **Outputs.** `checkpoints/<profile>/sft_masked/`, `tensorboard_events/<profile>/sft_masked/`.
-# **Run time.** tiny: about 2 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 1.5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
 #
 # `02_sft_unmasked` runs the very same training with one argument changed; its second half compares them fairly.

@@ -9,7 +9,7 @@
 # **Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Dataset_results.xlsx`,
 # `evaluation_results/<profile>/sft_comparison/…`; with `EXPERIMENT=1` (or where none is committed, in `smoke`) the
 # experiment itself: `…/sft_sweep/…`, `assets/Comparison.png`, `assets/sweep_heatmap.png`.
-# **Run time.** tiny: about 2 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 1.5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # (the experiment: about 1.5 h on 2 cores, `make experiment`)
 # · smoke ≈ 30 s · qwen ≈ 1 h.
 

@@ -7,7 +7,7 @@
 # **Inputs.** `checkpoints/<profile>/sft_masked` (run `00`, `01` first), preference pairs, Countdown prompts.
 # **Outputs.** `checkpoints/<profile>/dpo/`, `checkpoints/<profile>/reward_model/`,
 # `evaluation_results/<profile>/dpo/…` (csv/md/txt/xlsx), TensorBoard under `tensorboard_events/<profile>/dpo/`.
-# **Run time.** tiny: about 6–7 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 6 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
 
 # %%

@@ -11,7 +11,7 @@
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
 # `assets/rft_vs_rloo.png`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-# **Run time.** tiny: about 4–5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 4 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 30 s · qwen: hours on one GPU.
 #
 # In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the tiny model; docs/LOG.md). The
@@ -72,7 +72,7 @@ print(inspect.getsource(H.rloo_loss))
 #
 # $\log\pi(y_i|x)$ needs the prompt as context, but the $k$ samples of a prompt share it. `shared_prompt_logps` runs
 # each prompt once, repeats its KV cache $k$ times and runs only the responses on top: the same numbers (tested to
-# 1e-4, gradients included) for a fraction of the work — a tiny Countdown prompt is ~125 tokens, its answer ~27.
+# 1e-4, gradients included), with the prompt's positions computed once instead of k times.
 
 # %%
 print(inspect.getsource(H.shared_prompt_logps))

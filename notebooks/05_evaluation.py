@@ -8,7 +8,7 @@
 # **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 # `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
 # `report/report.md`.
-# **Run time.** tiny: about 1 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
+# **Run time.** tiny: about 0.5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
 # · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
 
 # %%
