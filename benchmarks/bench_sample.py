@@ -9,10 +9,10 @@ character length. The project's path (`merged`): `generation.generate_responses`
 the duration, batches sized by a token budget). Why: merging was added for speed, so this measures it on the real
 architecture (0.5B, vocabulary 151,936) instead of the tiny model. Same 12 Countdown prompts (WarmStart format, the
 qwen profile's), greedy and sampled (temperature 1, seeded), 32 new tokens; each path runs twice per mode in ABBA
-order in one process and its best run counts, so a busy machine slows both alike. Prints tokens/s of each (new tokens
-up to and including the stop token), the ratio merged / unmerged, and how many greedy outputs agree. About 4 minutes
-on 2 quiet cores. DIR defaults to $QWEN_MODEL_DIR (a Hugging Face checkpoint; build one with
-../shared/tools/get-real-qwen.sh).
+order in one process and its best run counts, so a busy machine slows both alike. Prints tokens/s of each (the
+responses' tokens, re-encoded: one measure for both samplers), the ratio merged / unmerged, and how many greedy
+outputs agree. About 4 minutes on 2 quiet cores. DIR defaults to $QWEN_MODEL_DIR (a Hugging Face checkpoint; build
+one with ../shared/tools/get-real-qwen.sh).
 """
 import argparse
 import os
@@ -58,18 +58,11 @@ def generate_unmerged(model, tokenizer, conversations, batch_size: int, max_new_
     return responses
 
 
-def count_new_tokens(model, stops):
-    """Wrap model.generate (on this instance, both paths call it) to count the new tokens of every row, up to and
-    including its first stop token. Returns the running count as a one-element list."""
-    counted, plain_generate = [0], model.generate
-
-    def counting_generate(**kwargs):
-        out = plain_generate(**kwargs)
-        for row in out[:, kwargs["input_ids"].shape[1]:].tolist():
-            counted[0] += next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        return out
-    model.generate = counting_generate
-    return counted
+def response_tokens(tokenizer, texts: list[str]) -> int:
+    """The responses' tokens, re-encoded from their text: one measure for both paths, whichever sampler drew them
+    (the project's plain temperature sampling runs `sample_policy`, not `generate`, so wrapping `generate` counted
+    none of its tokens)."""
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
 def countdown_prompts(n: int, seed: int = 0) -> list[list[dict]]:
@@ -105,8 +98,6 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer, model = load(Path(args.model))
-    stops = generation.stop_token_ids(tokenizer)
-    counted = count_new_tokens(model, stops)
     prompts = countdown_prompts(args.prompts)
     rows, new = len(prompts), args.new_tokens
     paths = {"unmerged": lambda **s: generate_unmerged(model, tokenizer, prompts, rows, new, **s),
@@ -122,12 +113,12 @@ def main():
         # ABBA order (unmerged, merged, merged, unmerged, ...): a drift in the machine's load slows both paths alike
         for r in range(args.repeats):
             for path in ("unmerged", "merged") if (r + m) % 2 == 0 else ("merged", "unmerged"):
-                counted[0] = 0
                 started = time.perf_counter()
                 outputs[path, mode] = paths[path](**sampling)
                 seconds = time.perf_counter() - started
-                rates[path, mode] = max(rates.get((path, mode), 0.0), counted[0] / seconds)
-                totals[path][0] += counted[0]
+                tokens = response_tokens(tokenizer, outputs[path, mode])
+                rates[path, mode] = max(rates.get((path, mode), 0.0), tokens / seconds)
+                totals[path][0] += tokens
                 totals[path][1] += seconds
         print(f"{mode:8s}: unmerged {rates['unmerged', mode]:.2f} tok/s, merged {rates['merged', mode]:.2f} tok/s; "
               f"ratio merged/unmerged {rates['merged', mode] / rates['unmerged', mode]:.2f}x")

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 from .config import Config, out_path, output_root, quality_metric
-from .checkpoints import CheckpointError
 from .results import latest_summary, markdown_table
 from .experiment import conclusion, headline, latest_experiment
-from .comparison import stage_change, task_changes
+from .comparison import stage_change
 from .evaluation import LEGEND, stage_tables
 from .robustness import run_row, target_table
 
@@ -23,14 +22,6 @@ def report_path(cfg: Config) -> Path:
 CHAIN = ("initial", "sft_masked", "dpo", "rloo")
 
 
-def saved_task_changes(cfg: Config | None, a: str, b: str) -> dict:
-    """task_changes where both checkpoints are there; {} (no verdict) for a report made from summaries alone."""
-    try:
-        return task_changes(cfg, a, b) if cfg is not None else {}
-    except CheckpointError:
-        return {}
-
-
 def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | None = None) -> list[str]:
     """Stage by stage along the chain, both tracks: what each stage changed and whether that is more than chance
     (a sign test on the held-out tasks gained and lost, from the saved answers; `cfg` None: no verdict) — the
@@ -38,16 +29,15 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | No
     notes = []
     for a, b in zip(CHAIN, CHAIN[1:]):
         if a in by and b in by:
-            notes.append(f"- `{a}` → `{b}`: {stage_change(cfg, by, a, b, quality, saved_task_changes(cfg, a, b))}.")
+            notes.append(f"- `{a}` → `{b}`: {stage_change(cfg, by, a, b, quality)}.")
     if "sft_masked" in by and "sft_unmasked" in by:
-        change = stage_change(cfg, by, "sft_masked", "sft_unmasked", quality,
-                              saved_task_changes(cfg, "sft_masked", "sft_unmasked"))
+        change = stage_change(cfg, by, "sft_masked", "sft_unmasked", quality)
         notes.append(f"- masked → unmasked SFT (the demo's single seed; the seeded experiment is in the section "
                      f"above): {change}.")
     notes += best_of_n_notes(by.get("rloo", {}), cfg.eval.sampled_rows if cfg is not None else None)
     if "rloo" in by and "rft" in by:
         share = "as many samples as RLOO" if rft_share == 1 else f"{rft_share:.0%} of RLOO's samples"
-        change = stage_change(cfg, by, "rloo", "rft", quality, saved_task_changes(cfg, "rloo", "rft"))
+        change = stage_change(cfg, by, "rloo", "rft", quality)
         notes.append(f"- RLOO → rejection-sampling fine-tuning, both from `dpo`, each at the end of its run (RFT draws "
                      f"{share}): {change}. At equal samples: `assets/rft_vs_rloo.png` and "
                      "`evaluation_results/<profile>/rft_vs_rloo/`.")

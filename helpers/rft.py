@@ -17,9 +17,8 @@ from .checkpoints import run_progress, save_finished_model, start_fingerprint, w
 from .training import refuse_sharded, stage_run, train
 from .sft import sft_collate, sft_loss
 from .results import save_figure
-from .generation import sample_completions
 from .scoring import track_scores
-from .rloo import instruction_judge, make_reward_fn, rl_tasks, start_scores
+from .rloo import instruction_judge, make_reward_fn, rl_tasks, sample_and_score, start_scores
 
 
 def keep_best(tasks: list[dict], samples: list[dict], rewards: list[float], n: int, use_model: bool) -> list[dict]:
@@ -84,13 +83,11 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
         seed_this_process(fcfg.seed)        # N processes: each samples its own stream; one process: untouched
         for r in range(fcfg.rounds):
             round_tasks = tasks[r * per_round:(r + 1) * per_round]
-            my_tasks, samples = share(round_tasks), []
+            my_tasks, samples, rewards = share(round_tasks), [], []
             for i in range(0, len(my_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
-                batch = my_tasks[i:i + rcfg.batch_size]
-                samples += sample_completions(model, tokenizer, [t["prompt"] for t in batch], rcfg.k,
-                                              rcfg.max_new_tokens, rcfg.temperature)
-            rep = [t for t in my_tasks for _ in range(rcfg.k)]
-            rewards = reward_fn([t["prompt"] for t in rep], [s["text"] for s in samples], rep)
+                batch_samples, _, batch_rewards = sample_and_score(model, tokenizer, my_tasks[i:i + rcfg.batch_size],
+                                                                   rcfg, reward_fn)
+                samples, rewards = samples + batch_samples, rewards + batch_rewards.tolist()
             best = [keep_best([task], samples[i * rcfg.k:(i + 1) * rcfg.k], rewards[i * rcfg.k:(i + 1) * rcfg.k],
                               rcfg.k, use_model) for i, task in enumerate(my_tasks)]
             kept = [k for one in gather_shares(best, len(round_tasks)) for k in one]      # every prompt's, in order

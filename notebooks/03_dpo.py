@@ -94,9 +94,8 @@ change = H.countdown_changes(cfg, "sft_masked", "dpo")
 print("DPO:", H.stage_change(cfg, table.set_index("model").to_dict("index"), "sft_masked", "dpo", quality) + ".")
 print(*H.target_lines(cfg, {"sft_masked/countdown_accuracy": table["countdown_accuracy"][0],
                             "dpo/countdown_accuracy": table["countdown_accuracy"][1]}), sep="\n")
-print(f"Of {change['tasks']} Countdown tasks, {change['lost']} were solved before DPO and not after, "
-      f"{change['gained']} the other way round; answers without an <answer> tag: "
-      + ", ".join(f"{k} {v}" for k, v in change["no_answer_tag"].items()) + ".")
+print("Countdown answers without an <answer> tag: " + ", ".join(f"{k} {v}" for k, v in change["no_answer_tag"].items())
+      + (". Tasks SFT solved and DPO lost, side by side:" if change["examples"] else "."))
 for example in change["examples"]:
     print(f"\n{example['task']}\n  SFT: {example['sft_masked']!r}\n  DPO: {example['dpo']!r}")
 

@@ -124,7 +124,8 @@ if zero and kl:
 
 # %%
 change = H.countdown_changes(cfg, "dpo", "rloo")
-print(f"RLOO solved {change['gained']} held-out Countdown tasks the DPO model did not, and lost {change['lost']}.")
+if change["gained_examples"]:
+    print("Held-out Countdown tasks RLOO solved and the DPO model did not (the counts: the verdict above):")
 for example in change["gained_examples"][:2]:       # before and after, the same task
     print(f"  {example['task']}\n    DPO:  {example['dpo']!r}\n    RLOO: {example['rloo']!r}")
 faith = H.unfaithful_reasoning(H.evaluate_checkpoint(cfg, "rloo")[1])
