@@ -35,16 +35,10 @@ def clock(seconds: float) -> str:
 
 
 def stated_run_time(nb, profile: str) -> float | None:
-    """The seconds a notebook says it takes in a profile, read from its first markdown cell ("tiny ≈ 2.5 min" or
-    "tiny: about 2.5 min"; a range "8–11 min" counts as its middle), or None where it does not say."""
-    intro = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
-    number = r"(\d+(?:\.\d+)?)"
-    found = re.search(rf"(?<![\w-]){re.escape(profile)}(?: ≈|: about) {number}(?:[–-]{number})? ?(s|min|h)\b",
-                      intro)
-    if not found:
-        return None
-    low, high, unit = found.groups()
-    return (float(low) + float(high or low)) / 2 * {"s": 1, "min": 60, "h": 3600}[unit]
+    """The seconds a notebook takes in a profile, from its metadata (`run_time_s: {tiny: 180, …}`, the header of its
+    .py source), or None where it does not say."""
+    seconds = (nb.metadata.get("run_time_s") or {}).get(profile)
+    return float(seconds) if isinstance(seconds, (int, float)) and seconds > 0 else None
 
 
 class RunPlan:

@@ -1,3 +1,10 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 180
+#     smoke: 15
+# ---
+
 # %% [markdown]
 # # 00 · Data and the base model
 #
@@ -6,8 +13,8 @@
 #
 # **Inputs.** Nothing (tiny, smoke: generated offline) · the Hugging Face hub (qwen).
 # **Outputs.** `data/<profile>/<name>/{train,test}.jsonl` + `manifest.json`; `checkpoints/<profile>/initial/`.
-# **Run time.** tiny: about 3 min on 2 CPU cores, most of it pre-training the base model (`make demo` prints
-# each notebook's elapsed time; a busy machine is up to ~3× slower) · smoke ≈ 15 s · qwen: download time.
+# **Run time.** minutes on a laptop CPU in tiny, most of it pre-training the base model; the download in qwen.
+# `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 
 # %%
 import os

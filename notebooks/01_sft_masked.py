@@ -1,11 +1,19 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 90
+#     smoke: 15
+#     qwen: 3600
+# ---
+
 # %% [markdown]
 # # 01 · SFT with loss on the response only ("masked")
 #
 # **Purpose.** Fine-tune the base model on conversations with the loss on the assistant's tokens only.
 # **Inputs.** `checkpoints/<profile>/initial`, `data/<profile>/…` (run `00_data` first).
 # **Outputs.** `checkpoints/<profile>/sft_masked/`, `tensorboard_events/<profile>/sft_masked/`.
-# **Run time.** tiny: about 1.5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
-# · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
+# **Run time.** a minute or two on a laptop CPU in tiny; about an hour on one GPU in qwen.
+# `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 #
 # `02_sft_unmasked` runs the very same training with one argument changed; its second half compares them fairly.
 

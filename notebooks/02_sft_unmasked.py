@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 90
+#     smoke: 30
+#     qwen: 3600
+# ---
+
 # %% [markdown]
 # # 02 · SFT with loss on the whole sequence ("unmasked"), and the fair comparison
 #
@@ -9,9 +17,8 @@
 # **Outputs.** `checkpoints/<profile>/sft_unmasked/`, `assets/Dataset_results.xlsx`,
 # `evaluation_results/<profile>/sft_comparison/…`; with `EXPERIMENT=1` (or where none is committed, in `smoke`) the
 # experiment itself: `…/sft_sweep/…`, `assets/Comparison.png`, `assets/sweep_heatmap.png`.
-# **Run time.** tiny: about 1.5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
-# (the experiment: about 1.5 h on 2 cores, `make experiment`)
-# · smoke ≈ 30 s · qwen ≈ 1 h.
+# **Run time.** as `01` (the experiment itself: about 1.5 h on 2 cores, `make experiment`).
+# `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 
 # %%
 import os

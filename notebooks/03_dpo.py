@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 360
+#     smoke: 15
+#     qwen: 3600
+# ---
+
 # %% [markdown]
 # # 03 · Preference learning: DPO, on-policy Countdown pairs, and a reward model
 #
@@ -7,8 +15,9 @@
 # **Inputs.** `checkpoints/<profile>/sft_masked` (run `00`, `01` first), preference pairs, Countdown prompts.
 # **Outputs.** `checkpoints/<profile>/dpo/`, `checkpoints/<profile>/reward_model/`,
 # `evaluation_results/<profile>/dpo/…` (csv/md/txt/xlsx), TensorBoard under `tensorboard_events/<profile>/dpo/`.
-# **Run time.** tiny: about 6 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
-# · smoke ≈ 15 s · qwen ≈ 1 h on one GPU.
+# **Run time.** the longest notebook of the tiny demo (DPO's steps and the reward model's); about an hour on one
+# GPU in qwen.
+# `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 
 # %%
 import os

@@ -1,3 +1,10 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 240
+#     smoke: 30
+# ---
+
 # %% [markdown]
 # # 04 · RLOO and rejection-sampling fine-tuning: learning from a verifier, without losing what DPO taught
 #
@@ -11,8 +18,8 @@
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
 # `assets/rft_vs_rloo.png`, TensorBoard under `tensorboard_events/<profile>/rloo/` (with sampled tables).
-# **Run time.** tiny: about 4 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
-# · smoke ≈ 30 s · qwen: hours on one GPU.
+# **Run time.** minutes on a laptop CPU in tiny (sampling is most of it); hours on one GPU in qwen.
+# `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 #
 # In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the tiny model; docs/LOG.md). The
 # checks of this notebook: `final` (= RLOO) reaches exact match ≥ 0.75 and Countdown accuracy ≥ 0.30 at once, and

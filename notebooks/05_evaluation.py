@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 30
+#     smoke: 20
+#     qwen: 3600
+# ---
+
 # %% [markdown]
 # # 05 · Evaluation: every stage side by side
 #
@@ -8,8 +16,8 @@
 # **Outputs.** `evaluation_results/<profile>/stages/<timestamp>/summary/summary_<timestamp>.{csv,md,txt,xlsx}`,
 # `outputs/<profile>/<checkpoint>/responses.jsonl`, `assets/stage_metrics.png`, `assets/learning_curves.png`,
 # `report/report.md`.
-# **Run time.** tiny: about 0.5 min on 2 idle CPU cores (`make demo` prints each notebook's elapsed time)
-# · smoke ≈ 20 s · qwen ≈ 1 h on one GPU.
+# **Run time.** under a minute in tiny (the stages' evaluations are cached); about an hour on one GPU in qwen.
+# `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 
 # %%
 import os

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   run_time_s:
+#     tiny: 10
+#     smoke: 10
+#     qwen: 60
+# ---
+
 # %% [markdown]
 # # 06 · Chat with what you trained
 #
@@ -7,7 +15,7 @@
 # switching checkpoints work while it streams; the status line above the conversation says what is happening. Then
 # compare two checkpoints on the same prompt.
 # **Inputs.** `checkpoints/<profile>/…`. **Outputs.** none.
-# **Run time.** tiny ≈ 10 s · smoke ≈ 10 s · qwen ≈ 1 min. From a terminal:
+# **Run time.** seconds to load a model; then as long as you chat. From a terminal:
 # `python -m helpers chat --model checkpoints/tiny/sft_masked` (or add a prompt in quotes for a single answer).
 
 # %%

@@ -1,5 +1,5 @@
 """The notebook runner (`python -m helpers run-notebook`, `make demo`): it says where it is while a notebook runs,
-names the failing cell, estimates the time left from the notebooks' stated run times, and keeps one output per
+names the failing cell, estimates the time left from the run times in the notebooks' metadata, and keeps one output per
 progress bar in the executed copy."""
 import nbformat
 
@@ -7,10 +7,13 @@ from conftest import CLI_ENV, run_cli
 from helpers import config, runner
 
 
-def write_notebook(path, cells):
+def write_notebook(path, cells, run_time_s: dict | None = None):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+    metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    if run_time_s:
+        metadata["run_time_s"] = run_time_s
     nb = new_notebook(cells=[new_markdown_cell(s[3:]) if s.startswith("md:") else new_code_cell(s) for s in cells],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+                      metadata=metadata)
     nbformat.write(nb, path)
     return path
 
@@ -20,7 +23,7 @@ def test_run_notebook_says_where_it_is_and_names_the_failing_cell(tmp_path, outp
     passed, the cells' printed lines (a few), the progress bar as text at a readable rate (not one line per step),
     the run's place and time; on failure the failing cell and its traceback as text — not nbclient's JSON."""
     path = write_notebook(tmp_path / "demo.ipynb", [
-        "md:# A demo\n**Run time.** smoke ≈ 10 s",
+        "md:# A demo",
         "print('hello')\nfor i in range(40):\n    print('line', i)",
         "md:## Training",
         "import time\nfrom tqdm.auto import tqdm\nbar = tqdm(range(30), desc='train')\nfor i in bar:\n"
@@ -51,10 +54,11 @@ def test_run_notebook_says_where_it_is_and_names_the_failing_cell(tmp_path, outp
 
 
 def test_run_plan_estimates_the_time_left_from_the_notebooks_stated_times(tmp_path, monkeypatch):
-    """Three notebooks stating 1, 2 and 3 minutes; the first took 2 minutes (this machine runs at half the stated
+    """Three notebooks whose metadata say 1, 2 and 3 minutes (a number in their prose is not read); the first took 2 minutes (this machine runs at half the stated
     speed), the second has run for 1 minute: 2 × 2 − 1 = 3 minutes of it are left, and 2 × 3 for the third."""
     for name, minutes in [("00_a", 1), ("01_b", 2), ("02_c", 3)]:
-        write_notebook(tmp_path / f"{name}.ipynb", [f"md:# {name}\n**Run time.** tiny ≈ {minutes} min · smoke ≈ 5 s"])
+        write_notebook(tmp_path / f"{name}.ipynb", [f"md:# {name}\n**Run time.** tiny ≈ 9 min"],
+                       run_time_s={"tiny": 60 * minutes, "smoke": 5})
     now = 10_000.0
     monkeypatch.setattr(runner.time, "time", lambda: now)
     plan = runner.RunPlan(tmp_path / "01_b.ipynb", "tiny", index=2, total=3, started=now - 180)
@@ -66,8 +70,8 @@ def test_run_plan_estimates_the_time_left_from_the_notebooks_stated_times(tmp_pa
 
 
 def test_every_notebook_states_its_tiny_run_time_so_make_demo_can_estimate():
-    """`make demo`'s "estimated remaining" reads these; a notebook the pattern missed counted as 0 s (it said 10 s
-    left for the whole run)."""
+    """`make demo`'s "estimated remaining" reads these from each notebook's metadata (the header of its .py source);
+    a notebook without one counted as 0 s (it once said 10 s left for the whole run)."""
     notebooks = sorted((config.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     stated = {p.name: runner.stated_run_time(nbformat.read(p, as_version=4), "tiny") for p in notebooks}
     assert len(stated) == 7 and all(stated.values()), stated

@@ -19,7 +19,10 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 
 def notebook_from_source(source: Path) -> nbformat.NotebookNode:
     nb = jupytext.read(source, fmt="py:percent")
+    run_time = nb.metadata.get("run_time_s")         # seconds per profile: `make demo`'s estimate of the time left
     nb.metadata = {"kernelspec": KERNELSPEC, "jupytext": {"formats": "ipynb,py:percent"}}
+    if run_time:
+        nb.metadata["run_time_s"] = dict(run_time)
     for i, cell in enumerate(nb.cells):
         cell.id = f"{source.stem}-{i:02d}"       # stable ids: a re-sync changes nothing that did not change
         cell.metadata = {}
