@@ -54,8 +54,9 @@ def test_run_notebook_says_where_it_is_and_names_the_failing_cell(tmp_path, outp
 
 
 def test_run_plan_estimates_the_time_left_from_the_notebooks_stated_times(tmp_path, monkeypatch):
-    """Three notebooks whose metadata say 1, 2 and 3 minutes (a number in their prose is not read); the first took 2 minutes (this machine runs at half the stated
-    speed), the second has run for 1 minute: 2 × 2 − 1 = 3 minutes of it are left, and 2 × 3 for the third."""
+    """Three notebooks whose metadata say 1, 2 and 3 minutes (a number in their prose is not read); the first took
+    2 minutes (this machine runs at half the stated speed), the second has run for 1 minute: 2 × 2 − 1 = 3 minutes
+    of it are left, and 2 × 3 for the third."""
     for name, minutes in [("00_a", 1), ("01_b", 2), ("02_c", 3)]:
         write_notebook(tmp_path / f"{name}.ipynb", [f"md:# {name}\n**Run time.** tiny ≈ 9 min"],
                        run_time_s={"tiny": 60 * minutes, "smoke": 5})
