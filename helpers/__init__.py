@@ -24,9 +24,9 @@ from .vocab import add_new_tokens, demo_new_tokens, token_fragmentation
 from .training import train
 from .checkpoints import load_history
 from .sft import run_sft, sft_loss
-from .results import latest_summary, timestamp, write_summary
-from .comparison import (countdown_changes, evaluate_checkpoints, plot_sft_comparison, stage_change,
-                         unfaithful_reasoning, write_dataset_results)
+from .results import latest_summary, log_axis, timestamp, write_summary
+from .comparison import (countdown_changes, evaluate_checkpoints, loss_change, paired_verdict, plot_sft_comparison,
+                         share_difference, stage_change, unfaithful_reasoning, write_dataset_results)
 from .experiment import (conclusion, experiment_origin, headline, latest_experiment, mean_std, noise_verdict,
                          run_experiment, write_experiment)
 

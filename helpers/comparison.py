@@ -1,15 +1,17 @@
 """01/02's comparison of the demo's own runs: masked vs unmasked SFT on the same held-out measures, its figure and
 the per-dataset workbook, and a stage's change with its noise verdict (the seeded experiment is `experiment`).
-Imports: config, checkpoints, scoring, results."""
+Imports: config, modeling, checkpoints, sft, scoring, results."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from .config import Config, quality_metric
+from .config import Config, device, out_path, quality_metric
+from .modeling import load_model, load_tokenizer
 from .checkpoints import CheckpointError
+from .sft import example_losses, heldout_loss_examples
 from .scoring import evaluate_checkpoint
-from .results import grouped_bars, save_figure
+from .results import grouped_bars, log_axis, save_figure
 
 
 def evaluate_checkpoints(cfg: Config, names: list[str]):
@@ -30,7 +32,7 @@ def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> 
     curve.set(xlabel="optimizer step", ylabel="held-out response-only loss (nats/token, log scale)",
               title="The same held-out measure for both runs\n(their training losses average different tokens: "
                     "not comparable)")
-    curve.set_yscale("log")        # step 0 (the base model, ~10 nats) would squash the gap between the runs
+    log_axis(curve)                # step 0 (the base model, ~10 nats) would squash the gap between the runs
     curve.legend()
     groups = [(losses, ["response_loss", "sequence_loss"], "held-out losses (lower is better)", "nats per token"),
               (scores, [c for c in ("exact_match", "rouge_l", "countdown_reward", "countdown_accuracy")
@@ -81,12 +83,21 @@ def sign_test(gained: int, lost: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def paired_verdict(gained: int, lost: int, alpha: float = 0.05) -> str:
+def paired_verdict(gained: int, lost: int, alpha: float = 0.05, unit: str = "task") -> str:
     """"improved" / "worse" when the tasks gained and lost differ by more than chance (sign test, p < alpha), else
     "no clear change" — a −0.5-point move (one task of 200) is not called worse."""
     p = sign_test(gained, lost)
     word = ("improved" if gained > lost else "worse") if p < alpha else "no clear change"
-    return f"{word}: {gained} task{'' if gained == 1 else 's'} gained, {lost} lost, sign test p = {p:.2g}"
+    return f"{word}: {gained} {unit}{'' if gained == 1 else 's'} gained, {lost} lost, sign test p = {p:.2g}"
+
+
+def share_difference(a: float, b: float, n: int) -> str:
+    """Two shares of n items each, from `a` to `b`, without per-item pairing: "+2.5 points; within noise (±8.9, 2
+    standard errors of such a difference)". As if independent: the same items make the noise smaller, so this errs
+    towards "within noise"."""
+    noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / max(1, n))
+    word = "within noise" if abs(b - a) <= noise else ("more than noise" if b > a else "worse, beyond noise")
+    return f"{100 * (b - a):+.1f} points; {word} (±{100 * noise:.1f}, 2 standard errors of such a difference)"
 
 
 def task_changes(cfg: Config, before: str, after: str) -> dict[str, tuple[int, int]]:
@@ -101,6 +112,23 @@ def task_changes(cfg: Config, before: str, after: str) -> dict[str, tuple[int, i
     out["countdown_accuracy"] = (sum(a["reward"] == 1.0 > b["reward"] for b, a in pairs),
                                  sum(b["reward"] == 1.0 > a["reward"] for b, a in pairs))
     return out
+
+
+def loss_change(cfg: Config, before: str, after: str) -> str:
+    """Held-out response-only loss from checkpoint `before` to `after`, per conversation: "0.381 → 0.328 (lower: 141
+    conversations lower, 59 higher, sign test p = …)" — "lower"/"higher" only when more than chance says so."""
+    per = {}
+    for name in (before, after):
+        folder = out_path("checkpoints", cfg, name)
+        tokenizer, model = load_tokenizer(folder), load_model(folder).to(device())
+        per[name] = example_losses(model, heldout_loss_examples(cfg, tokenizer)["response"], tokenizer.pad_token_id)
+    mean = {name: sum(s for s, _ in v) / max(1.0, sum(n for _, n in v)) for name, v in per.items()}
+    pairs = [(b / max(m, 1.0), a / max(n, 1.0)) for (b, m), (a, n) in zip(per[before], per[after])]
+    lower, higher = sum(a < b for b, a in pairs), sum(a > b for b, a in pairs)
+    p = sign_test(lower, higher)
+    word = ("lower" if lower > higher else "higher") if p < 0.05 else "no clear change"
+    return (f"{mean[before]:.3f} → {mean[after]:.3f} ({word}: {lower} held-out conversations lower, {higher} higher, "
+            f"sign test p = {p:.2g})")
 
 
 def stage_change(cfg: Config | None, by: dict, a: str, b: str, quality: str, changed: dict | None = None) -> str:

@@ -64,11 +64,17 @@ def make_dpo_loss(beta: float, sft_weight: float = 0.0):
     return loss_fn
 
 
+def logp_wins(model, pairs: list[dict], pad_token_id: int) -> tuple[list[bool], list[float], list[float]]:
+    """Per pair, whether the model's own log-probs rank chosen above rejected; and both log-probs."""
+    chosen, rejected = pair_logps(model, pairs, pad_token_id)
+    return [c > r for c, r in zip(chosen, rejected)], chosen, rejected
+
+
 def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
     """Held-out ranking of chosen over rejected: by the policy's own log-probs, and by the implicit DPO reward
     β(log π − log π_ref) when reference log-probs are attached (0 margin = tie = not ranked above)."""
-    chosen, rejected = pair_logps(model, pairs, pad_token_id)
-    result = {"logp_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)}
+    wins, chosen, rejected = logp_wins(model, pairs, pad_token_id)
+    result = {"logp_accuracy": sum(wins) / len(pairs)}
     if pairs and "ref_chosen_logps" in pairs[0]:
         wins = [(c - p["ref_chosen_logps"]) > (r - p["ref_rejected_logps"]) for c, r, p in zip(chosen, rejected, pairs)]
         result["reward_accuracy"] = sum(wins) / len(pairs)
@@ -114,7 +120,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     use_adapters = dcfg.reference_from_disabled_adapters and fresh_adapters
     add_reference_logps(model, train_pairs, pad, disable_adapters=use_adapters)
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
-    before = preference_accuracy(model, test_pairs, pad)
+    before, before_wins = preference_accuracy(model, test_pairs, pad), logp_wins(model, test_pairs, pad)[0]
     stage_dir = out_path("checkpoints", cfg, stage)
     run_config = {"stage": stage, "profile": cfg.profile, "start": start, "start_weights": start_weights,
                   "dpo": dataclasses.asdict(dcfg),
@@ -125,6 +131,8 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
                         pair_collate(pad), stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config,
                         desc=stage, length_fn=pair_length, restart=cfg.restart, stop_after_steps=stop_after_steps)
     model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
+    after_wins = logp_wins(model, test_pairs, pad)[0]       # the same held-out pairs: a paired verdict
     return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
             "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,
-            "dropped": skips.total}
+            "pairs_gained": sum(a and not b for a, b in zip(after_wins, before_wins)),
+            "pairs_lost": sum(b and not a for a, b in zip(after_wins, before_wins)), "dropped": skips.total}

@@ -14,7 +14,7 @@ from .logger import read_tensorboard_scalars
 from .formatting import fit_prompts
 from .generation import generate_eval
 from .scoring import best_of_n, evaluate_checkpoint, exact_match, instruction_test_rows, pass_at_k, rouge_l
-from .results import grouped_bars, save_figure
+from .results import grouped_bars, log_axis, save_figure
 from .preference import preference_data
 from .reward_model import load_reward_model, score_responses
 
@@ -156,17 +156,19 @@ LEGEND = {
     "exact_match": "greedy answer equals the one correct answer (tiny world)",
     "rouge_l": "ROUGE-L F1 of the greedy answer against the reference (hub data)",
     "best_of_4_reward_model": "exact match of the answer the reward model picks among 4 samples",
-    "best_of_8_reward_model": "the same among 8 samples",
+    "best_of_8_reward_model": "the same among 8 samples (the 4 among them): it can come out lower, as the reward model "
+                              "may prefer a wrong answer it did not see among 4; the notes say whether that is noise",
     "win_rate": "share of preference test prompts where the judge prefers this model's answer to the reference "
                 "model's (a tie counts half)",
     "countdown_accuracy": "greedy answer is a correct equation (reward 1.0)",
     "countdown_reward": "mean rule-based reward of the greedy answer (0 no answer, 0.1 wrong, 1 correct)",
     "countdown_accuracy_sampled": "share of sampled answers that are correct (= pass@1)",
-    "pass@4": "chance that at least one of 4 samples is correct (unbiased estimator; = best of 4 by the verifier)",
+    "pass@4": "chance that at least one of 4 samples is correct (unbiased estimator over all samples: the expected "
+              "best of 4 by the verifier; the notes' best-of-4 is one draw of it, the first 4 samples)",
     "pass@8": "the same for 8 samples",
     "response_loss": "held-out loss on response tokens only (nats per token)",
     "response_ppl": "exp(response loss): roughly how many tokens the model hesitates between; it can exceed the "
-                    "vocabulary's size when the model is confidently wrong (the base model's is in the thousands)",
+                    "vocabulary's size when the model is confidently wrong",
     "sequence_loss": "held-out loss on every token, prompt included",
 }
 
@@ -181,18 +183,9 @@ def stage_tables(table) -> dict:
     return out
 
 
-def log_axis(ax) -> None:
-    """A log y-axis labelled at 1, 2, 3 and 5 of each decade, in plain numbers: over a decade or two matplotlib's
-    default leaves two ticks (10⁰, 10¹) to read a whole curve by."""
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def plot_stage_metrics(table, path: Path) -> Path:
-    """One panel per theme, stages as groups of bars, each axis labelled with its unit."""
+def plot_stage_metrics(table, path: Path, cfg: Config | None = None) -> Path:
+    """One panel per theme, stages as groups of bars, each axis labelled with its unit; with `cfg`, error bars of ±2
+    standard errors on every share (of the profile's held-out tasks or sampled prompts)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -202,8 +195,11 @@ def plot_stage_metrics(table, path: Path) -> Path:
                                                 if m in table.columns],
               "held-out response-only loss\n(lower is better)": ["response_loss"]}
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [1, 1.3, 0.8]})
+    e = cfg.eval if cfg is not None else None
+    counts = {} if e is None else {"exact_match": e.instruction_rows, "win_rate": e.win_rate_rows,
+                                   "countdown_accuracy": e.countdown_rows, "pass@8": e.sampled_rows}
     for ax, (title, metrics) in zip(axes, panels.items()):
-        grouped_bars(ax, table, metrics, labels=True)
+        grouped_bars(ax, table, metrics, labels=True, counts=counts)
         ax.set(title=title, ylabel="nats per token" if "loss" in title else "share of held-out tasks")
         if "loss" in title:
             log_axis(ax)
@@ -242,7 +238,9 @@ def plot_learning_curves(cfg: Config, path: Path) -> Path:
             ax.legend(fontsize=7)
         elif right and right in curves:
             twin = ax.twinx()
-            twin.plot(*zip(*curves[right]), color="C3", marker="o", ms=4, linestyle="none", label=right)
+            # DPO's implicit reward is 0 for every pair at step 0 (policy = reference): no ranking to draw there
+            measured = [(s, v) for s, v in curves[right] if not (s == 0 and right.startswith("eval/preference_reward"))]
+            twin.plot(*zip(*measured), color="C3", marker="o", ms=4, linestyle="none", label=right)
             twin.set_ylabel(right_label, color="C3", fontsize=8)
             twin.set_ylim(0, 1)
         ax.set(title=stage, xlabel="optimizer step")

@@ -16,7 +16,7 @@ from .formatting import build_sft_dataset
 from .sft import run_sft, sft_mixture
 from .scoring import evaluate_model
 from .checkpoints import start_fingerprint
-from .results import machine, save_figure, timestamp, write_summary
+from .results import log_axis, machine, save_figure, timestamp, write_summary
 
 METRICS = ("response_loss", "exact_match", "rouge_l", "countdown_accuracy", "countdown_reward", "sequence_loss")
 
@@ -207,15 +207,20 @@ def latest_experiment(cfg: Config) -> list[dict] | None:
 
 
 def experiment_origin(cfg: Config) -> str:
-    """Where the committed experiment comes from, said beside it: when and on what machine it was made, and whether
-    from this base model (the fingerprint of checkpoints/<profile>/initial) or another one."""
+    """Where the committed experiment comes from, said beside it: which run (its folder), how many seeds, when and on
+    what machine it was made, and whether from this base model (the fingerprint of checkpoints/<profile>/initial)
+    or another one — never from this kernel."""
     found = sorted(out_path("evaluation_results", cfg, "sft_sweep").glob("*/results.json"))
     if not found:
         return "no experiment yet for this profile"
-    origin = json.loads(found[-1].read_text()).get("origin", {})
+    saved = json.loads(found[-1].read_text())
+    origin, stamp = saved.get("origin") or {}, found[-1].parent.name
+    seeds = len({r["seed"] for r in saved.get("results", []) if "seed" in r})
+    made = origin.get("made") or f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} (its folder's stamp)"
     same = origin.get("initial_weights") == base_weights(cfg)
-    return (f"The experiment was made by `make experiment` on {origin.get('made', 'an unrecorded date')} "
-            f"({origin.get('machine', 'machine not recorded')}), from "
+    return (f"The experiment shown here is a committed run, not this kernel's: "
+            f"`evaluation_results/{cfg.profile}/sft_sweep/{stamp}/` ({seeds} seeds), made by `make experiment` on "
+            f"{made} ({origin.get('machine', 'machine not recorded')}), from "
             + ("this notebook's own base model." if same else
                "another base model than this notebook's (another machine or seed): its numbers are that base "
                "model's; `make experiment` remakes them from this one."))
@@ -345,7 +350,8 @@ def plot_headline(results: list[dict], path):
             scores.bar([k + 0.27 * j for k in range(len(metrics))], [m for m, _ in stats], 0.27,
                        yerr=[s for _, s in stats], capsize=3, color=f"C{j}", label=name)
     curves.set(xlabel="optimizer step (after the first evaluation)", ylabel="held-out response-only loss (nats/token)",
-               title="Every seed, the same held-out measure", yscale="log")
+               title="Every seed, the same held-out measure")
+    log_axis(curves)
     curves.legend(fontsize=8)
     scores.set_xticks([k + 0.27 for k in range(len(metrics))], [m.replace("_", " ") for m in metrics])
     scores.set(ylabel="held-out score (mean ± std over seeds)", title="Final scores", ylim=(0, 1))

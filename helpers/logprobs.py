@@ -101,10 +101,8 @@ def shared_prompt_forward(module, prompts: list[list[int]], responses: list[list
 
 def shared_prompt_logps(model, samples: list[dict], k: int, pad_id: int) -> torch.Tensor:
     """log π(y|x) of every sample ({"prompt_ids", "response_ids"}, optional 0/1 "trained" per response token),
-    the prompt run once per group of k — the same numbers as `sequence_logps` on the concatenated sequences.
-
-    A tiny Countdown prompt is ~125 tokens and its answer ~27, so k = 8 samples cost 341 instead of 1,216 positions.
-    """
+    the prompt run once per group of k — the same numbers as `sequence_logps` on the concatenated sequences: k
+    samples of a prompt of P tokens with answers of R cost P + kR positions instead of k(P + R)."""
     decoder, head = causal_lm_parts(model)
     prompt_out, out, response_ids, response_mask = shared_prompt_forward(
         decoder, [s["prompt_ids"] for s in samples[::k]], [s["response_ids"] for s in samples], pad_id)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .config import Config, out_path, output_root, quality_metric
 from .results import latest_summary, markdown_table
-from .experiment import conclusion, headline, latest_experiment
-from .comparison import stage_change
+from .experiment import conclusion, experiment_origin, headline, latest_experiment
+from .comparison import paired_verdict, stage_change
 from .evaluation import LEGEND, stage_tables
 from .robustness import run_row, target_table
 
@@ -32,9 +32,14 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | No
             notes.append(f"- `{a}` → `{b}`: {stage_change(cfg, by, a, b, quality)}.")
     if "sft_masked" in by and "sft_unmasked" in by:
         change = stage_change(cfg, by, "sft_masked", "sft_unmasked", quality)
-        notes.append(f"- masked → unmasked SFT (the demo's single seed; the seeded experiment is in the section "
-                     f"above): {change}.")
-    notes += best_of_n_notes(by.get("rloo", {}), cfg.eval.sampled_rows if cfg is not None else None)
+        notes.append(f"- masked → unmasked SFT (this run's single seed; the seeded experiment: `02_sft_unmasked` and "
+                     f"the report's \"Masked vs unmasked SFT\"): {change}.")
+    prompts = cfg.eval.sampled_rows if cfg is not None else None
+    notes += best_of_n_notes(by.get("rloo", {}), prompts)
+    for stage, row in by.items():            # wherever best-of-8 came out below best-of-4: is that more than noise?
+        if stage != "rloo" and any(row.get(f"best_of_8_{p}", 1) < row.get(f"best_of_4_{p}", 0)
+                                   for p in ("verifier", "reward_model")):
+            notes += best_of_n_notes(row, prompts, f"`{stage}`")
     if "rloo" in by and "rft" in by:
         share = "as many samples as RLOO" if rft_share == 1 else f"{rft_share:.0%} of RLOO's samples"
         change = stage_change(cfg, by, "rloo", "rft", quality)
@@ -44,10 +49,11 @@ def chain_notes(by: dict, quality: str, rft_share: float = 1.0, cfg: Config | No
     return notes
 
 
-def best_of_n_notes(row: dict, prompts: int | None) -> list[str]:
-    """`final`'s best-of-n at the two sizes, with the noise of their difference: both are shares of a few sampled
-    prompts, so best-of-8 can come out below best-of-4 by chance. ±2 standard errors of a difference of two shares of
-    `prompts` (as if independent: the same prompts make it smaller, so this errs towards "within noise")."""
+def best_of_n_notes(row: dict, prompts: int | None, stage: str = "`final`'s") -> list[str]:
+    """A stage's best-of-n (default `final`'s) at the two sizes, with the noise of their difference: both are shares
+    of a few sampled prompts, so best-of-8 can come out below best-of-4 by chance. ±2 standard errors of a
+    difference of two shares of `prompts` (as if independent: the same prompts make it smaller, so this errs towards
+    "within noise")."""
     notes = []
     for picker, track in (("verifier", "Countdown"), ("reward_model", "instruction following")):
         small, large = (f"best_of_{n}_{picker}" for n in (4, 8))
@@ -58,7 +64,7 @@ def best_of_n_notes(row: dict, prompts: int | None) -> list[str]:
             continue
         noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / prompts)
         verdict = "within noise" if abs(b - a) <= noise else ("more than noise" if b > a else "worse, beyond noise")
-        notes.append(f"- `final`'s best-of-n by the {picker.replace('_', ' ')} ({track}, {prompts} sampled prompts): "
+        notes.append(f"- {stage} best-of-n by the {picker.replace('_', ' ')} ({track}, {prompts} sampled prompts): "
                      f"best-of-4 {a:.3f}, best-of-8 {b:.3f} ({100 * (b - a):+.1f} points; ±{100 * noise:.1f} is the "
                      f"noise of such a difference: {verdict}).")
     return notes
@@ -128,7 +134,8 @@ def write_report(cfg: Config, stages, final: str) -> Path:
         rows = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in h.items()}
                 for h in headline(results, ("response_loss", quality, "countdown_accuracy"))]
         import pandas as pd
-        lines += ["Seeded comparison at full length (`make experiment`; mean over seeds, difference against "
+        lines += [experiment_origin(cfg), "",
+                  "Seeded comparison at full length (`make experiment`; mean over seeds, difference against "
                   "2 × pooled std):", "", markdown_table(pd.DataFrame(rows)[["comparison", "metric", "from", "to",
                                                                               "difference", "noise", "verdict"]]),
                   "", "![grid](../assets/sweep_heatmap.png)", "", "**Conclusion.** " + " ".join(conclusion(results,
@@ -137,8 +144,13 @@ def write_report(cfg: Config, stages, final: str) -> Path:
     notes = chain_notes(by, quality, cfg.rft.sample_share, cfg)
     if prefs is not None and {"sft_masked", "dpo"} <= set(prefs.model):
         acc = dict(zip(prefs.model, prefs.preference_accuracy))
+        verdict = ""
+        if {"preference_pairs_gained", "preference_pairs_lost"} <= set(prefs.columns):
+            row = prefs[prefs.model == "dpo"].iloc[0]
+            gained, lost = int(row.preference_pairs_gained), int(row.preference_pairs_lost)
+            verdict = f" ({paired_verdict(gained, lost, unit='pair')})"
         notes.append(f"- held-out preference accuracy, each model ranking by its own log-probs: `sft_masked` "
-                     f"{acc['sft_masked']:.3f} → `dpo` {acc['dpo']:.3f}.")
+                     f"{acc['sft_masked']:.3f} → `dpo` {acc['dpo']:.3f}{verdict}.")
         rm_accuracy = prefs.reward_model_accuracy.dropna()
         if len(rm_accuracy):
             notes.append(f"- reward model (Bradley–Terry, on `sft_masked`): held-out pairwise accuracy "

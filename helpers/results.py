@@ -59,12 +59,16 @@ def latest_summary(cfg: Config, eval_name: str):
     return pd.read_csv(found[-1]) if found else None
 
 
-def grouped_bars(ax, table, metrics, labels: bool = True) -> None:
-    """One group of bars per metric, one bar per row (model) of `table`."""
+def grouped_bars(ax, table, metrics, labels: bool = True, counts: dict | None = None) -> None:
+    """One group of bars per metric, one bar per row (model) of `table`. counts = {metric: items it is a share of}:
+    error bars of ±2 binomial standard errors on those (the noise of a share of that many tasks)."""
     width = 0.8 / len(table)
     for i, row in enumerate(table.itertuples(index=False)):
-        bars = ax.bar([j + i * width for j in range(len(metrics))], [table.iloc[i][m] for m in metrics], width,
-                      label=row.model)
+        values = [table.iloc[i][m] for m in metrics]
+        errors = [2 * (min(max(v, 0), 1) * (1 - min(max(v, 0), 1)) / counts[m]) ** 0.5 if (counts or {}).get(m) else 0
+                  for m, v in zip(metrics, values)]
+        bars = ax.bar([j + i * width for j in range(len(metrics))], values, width, label=row.model,
+                      yerr=errors if any(errors) else None, capsize=2, error_kw={"elinewidth": 0.8})
         if labels:                 # upright labels collide once a group has more than four narrow bars
             crowded = len(table) > 4
             ax.bar_label(bars, fmt="%.2f", fontsize=7, rotation=90 if crowded else 0, padding=2)
@@ -72,6 +76,16 @@ def grouped_bars(ax, table, metrics, labels: bool = True) -> None:
         ax.margins(y=0.18)         # room above the tallest bar for its label
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, rotation=15)
     ax.legend(fontsize=8)
+
+
+def log_axis(ax) -> None:
+    """A log y-axis labelled at 1, 2, 3 and 5 of each decade, in plain numbers: over a decade or two matplotlib's
+    default leaves two ticks (10⁰, 10¹) to read a whole curve by."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(fig, path: Path, tight: bool = True) -> Path:

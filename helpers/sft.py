@@ -47,15 +47,21 @@ def sft_collate(pad_token_id: int, normalization: str = "trained_tokens"):
     return collate_fn
 
 
-def evaluate_loss(model, examples: list[dict], pad_token_id: int, token_budget: int = NO_GRAD_TOKENS) -> float:
-    """Mean loss per trained token over `examples` (the mask inside the examples decides which tokens), in
-    no-grad batches of at most `token_budget` tokens."""
+def example_losses(model, examples: list[dict], pad_token_id: int,
+                   token_budget: int = NO_GRAD_TOKENS) -> list[tuple[float, float]]:
+    """(summed loss, trained tokens) of each example, in order (the mask inside the examples decides which tokens),
+    in no-grad batches of at most `token_budget` tokens."""
     def per_example(model, rows):
         batch = to_device(collate(rows, pad_token_id), model_device(model))
         logps, index, weights = weighted_token_logps(model, batch, trained_weights(batch))
         losses = torch.zeros(len(rows), device=logps.device).index_add(0, index, -logps * weights)
         return list(zip(losses.tolist(), trained_weights(batch).sum(-1).tolist()))
-    sums = score_in_batches(model, examples, [len(e["input_ids"]) for e in examples], per_example, token_budget)
+    return score_in_batches(model, examples, [len(e["input_ids"]) for e in examples], per_example, token_budget)
+
+
+def evaluate_loss(model, examples: list[dict], pad_token_id: int, token_budget: int = NO_GRAD_TOKENS) -> float:
+    """Mean loss per trained token over `examples`."""
+    sums = example_losses(model, examples, pad_token_id, token_budget)
     return sum(loss for loss, _ in sums) / max(sum(units for _, units in sums), 1.0)
 
 

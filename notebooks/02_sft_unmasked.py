@@ -57,8 +57,8 @@ print("written:", *paths.values(), sep="\n  ")
 by = final.set_index("model")
 quality = H.quality_metric(cfg)
 print("\nWhat we see (one seed each — the experiment below says whether it exceeds seed noise):")
-m, u = by["response_loss"]["sft_masked"], by["response_loss"]["sft_unmasked"]
-print(f"  response_loss: masked {m:.3f}, unmasked {u:.3f} (lower is better: {'masked' if m < u else 'unmasked'})")
+# response-only loss (lower is better), per held-out conversation, with a sign test on those that went down and up
+print("  response_loss, masked → unmasked:", H.loss_change(cfg, "sft_masked", "sft_unmasked"))
 # masked → unmasked on the same held-out tasks, with a sign test on the tasks gained and lost (the task noise)
 print("  masked → unmasked:", H.stage_change(cfg, by.to_dict("index"), "sft_masked", "sft_unmasked", quality))
 print(f"  whole-sequence loss: masked {by['sequence_loss']['sft_masked']:.2f}, unmasked "

@@ -69,15 +69,17 @@ print(f"equal log-probs: loss = {loss.item():.4f} = log 2 = {math.log(2):.4f}")
 # sample solves the task (the RPO term would imitate a wrong equation). With a few dozen Countdown pairs among
 # thousands of instruction pairs, DPO erased Countdown (docs/LOG.md); so here prompts are sampled 4 times each, and
 # the Countdown pairs are repeated until they are `cfg.dpo.countdown_share` of the pairs: the two tracks are
-# weighed against each other (on the tuning seeds, a smaller share kept less Countdown and gained more exact match).
+# weighed against each other (on the tuning seeds, a smaller share kept less Countdown and gained more exact match:
+# docs/LOG.md).
 
 # %%
 print(H.describe_config(cfg.dpo))
 result = H.run_dpo(cfg, start="sft_masked")          # the chain: sft_masked → dpo → rloo
 print("on-policy Countdown pairs:", ", ".join(f"{k} {v}" for k, v in result["onpolicy"].items()))
 before, after = result["before"], result["after"]
+verdict = H.paired_verdict(result["pairs_gained"], result["pairs_lost"], unit="pair")   # the same held-out pairs
 print(f"held-out preference accuracy, ranked by the model's own log-probs: SFT {before['logp_accuracy']:.3f} → "
-      f"DPO {after['logp_accuracy']:.3f}")
+      f"DPO {after['logp_accuracy']:.3f} ({verdict})")
 print(f"the same pairs ranked by DPO's implicit reward β(log π − log π_ref): {after['reward_accuracy']:.3f}")
 print(*H.target_lines(cfg, {"dpo/preference_accuracy": after["reward_accuracy"]}), sep="\n")
 
@@ -87,6 +89,8 @@ print(*H.target_lines(cfg, {"dpo/preference_accuracy": after["reward_accuracy"]}
 # %%
 table = H.evaluate_checkpoints(cfg, ["sft_masked", "dpo"])
 table["preference_accuracy"] = [before["logp_accuracy"], after["logp_accuracy"]]    # the same measure for both
+table["preference_pairs_gained"] = [None, result["pairs_gained"]]     # held-out pairs DPO ranks right and SFT did not
+table["preference_pairs_lost"] = [None, result["pairs_lost"]]         # … and the other way round: the report's verdict
 quality = H.quality_metric(cfg)
 for theme, part in H.stage_tables(table).items():
     print(f"{theme}\n{part.to_string(index=False)}\n")

@@ -11,9 +11,9 @@
 # **Purpose.** Try to improve Countdown beyond imitation: sample k answers per prompt, score them, and push up the
 # ones better than their siblings (REINFORCE Leave-One-Out). The chain continues: RLOO **starts from the DPO model**
 # (`03`), and trains on a mixture of Countdown prompts (rule-based reward) and instruction prompts (exact match with
-# the tiny world's answer; the reward model in `qwen`), so it keeps DPO's instruction gains. Beside it, from the same
-# start and compared at equal numbers of samples, **rejection-sampling fine-tuning** (RFT): keep the best of k,
-# fine-tune.
+# the tiny world's answer; the reward model in `qwen`), so it does not lose DPO's instruction following. Beside it,
+# from the same start and compared at equal numbers of samples, **rejection-sampling fine-tuning** (RFT): keep the
+# best of k, fine-tune.
 # **Inputs.** `checkpoints/<profile>/dpo` (from `03`), `checkpoints/<profile>/reward_model` (qwen).
 # **Outputs.** `checkpoints/<profile>/rloo/` (the end of the chain: `05` publishes it as `final`),
 # `checkpoints/<profile>/rft/`, `evaluation_results/<profile>/rloo/…` and `…/rft_vs_rloo/…`,
@@ -126,8 +126,8 @@ if zero and kl:
 
 # %% [markdown]
 # ### What we see: before and after, and what the reward does not check
-# The reward reads only the `<answer>`. A correct answer whose `<think>` restates *another* target ("make 26:" when
-# the target is 261) is paid in full — unfaithful reasoning that a rule-based reward cannot see.
+# The reward reads only the `<answer>`. A correct answer whose `<think>` restates *another* target is paid in full —
+# unfaithful reasoning that a rule-based reward cannot see; the cell below counts such answers in this run.
 
 # %%
 change = H.countdown_changes(cfg, "dpo", "rloo")
@@ -176,11 +176,14 @@ print("written:", *paths.values(), sep="\n  ")
 equal = H.at_equal_samples(table)
 print("\nAt equal numbers of samples:\n" + equal.round(3).to_string())
 n, last = equal.index[-1], table["samples"].max()
-print(f"\nAt {n:,} samples each: RLOO Countdown {equal.loc[n, ('rloo', 'countdown_accuracy')]:.3f}, {quality} "
-      f"{equal.loc[n, ('rloo', quality)]:.3f}; RFT Countdown {equal.loc[n, ('rft', 'countdown_accuracy')]:.3f}, "
-      f"{quality} {equal.loc[n, ('rft', quality)]:.3f}." + (
-          f" RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f}, "
-          f"{quality} {after[quality]:.3f}." if last > n else ""))
+at = lambda method, metric: equal.loc[n, (method, metric)]
+print(f"\nAt {n:,} samples each, RLOO → RFT (one evaluation each, no saved answers to pair):")
+for metric in ("countdown_accuracy", quality):
+    print(f"  {metric} {at('rloo', metric):.3f} → {at('rft', metric):.3f} "
+          f"({H.share_difference(at('rloo', metric), at('rft', metric), tasks[metric])})")
+if last > n:
+    print(f"RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f}, "
+          f"{quality} {after[quality]:.3f}.")
 rft_end = H.evaluate_checkpoint(cfg, "rft")[0]
 print("Each at the end of its run, RLOO → RFT:", H.stage_change(cfg, {"rloo": after, "rft": rft_end}, "rloo", "rft",
                                                               quality) + ".")

@@ -69,7 +69,7 @@ for metric, meaning in H.LEGEND.items():
 
 # %%
 from IPython.display import Image, display
-display(Image(filename=str(H.plot_stage_metrics(table, H.assets_dir(cfg) / "stage_metrics.png"))))
+display(Image(filename=str(H.plot_stage_metrics(table, H.assets_dir(cfg) / "stage_metrics.png", cfg))))
 display(Image(filename=str(H.plot_learning_curves(cfg, H.assets_dir(cfg) / "learning_curves.png"))))
 
 # %% [markdown]

@@ -54,6 +54,16 @@ def test_a_change_is_called_better_or_worse_only_beyond_chance():
     assert comparison.paired_verdict(0, 10).startswith("worse") and comparison.paired_verdict(10, 0).startswith(
         "improved")
     assert comparison.paired_verdict(0, 1).startswith("no clear change")
+    assert comparison.paired_verdict(10, 0, unit="pair").startswith("improved: 10 pairs gained, 0 lost")
+
+
+def test_a_difference_of_two_unpaired_shares_is_read_against_its_noise():
+    """0.700 → 0.725 of 200 tasks: 2 × √((0.7·0.3 + 0.725·0.275) / 200) = 2 × 0.0451 = ±9.0 points — within noise;
+    0.50 → 0.75 of 200 is +25 points, beyond it; the same fall is called worse."""
+    assert comparison.share_difference(0.700, 0.725, 200) == (
+        "+2.5 points; within noise (±9.0, 2 standard errors of such a difference)")
+    assert "more than noise" in comparison.share_difference(0.50, 0.75, 200)
+    assert "worse, beyond noise" in comparison.share_difference(0.75, 0.50, 200)
 
 
 def test_stage_change_carries_a_verdict_on_both_tracks():
