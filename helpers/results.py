@@ -79,11 +79,15 @@ def grouped_bars(ax, table, metrics, labels: bool = True, counts: dict | None = 
 
 
 def log_axis(ax) -> None:
-    """A log y-axis labelled at 1, 2, 3 and 5 of each decade, in plain numbers: over a decade or two matplotlib's
-    default leaves two ticks (10⁰, 10¹) to read a whole curve by."""
+    """A log y-axis labelled at 1, 2, 3 and 5 of each decade (every digit where the curves span less than a
+    decade), in plain numbers: matplotlib's default leaves two ticks (10⁰, 10¹) to read a whole curve by. Call it
+    after plotting: it reads the axis' range."""
+    import math
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    low, high = ax.get_ylim()
+    narrow = low > 0 and math.log10(high / low) < 1
+    ax.yaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 3.0, 5.0)))
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
