@@ -65,10 +65,10 @@ def grouped_bars(ax, table, metrics, labels: bool = True, counts: dict | None = 
     width = 0.8 / len(table)
     for i, row in enumerate(table.itertuples(index=False)):
         values = [table.iloc[i][m] for m in metrics]
-        errors = [2 * (min(max(v, 0), 1) * (1 - min(max(v, 0), 1)) / counts[m]) ** 0.5 if (counts or {}).get(m) else 0
-                  for m, v in zip(metrics, values)]
+        errors = [2 * (min(max(v, 0), 1) * (1 - min(max(v, 0), 1)) / counts[m]) ** 0.5 if (counts or {}).get(m)
+                  else float("nan") for m, v in zip(metrics, values)]           # NaN: no bar where no count
         bars = ax.bar([j + i * width for j in range(len(metrics))], values, width, label=row.model,
-                      yerr=errors if any(errors) else None, capsize=2, error_kw={"elinewidth": 0.8})
+                      yerr=errors if any(e == e for e in errors) else None, capsize=2, error_kw={"elinewidth": 0.8})
         if labels:                 # upright labels collide once a group has more than four narrow bars
             crowded = len(table) > 4
             ax.bar_label(bars, fmt="%.2f", fontsize=7, rotation=90 if crowded else 0, padding=2)
