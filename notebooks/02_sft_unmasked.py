@@ -57,7 +57,7 @@ print("written:", *paths.values(), sep="\n  ")
 by = final.set_index("model")
 quality = H.quality_metric(cfg)
 print("\nWhat we see (one seed each — the experiment below says whether it exceeds seed noise):")
-# response-only loss (lower is better), per held-out conversation, with a sign test on those that went down and up
+# response-only loss (lower is better) on the same held-out conversations, with a paired bootstrap interval
 print("  response_loss, masked → unmasked:", H.loss_change(cfg, "sft_masked", "sft_unmasked"))
 # masked → unmasked on the same held-out tasks, with a sign test on the tasks gained and lost (the task noise)
 print("  masked → unmasked:", H.stage_change(cfg, by.to_dict("index"), "sft_masked", "sft_unmasked", quality))
