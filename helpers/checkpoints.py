@@ -76,7 +76,8 @@ def save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, s
                     state_dict: dict | None = None):
     """Atomic: write everything to a temporary sibling, then swap it in, so a crash never leaves half a checkpoint.
     The checksums of the weights and the training state go last; loading checks them. `optimizer` is the optimizer
-    or its state dict already gathered (FSDP); `state_dict` the model's weights when they live elsewhere (FSDP)."""
+    or its state dict already gathered (FSDP), or None with `scheduler` None where a run resumes without them (RFT
+    starts each round's optimizer afresh); `state_dict` the model's weights when they live elsewhere (FSDP)."""
     stage_dir = Path(stage_dir)
     tmp = stage_dir.with_name(stage_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -84,8 +85,8 @@ def save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, s
     rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda_rng"] = torch.cuda.get_rng_state_all()
-    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-    torch.save({**state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), **rng},
+    optimizer_state = optimizer if isinstance(optimizer, dict) or optimizer is None else optimizer.state_dict()
+    torch.save({**state, "optimizer": optimizer_state, "scheduler": scheduler and scheduler.state_dict(), **rng},
                tmp / "training_state.pt")
     write_checksums(tmp, progress={"step": state["step"], "finished": bool(state.get("finished"))})
     swap_in(tmp, stage_dir)

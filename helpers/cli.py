@@ -147,22 +147,20 @@ def train_command(args) -> int:
     cfg = get_config(args.profile, **parse_overrides(args.set))
     cfg.restart = cfg.restart or args.restart
     stop = args.stop_after_steps
-    if stop is not None and args.stage == "rft":
-        raise ConfigError("--stop-after-steps does not apply to rft: it saves once, after its last round")
     runners = {"dpo": lambda: run_dpo(cfg, stop_after_steps=stop),
                "reward_model": lambda: run_reward_model(cfg, stop_after_steps=stop),
-               "rloo": lambda: run_rloo(cfg, stop_after_steps=stop), "rft": lambda: run_rft(cfg)}
+               "rloo": lambda: run_rloo(cfg, stop_after_steps=stop), "rft": lambda: run_rft(cfg, stop_after_steps=stop)}
     result = runners[args.stage]() if args.stage in runners else run_sft(cfg, args.stage, SFT_STAGES[args.stage],
                                                                          stop_after_steps=stop)
     if not is_main():               # under N processes, said once
         return 0
-    history = result.get("history") or result.get("curve") or []
-    progress = run_progress(result["dir"]) if result["dir"].exists() else {"finished": False, "step": None}
+    history = result.history
+    progress = run_progress(result.dir) if result.dir.exists() else {"finished": False, "step": None}
     if progress.get("finished"):
-        print(f"{args.stage}: saved to {result['dir']}" + (f"; last evaluation {history[-1]}" if history else ""))
+        print(f"{args.stage}: saved to {result.dir}" + (f"; last evaluation {history[-1]}" if history else ""))
     elif progress.get("step") is not None:
         print(f"{args.stage}: stopped after {stop} steps; the checkpoint of step {progress['step']} is in "
-              f"{result['dir']}: the same command without --stop-after-steps resumes it")
+              f"{result.dir}: the same command without --stop-after-steps resumes it")
     else:
         print(f"{args.stage}: stopped after {stop} steps, before its first checkpoint (save_every): nothing was "
               "saved, so the next run starts from the beginning")

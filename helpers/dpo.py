@@ -2,16 +2,14 @@
 precomputed reference log-probs, held-out preference accuracy and `run_dpo`. Imports: config … preference."""
 from __future__ import annotations
 
-import dataclasses
 
 import torch.nn.functional as F
 
-from .config import Config, check_config, device, out_path, seed_everything
+from .config import Config, device, out_path
 from .data import countdown_tasks, write_jsonl
 from .modeling import add_lora, disable_dropout, enable_checkpointing, load_model, load_tokenizer
 from .distributed import gather_objects, gather_shares, is_main, process_seed, share
-from .checkpoints import start_fingerprint
-from .training import stage_run, train, whole_model
+from .training import StageResult, open_stage, stage_run, train, whole_model
 from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_pairs, pair_collate,
                          pair_length, pair_logps, pair_sequence_logps, preference_data)
 
@@ -82,15 +80,14 @@ def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
 
 
 def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: bool = True,
-            stop_after_steps: int | None = None) -> dict:
+            stop_after_steps: int | None = None) -> StageResult:
     """DPO from `start` (the chain's SFT model; name another checkpoint to branch), which is also the reference,
-    precomputed; returns {"history", "dir", "model", …}. Under N processes each samples the on-policy pairs of its
+    precomputed; a StageResult (details: preference accuracy before and after, the pairs it gained and lost, the
+    on-policy pairs' counts). Under N processes each samples the on-policy pairs of its
     share of the prompts (its own seed) and computes the reference log-probs of its share of the pairs; every
     process then holds all of them."""
-    dcfg = check_config(cfg).dpo      # a bad value fails here, before any model is loaded
-    seed_everything(dcfg.seed)
-    start_dir = out_path("checkpoints", cfg, start)
-    start_weights = start_fingerprint(start_dir, start)
+    opened = open_stage(cfg, "dpo", start, stage)
+    dcfg, start_dir = opened.settings, opened.start_dir
     tokenizer = load_tokenizer(start_dir)
     model = load_model(start_dir).to(device())
     fresh_adapters = False
@@ -121,10 +118,9 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     add_reference_logps(model, train_pairs, pad, disable_adapters=use_adapters)
     add_reference_logps(model, test_pairs, pad, disable_adapters=use_adapters)
     before, before_wins = preference_accuracy(model, test_pairs, pad), logp_wins(model, test_pairs, pad)[0]
-    stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "start_weights": start_weights,
-                  "dpo": dataclasses.asdict(dcfg),
-                  "train_pairs": len(train_pairs), "dropped": dict(skips.reasons), "onpolicy": onpolicy_stats}
+    stage_dir = opened.stage_dir
+    run_config = {**opened.run_config, "train_pairs": len(train_pairs), "dropped": dict(skips.reasons),
+                  "onpolicy": onpolicy_stats}
     eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}
     with stage_run(cfg, stage, run_config, log) as logger:
         history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight),
@@ -132,7 +128,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
                         desc=stage, length_fn=pair_length, restart=cfg.restart, stop_after_steps=stop_after_steps)
     model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
     after_wins = logp_wins(model, test_pairs, pad)[0]       # the same held-out pairs: a paired verdict
-    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "before": before,
-            "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,
-            "pairs_gained": sum(a and not b for a, b in zip(after_wins, before_wins)),
-            "pairs_lost": sum(b and not a for a, b in zip(after_wins, before_wins)), "dropped": skips.total}
+    return StageResult(model, tokenizer, stage_dir, history, {
+        "before": before, "after": preference_accuracy(model, test_pairs, pad), "onpolicy": onpolicy_stats,
+        "pairs_gained": sum(a and not b for a, b in zip(after_wins, before_wins)),
+        "pairs_lost": sum(b and not a for a, b in zip(after_wins, before_wins)), "dropped": skips.total})

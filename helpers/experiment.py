@@ -55,9 +55,9 @@ def run_cell(cfg: Config, cell: dict, dataset=None) -> dict:
     cell_cfg = replace_sections(cfg, sft=sft, eval=replace_config(cfg.eval, instruction_rows=e.eval_rows,
                                                                   countdown_rows=e.eval_rows, loss_rows=e.eval_rows))
     run = run_sft(cell_cfg, f"experiment/{cell_key(cell)}", log=False, quiet=True, dataset=dataset)
-    metrics = evaluate_model(run["model"], run["tokenizer"], cell_cfg)
-    curve = [(h["step"], h["eval/response_loss"]) for h in run["history"]]
-    shutil.rmtree(run["dir"], ignore_errors=True)
+    metrics = evaluate_model(run.model, run.tokenizer, cell_cfg)
+    curve = [(h["step"], h["eval/response_loss"]) for h in run.history]
+    shutil.rmtree(run.dir, ignore_errors=True)
     return {**cell, **metrics, "curve": curve}      # whether it had stopped learning: write_experiment judges
 
 

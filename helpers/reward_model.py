@@ -2,7 +2,6 @@
 scoring of (prompt, response) pairs for RLOO and best-of-n. Imports: config … preference."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -10,13 +9,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import Config, ConfigError, check_config, device, out_path, output_root, seed_everything
+from .config import Config, ConfigError, device, output_root
 from .modeling import enable_checkpointing, load_model, load_tokenizer, model_device, save_model
 from .formatting import encode_chat
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .distributed import main_first
-from .checkpoints import start_fingerprint
-from .training import stage_run, train, whole_model
+from .training import StageResult, open_stage, stage_run, train, whole_model
 from .logprobs import can_share_prompt, pair_samples, selected_logps, shared_prompt_forward
 from .preference import build_pair_dataset, pair_collate, pair_length, preference_data
 
@@ -172,26 +170,24 @@ def score_responses(reward_model, tokenizer, prompts, responses, token_budget: i
 
 
 def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "reward_model", log: bool = True,
-                     stop_after_steps: int | None = None) -> dict:
-    """The Bradley–Terry reward model from the SFT checkpoint (fp32 master weights, every weight trained)."""
-    rcfg = check_config(cfg).reward
-    seed_everything(rcfg.seed)
-    if rcfg.nll_weight > 0 and not load_model_config(out_path("checkpoints", cfg, start)).get("tie_word_embeddings"):
+                     stop_after_steps: int | None = None) -> StageResult:
+    """The Bradley–Terry reward model from the SFT checkpoint (fp32 master weights, every weight trained); a
+    StageResult (details: held-out pairwise accuracy, overall and by task family)."""
+    opened = open_stage(cfg, "reward", start, stage)
+    rcfg = opened.settings
+    if rcfg.nll_weight > 0 and not load_model_config(opened.start_dir).get("tie_word_embeddings"):
         raise ConfigError(f"RewardConfig.nll_weight = {rcfg.nll_weight}: the GRM term needs a model whose head is tied "
                           "to its embeddings (set it to 0 for this model)")
-    start_weights = start_fingerprint(out_path("checkpoints", cfg, start), start)
     with main_first():      # a LoRA start is merged into the cache once, by the main process
-        tokenizer, model = load_reward_model(out_path("checkpoints", cfg, start))
+        tokenizer, model = load_reward_model(opened.start_dir)
     model.to(device())
     if cfg.model.gradient_checkpointing:       # qwen: 8 rows × 1,024 tokens of a full fine-tune need it on 24 GB
         enable_checkpointing(model)
     pad = tokenizer.pad_token_id
     train_pairs, skips = build_pair_dataset(tokenizer, preference_data(cfg, "train"), rcfg.max_length, "rm train")
     test_pairs, _ = build_pair_dataset(tokenizer, preference_data(cfg, "test"), rcfg.max_length, "rm test")
-    stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "start_weights": start_weights,
-                  "reward": dataclasses.asdict(rcfg),
-                  "train_pairs": len(train_pairs), "dropped": dict(skips.reasons)}
+    stage_dir = opened.stage_dir
+    run_config = {**opened.run_config, "train_pairs": len(train_pairs), "dropped": dict(skips.reasons)}
     with stage_run(cfg, stage, run_config, log) as logger:
         history = train(model, tokenizer, train_pairs, rcfg, make_reward_loss(rcfg.nll_weight), pair_collate(pad),
                         stage_dir, length_fn=pair_length,
@@ -202,6 +198,6 @@ def run_reward_model(cfg: Config, start: str = "sft_masked", stage: str = "rewar
     wins, by_source = reward_model_wins(model, test_pairs, pad), {}
     for pair, win in zip(test_pairs, wins):
         by_source.setdefault(pair["source"], []).append(win)
-    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer,
-            "accuracy": sum(wins) / max(1, len(wins)),
-            "accuracy_by_source": {source: sum(w) / len(w) for source, w in sorted(by_source.items(), key=str)}}
+    return StageResult(model, tokenizer, stage_dir, history, {
+        "accuracy": sum(wins) / max(1, len(wins)),
+        "accuracy_by_source": {source: sum(w) / len(w) for source, w in sorted(by_source.items(), key=str)}})

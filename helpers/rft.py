@@ -9,12 +9,13 @@ import json
 import random
 import shutil
 
-from .config import Config, check_config, device, out_path, quality_metric, replace_config, seed_everything
+from .config import Config, check_config, device, quality_metric, replace_config
 from .modeling import load_model, load_tokenizer
 from .formatting import build_sft_example
-from .distributed import barrier, gather_shares, is_main, seed_this_process, share
-from .checkpoints import run_progress, save_finished_model, start_fingerprint, weights_fingerprint
-from .training import refuse_sharded, stage_run, train
+from .distributed import (barrier, gather_objects, gather_shares, is_main, process_index, rng_state, run_config_of,
+                          seed_this_process, set_rng_state, share)
+from .checkpoints import load_weights_into, run_progress, save_checkpoint, weights_fingerprint
+from .training import StageResult, open_stage, open_stage_dir, refuse_sharded, stage_run, train
 from .sft import sft_collate, sft_loss
 from .results import save_figure
 from .scoring import track_scores
@@ -47,21 +48,24 @@ def prompts_per_round(cfg: Config) -> int:
     return round(rloo_prompts * cfg.rft.sample_share) // cfg.rft.rounds
 
 
-def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = True) -> dict:
+def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = True,
+            stop_after_steps: int | None = None) -> StageResult:
     """RFT from `start` (RLOO's start, for a fair comparison), drawing `sample_share` of RLOO's samples: `rounds`
     rounds of (RLOO's prompts × share ÷ rounds) prompts × k samples each, from RLOO's task mixture, at RLOO's
-    temperature. Returns {"curve": [{"samples", "round", scores…}], "dir", "kept", …}. Under N processes each samples
-    its share of a round's prompts (its own seed) and every process fine-tunes on all that was kept."""
+    temperature. A StageResult whose history is the curve, [{"samples", "round", scores…}] (details: kept). Under N
+    processes each samples its share of a round's prompts (its own seed) and every process fine-tunes on all that
+    was kept. Like every stage, a finished run is kept and an interrupted one resumed: at the round it reached, or
+    inside it (`stop_after_steps` counts the SFT steps of all rounds)."""
     refuse_sharded("RFT")
     fcfg, rcfg = check_config(cfg).rft, cfg.rloo
     if fcfg.max_steps != fcfg.rounds * fcfg.steps_per_round:
         raise ValueError(f"RFTConfig.max_steps = {fcfg.max_steps}: must be rounds × steps_per_round = "
                          f"{fcfg.rounds * fcfg.steps_per_round}")
-    seed_everything(fcfg.seed)
-    start_dir, stage_dir = out_path("checkpoints", cfg, start), out_path("checkpoints", cfg, stage)
-    starts = {"start_weights": start_fingerprint(start_dir, start)}
+    opened = open_stage(cfg, "rft", start, stage)
+    start_dir, stage_dir, run_config = opened.start_dir, opened.stage_dir, {**opened.run_config,
+                                                                           "rloo": dataclasses.asdict(rcfg)}
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
-    judge = instruction_judge(cfg, starts)
+    judge = instruction_judge(cfg, run_config)
     use_model = judge is not None
     reward_fn = make_reward_fn(cfg, judge)
     tasks = rl_tasks(cfg, tokenizer)
@@ -70,18 +74,35 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     if per_round * fcfg.rounds > len(tasks):
         raise ValueError(f"RFT needs {per_round * fcfg.rounds} prompts for {fcfg.rounds} rounds; there are "
                          f"{len(tasks)}")
-    run_config = json.loads(json.dumps({"stage": stage, "profile": cfg.profile, "start": start, **starts,
-                                        "rft": dataclasses.asdict(fcfg), "rloo": dataclasses.asdict(rcfg)}))
-    if not cfg.restart and finished_run(stage_dir, run_config):
+    run_config = run_config_of(json.loads(json.dumps(run_config)))    # as saved: tuples as lists, N processes
+    details = {"prompts_per_round": per_round}
+    if not cfg.restart and legacy_finished(stage_dir, run_config):
         print(f"{stage}: {stage_dir} already holds this finished run (same config, same start): kept "
               "(restart=True trains it again)")
-        return {"curve": load_curve(stage_dir), "dir": stage_dir, "model": load_model(stage_dir).to(device()),
-                "tokenizer": tokenizer, "kept": None, "prompts_per_round": per_round}
+        return StageResult(load_model(stage_dir).to(device()), tokenizer, stage_dir, load_curve(stage_dir),
+                           {**details, "kept": None})
+    # the shared logic of every stage (`open_stage_dir`): a finished run is kept, an unfinished one resumed at the
+    # round it reached, one from other start weights trained again
+    status, saved = open_stage_dir(stage_dir, run_config, cfg.restart, stage)
+    if status == "finished":
+        load_weights_into(model, saved["dir"])
+        print(f"{stage}: {stage_dir} already holds this finished run (same config, same start): kept "
+              "(restart=True trains it again)")
+        return StageResult(model, tokenizer, stage_dir, saved["history"], {**details, "kept": saved["kept"]})
+    round_dir = stage_dir.with_name(stage_dir.name + ".round")
     with stage_run(cfg, stage, run_config, log) as logger:
         curve = [{"samples": 0, "round": 0, **start_scores(cfg, start)}]     # the start's cached evaluation
-        kept_total = 0
-        seed_this_process(fcfg.seed)        # N processes: each samples its own stream; one process: untouched
-        for r in range(fcfg.rounds):
+        kept_total, first = 0, 0
+        if status == "resume":          # at a round's end: its weights and random streams, the curve so far
+            load_weights_into(model, saved["dir"])
+            set_rng_state(saved["process_rng"][process_index()] if "process_rng" in saved else saved)
+            curve, kept_total, first = saved["history"], saved["kept"], saved["round"]
+            print(f"resuming {stage} at round {first + 1} of {fcfg.rounds} ({saved['dir']})")
+        else:
+            seed_this_process(fcfg.seed)        # N processes: each samples its own stream; one process: untouched
+        for r in range(first, fcfg.rounds):
+            if stop_after_steps is not None and stop_after_steps <= r * fcfg.steps_per_round:
+                break                           # stopped at a round's end: its checkpoint is saved
             round_tasks = tasks[r * per_round:(r + 1) * per_round]
             my_tasks, samples, rewards = share(round_tasks), [], []
             for i in range(0, len(my_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
@@ -97,29 +118,46 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
             by_track = {track: sum(k["task"]["track"] == track for k in kept)
                         for track in ("countdown", "instructions")}
             if examples:
-                round_cfg = replace_config(fcfg, max_steps=fcfg.steps_per_round, eval_every=10 ** 9, save_every=10 ** 9,
+                # the round's SFT: resumable where the run stopped inside it (the same samples are drawn again
+                # from the same weights and streams), from scratch otherwise
+                round_cfg = replace_config(fcfg, max_steps=fcfg.steps_per_round, eval_every=10 ** 9,
                                            seed=fcfg.seed + r)
+                left = None if stop_after_steps is None else stop_after_steps - r * fcfg.steps_per_round
                 train(model, tokenizer, examples, round_cfg, sft_loss, sft_collate(tokenizer.pad_token_id),
-                      stage_dir.with_name(stage_dir.name + ".round"), restart=True, desc=f"{stage} round {r + 1}")
+                      round_dir, restart=cfg.restart or not (status == "resume" and r == first),
+                      run_config={**run_config, "round": r + 1}, desc=f"{stage} round {r + 1}", stop_after_steps=left)
+                if left is not None and left < fcfg.steps_per_round:
+                    return StageResult(model, tokenizer, stage_dir, curve, {**details, "kept": kept_total})
             point = {"samples": (r + 1) * per_round * rcfg.k, "round": r + 1, "kept": len(kept), **by_track,
                      **track_scores(model, tokenizer, cfg)}
             curve.append(point)
             logger.scalars({f"rft/{k}": v for k, v in point.items() if k not in ("samples", "round")}, point["samples"])
             print(f"RFT round {r + 1}/{fcfg.rounds}: kept {len(kept)} of {len(round_tasks)} prompts {by_track}; "
                   + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if isinstance(v, float)))
-        if is_main():
-            shutil.rmtree(stage_dir.with_name(stage_dir.name + ".round"), ignore_errors=True)
-            save_finished_model(model, tokenizer, stage_dir, extra={"run_config.json": run_config,
-                                                                    "rft_curve.json": curve})
-        barrier()
-    return {"curve": curve, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "kept": kept_total,
-            "prompts_per_round": per_round}
+            save_round(model, tokenizer, stage_dir, run_config, {
+                "step": (r + 1) * fcfg.steps_per_round, "round": r + 1, "finished": r + 1 == fcfg.rounds,
+                "history": curve, "kept": kept_total})
+            if is_main():
+                shutil.rmtree(round_dir, ignore_errors=True)
+            barrier()
+    return StageResult(model, tokenizer, stage_dir, curve, {**details, "kept": kept_total})
 
 
-def finished_run(stage_dir, run_config: dict) -> bool:
-    """Does `stage_dir` hold a whole, finished RFT run of exactly this config and start? (checksums verified)"""
+def save_round(model, tokenizer, stage_dir, run_config: dict, state: dict) -> None:
+    """RFT's checkpoint at a round's end: the weights, the curve so far and every process's random streams (the next
+    round's samples follow from them); no optimizer — each round starts its own."""
+    rngs = gather_objects(rng_state())
+    if is_main():
+        save_checkpoint(model, tokenizer, stage_dir, {**state, **({"process_rng": rngs} if len(rngs) > 1 else {})},
+                        None, None, run_config)
+    barrier()
+
+
+def legacy_finished(stage_dir, run_config: dict) -> bool:
+    """A finished RFT run saved before RFT saved its rounds (weights, run_config.json and rft_curve.json, no
+    training_state.pt) of exactly this config and start: kept as it is (checksums verified)."""
     saved = stage_dir / "run_config.json"
-    if not saved.exists() or json.loads(saved.read_text()) != run_config:
+    if (stage_dir / "training_state.pt").exists() or not saved.exists() or json.loads(saved.read_text()) != run_config:
         return False
     weights_fingerprint(stage_dir)          # raises CheckpointError, naming the file, if anything changed since
     return bool(run_progress(stage_dir).get("finished"))

@@ -4,13 +4,12 @@ Imports: config … scoring, reward_model."""
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import random
 
 import torch
 
-from .config import Config, check_config, dataset_name, device, out_path, quality_metric, seed_everything
+from .config import Config, dataset_name, device, out_path, quality_metric
 from .countdown import countdown_reward
 from .data import countdown_tasks, load_split
 from .modeling import disable_dropout, enable_checkpointing, load_model, load_tokenizer
@@ -19,7 +18,7 @@ from .batching import collate
 from .logger import NullLogger, read_tensorboard_scalars
 from .distributed import main_first
 from .checkpoints import start_fingerprint
-from .training import refuse_sharded, stage_run, train
+from .training import StageResult, open_stage, refuse_sharded, stage_run, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import sample_completions
 from .scoring import evaluate_checkpoint, exact_match, track_scores
@@ -181,30 +180,28 @@ def rloo_collate(k: int):
     return collate_fn
 
 
-def instruction_judge(cfg: Config, starts: dict):
+def instruction_judge(cfg: Config, run_config: dict):
     """The reward model that judges the instruction track (RLOO's and RFT's), as (tokenizer, model) — or None where
-    the instruction track has its own verifier or no prompts. Records the judge's weights in `starts`."""
+    the instruction track has its own verifier or no prompts. Records the judge's weights in `run_config`."""
     rcfg = cfg.rloo
     if not (rcfg.instruction_share > 0 and rcfg.instruction_reward == "reward_model"):
         return None
     folder = out_path("checkpoints", cfg, "reward_model")
-    starts["judge_weights"] = start_fingerprint(folder, "reward_model")
+    run_config["judge_weights"] = start_fingerprint(folder, "reward_model")
     with main_first():
         rm_tok, rm = load_reward_model(folder)
     return rm_tok, rm.to(device())
 
 
 def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = True,
-             stop_after_steps: int | None = None) -> dict:
+             stop_after_steps: int | None = None) -> StageResult:
     """RLOO from `start` (the chain: sft_masked → dpo → rloo; name another checkpoint to branch) on a mixture of
     Countdown prompts and instruction prompts (`rl_tasks`), each rewarded by its own track (`make_reward_fn`).
     Under N processes (DDP) each samples its share of a step's prompts with its own seed; a prompt's k samples, its
     rewards and its leave-one-out baseline stay in the process that drew it."""
     refuse_sharded("RLOO")
-    rcfg = check_config(cfg).rloo      # k < 2, temperature 0, … fail here, before any model is loaded
-    seed_everything(rcfg.seed)
-    start_dir = out_path("checkpoints", cfg, start)
-    starts = {"start_weights": start_fingerprint(start_dir, start)}
+    opened = open_stage(cfg, "rloo", start, stage)      # k < 2, temperature 0, … fail here, before any model loads
+    rcfg, start_dir, run_config = opened.settings, opened.start_dir, opened.run_config
     tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
     if cfg.model.gradient_checkpointing:
         enable_checkpointing(model)
@@ -213,20 +210,19 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
     if rcfg.kl_coef > 0:        # frozen, no-grad forwards only: bf16 where it runs under bf16 autocast anyway
         reference = load_model(start_dir, dtype=torch.bfloat16 if device().type == "cuda" else torch.float32)
         reference = reference.to(device()).eval().requires_grad_(False)
-    judge = instruction_judge(cfg, starts)
+    judge = instruction_judge(cfg, run_config)
     tasks = rl_tasks(cfg, tokenizer)
     eval_fn = lambda m: {f"eval/{k}": v for k, v in track_scores(m, tokenizer, cfg).items()}
     start_metrics = {f"eval/{k}": v for k, v in start_scores(cfg, start).items()}    # step 0 = the start's weights
-    stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "start": start, **starts, "rloo": dataclasses.asdict(rcfg),
-                  "tasks": dict(collections.Counter(t["track"] for t in tasks))}
+    stage_dir = opened.stage_dir
+    run_config["tasks"] = dict(collections.Counter(t["track"] for t in tasks))
     with stage_run(cfg, stage, run_config, log) as logger:
         loss_fn = make_rloo_loss(cfg, tokenizer, make_reward_fn(cfg, judge), reference, logger)
         history = train(model, tokenizer, tasks, rcfg, loss_fn, rloo_collate(rcfg.k), stage_dir, eval_fn=eval_fn,
                         logger=logger, run_config=run_config, desc=stage, restart=cfg.restart, watch_loss=False,
                         length_fn=lambda t: len(render_chat(tokenizer, t["prompt"])),
                         stop_after_steps=stop_after_steps, start_metrics=start_metrics)
-    return {"history": history, "dir": stage_dir, "model": model, "tokenizer": tokenizer, "tasks": len(tasks)}
+    return StageResult(model, tokenizer, stage_dir, history, {"tasks": len(tasks)})
 
 
 def plot_rloo_dynamics(cfg: Config, path, stage: str = "rloo"):

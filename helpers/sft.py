@@ -17,8 +17,8 @@ from .modeling import (build_tiny_model, enable_checkpointing, load_model, load_
 from .formatting import build_lm_example, build_sft_dataset, render_chat_plain
 from .batching import NO_GRAD_TOKENS, collate, score_in_batches, to_device
 from .logger import NullLogger, TensorBoardLogger
-from .checkpoints import save_finished_model, start_fingerprint
-from .training import stage_run, train, whole_model
+from .checkpoints import save_finished_model
+from .training import StageResult, open_stage, stage_run, train, whole_model
 from .logprobs import trained_weights, weighted_token_logps
 
 
@@ -124,23 +124,20 @@ def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:
 
 def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | None = None,
             seed: int | None = None, max_steps: int | None = None, log: bool = True, quiet: bool = False,
-            dataset: tuple | None = None, stop_after_steps: int | None = None, start: str = "initial") -> dict:
-    """Train one SFT run from checkpoints/<profile>/initial (or `start`); returns {"history", "dir", "dropped"}.
+            dataset: tuple | None = None, stop_after_steps: int | None = None, start: str = "initial") -> StageResult:
+    """Train one SFT run from checkpoints/<profile>/initial (or `start`); a StageResult (details: rows dropped).
 
     The masked and unmasked runs call this with identical settings except prompt_loss_weight. `dataset` =
     `build_sft_dataset`'s (examples, skips) for this weight, when the caller has it already (the sweep's seeds).
     `stop_after_steps` stops early, resumable (`train`).
     """
-    check_config(cfg)
     weight = cfg.sft.prompt_loss_weight if prompt_loss_weight is None else prompt_loss_weight
     train_cfg = replace_config(cfg.sft, prompt_loss_weight=weight,
                                seed=cfg.sft.seed if seed is None else seed,
                                max_steps=cfg.sft.max_steps if max_steps is None else max_steps)
-    seed_everything(train_cfg.seed)
-    initial = out_path("checkpoints", cfg, start)
-    start_weights = start_fingerprint(initial, start)
-    tokenizer = load_tokenizer(initial)
-    model = load_model(initial, lora_cfg=cfg.model.lora, quant=cfg.model.quant).to(device())
+    opened = open_stage(cfg, "sft", start, stage, train_cfg)
+    tokenizer = load_tokenizer(opened.start_dir)
+    model = load_model(opened.start_dir, lora_cfg=cfg.model.lora, quant=cfg.model.quant).to(device())
     if cfg.model.gradient_checkpointing:
         enable_checkpointing(model)
     examples, skips = dataset or build_sft_dataset(tokenizer, sft_mixture(cfg), train_cfg.max_length, weight)
@@ -150,18 +147,15 @@ def run_sft(cfg: Config, stage: str = "sft_masked", prompt_loss_weight: float | 
     pad = tokenizer.pad_token_id
     eval_fn = lambda m: {"eval/response_loss": evaluate_loss(m, held["response"], pad),
                          "eval/sequence_loss": evaluate_loss(m, held["sequence"], pad)}
-    stage_dir = out_path("checkpoints", cfg, stage)
-    run_config = {"stage": stage, "profile": cfg.profile, "start": start, "start_weights": start_weights,
-                  "sft": dataclasses.asdict(train_cfg),
-                  "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
+    run_config = {**opened.run_config, "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
                   "train_examples": len(examples), "dropped": dict(skips.reasons)}
     with stage_run(cfg, stage, run_config, log) as logger:
         history = train(model, tokenizer, examples, train_cfg, sft_loss,
-                        sft_collate(pad, train_cfg.loss_normalization), stage_dir, eval_fn=eval_fn, logger=logger,
-                        run_config=run_config, desc=stage, restart=cfg.restart, uniform_loss=math.log(len(tokenizer)),
-                        stop_after_steps=stop_after_steps)
-    model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))
-    return {"history": history, "dir": stage_dir, "dropped": skips.total, "model": model, "tokenizer": tokenizer}
+                        sft_collate(pad, train_cfg.loss_normalization), opened.stage_dir, eval_fn=eval_fn,
+                        logger=logger, run_config=run_config, desc=stage, restart=cfg.restart,
+                        uniform_loss=math.log(len(tokenizer)), stop_after_steps=stop_after_steps)
+    model = whole_model(model, opened.stage_dir, lambda d: load_model(d).to(device()))
+    return StageResult(model, tokenizer, opened.stage_dir, history, {"dropped": skips.total})
 
 
 def heldout_loss_examples(cfg: Config, tokenizer) -> dict[str, list[dict]]:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ProjectError, TrainConfig, out_path
+from .config import Config, ProjectError, TrainConfig, check_config, out_path, seed_everything
 from .modeling import autocast_context
 from .batching import length_grouped_batches, to_device
 from .logger import NullLogger, TensorBoardLogger, progress_bar
-from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_lock, stage_status
+from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_lock, stage_status, start_fingerprint
 from .distributed import (barrier, call, clip_grad_norm, full_weights, gather_objects, is_main, load_optimizer_state,
                           main_first, mean_metrics, no_sync, num_processes, optimizer_state, prepare_model,
                           process_index, rng_state, run_config_of, seed_this_process, set_rng_state, share,
@@ -39,6 +39,47 @@ class NothingToTrain(ProjectError, ValueError):
 # Divergence beyond NaN: a loss above DIVERGED_FACTOR × its first value + 1 nat, or within UNIFORM_TOLERANCE of
 # ln(vocabulary) (a model that outputs the uniform distribution), for DIVERGED_STEPS steps in a row.
 DIVERGED_FACTOR, UNIFORM_TOLERANCE, DIVERGED_STEPS = 3.0, 0.02, 3
+
+
+@dataclasses.dataclass
+class StageStart:
+    """How every stage opens (`open_stage`): its settings, where it starts from and trains into, and the run config
+    its saved run records (a stage adds what is its own: dataset sizes, dropped rows, …)."""
+    settings: TrainConfig
+    start_dir: Path
+    stage_dir: Path
+    run_config: dict
+
+
+def open_stage(cfg: Config, section: str, start: str, stage: str, settings: TrainConfig | None = None) -> StageStart:
+    """The opening every stage shares, in this order: the whole config checked (a bad value fails before any model
+    is loaded), the seed set, the start checkpoint named by its weights' fingerprint (a finished stage that started
+    from other weights is trained again: `stage_status`), the run config begun. `settings`: the section as the
+    stage overrides it (SFT's loss weight and seed)."""
+    checked = check_config(cfg)
+    settings = settings or getattr(checked, section)
+    seed_everything(settings.seed)
+    start_dir = out_path("checkpoints", cfg, start)
+    run_config = {"stage": stage, "profile": cfg.profile, "start": start,
+                  "start_weights": start_fingerprint(start_dir, start), section: dataclasses.asdict(settings)}
+    return StageStart(settings, start_dir, out_path("checkpoints", cfg, stage), run_config)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What every stage returns: the trained model and its tokenizer, its folder, its held-out history (one dict per
+    evaluation; RFT: one per round) and what is the stage's own (`details`: DPO's preference accuracy before and
+    after, the reward model's accuracy, …). `result["before"]` reads a detail, `result["history"]` a field."""
+    model: object
+    tokenizer: object
+    dir: Path
+    history: list[dict]
+    details: dict = dataclasses.field(default_factory=dict)
+
+    def __getitem__(self, key: str):
+        if key in ("model", "tokenizer", "dir", "history"):
+            return getattr(self, key)
+        return self.details[key]
 
 
 def stage_logger(cfg: Config, stage: str, run_config: dict, enabled: bool = True):

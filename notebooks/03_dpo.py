@@ -131,12 +131,12 @@ print(inspect.getsource(H.make_reward_loss))
 # %%
 print(H.describe_config(cfg.reward))
 rm = H.run_reward_model(cfg, start="sft_masked")
-print(f"reward model held-out pairwise accuracy: {rm['accuracy']:.3f}  (saved to {rm['dir']})")
+print(f"reward model held-out pairwise accuracy: {rm['accuracy']:.3f}  (saved to {rm.dir})")
 print(*H.target_lines(cfg, {"reward_model/accuracy": rm["accuracy"]}), sep="\n")
 
 # %%
 # when did it learn, and what? held-out accuracy during training, and at the end by task family
-print("by step:", {h["step"]: round(h["eval/pairwise_accuracy"], 2) for h in rm["history"] if h["step"] % 100 == 0})
+print("by step:", {h["step"]: round(h["eval/pairwise_accuracy"], 2) for h in rm.history if h["step"] % 100 == 0})
 print("by family:", {source: round(acc, 2) for source, acc in rm["accuracy_by_source"].items()})
 
 # %%

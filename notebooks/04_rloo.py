@@ -99,7 +99,7 @@ print(", ".join(f"{k} {before[k]:.3f}" for k in ("countdown_accuracy", "countdow
 print(H.describe_config(cfg.rloo))
 result = H.run_rloo(cfg, start="dpo")
 # the loop evaluated both tracks on the held-out sets at its last step: reuse that, greedy is deterministic
-after = {k.removeprefix("eval/"): v for k, v in result["history"][-1].items() if k.startswith("eval/")}
+after = {k.removeprefix("eval/"): v for k, v in result.history[-1].items() if k.startswith("eval/")}
 # each change with its verdict: a sign test on the held-out tasks gained and lost (their saved greedy answers)
 print("DPO → RLOO:", H.stage_change(cfg, {"dpo": before, "rloo": after}, "dpo", "rloo", quality) + ".")
 # the profile's targets (cfg.targets: the tiny world's; the qwen course's anchors are in docs/QWEN.md), each placed
@@ -154,7 +154,7 @@ for example in faith["examples"]:
 print(inspect.getsource(H.keep_best))
 print(H.describe_config(cfg.rft))
 rft = H.run_rft(cfg, start="dpo")
-table = H.rft_vs_rloo(cfg, result["history"], rft["curve"])
+table = H.rft_vs_rloo(cfg, result.history, rft.history)      # RFT's history: one evaluation per round
 paths = H.write_summary(table, cfg, "rft_vs_rloo")
 print(table.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
@@ -169,7 +169,7 @@ scores = lambda row: {k: row[k] for k in ("countdown_accuracy", "countdown_rewar
 summary = pd.DataFrame([{"model": "dpo", "samples": 0, **scores(before)},
                         {"model": "rloo", "samples": int(table[table.method == "rloo"]["samples"].max()),
                          **scores(after)},
-                        {"model": "rft", "samples": rft["curve"][-1]["samples"], **scores(rft["curve"][-1])}])
+                        {"model": "rft", "samples": rft.history[-1]["samples"], **scores(rft.history[-1])}])
 paths = H.write_summary(summary, cfg, "rloo")
 print(summary.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")

@@ -127,3 +127,32 @@ def test_resume_state_of_an_unfinished_run(sft_world, tmp_path):
                    tmp_path / "c", stop_after_steps=2)
     status, state = checkpoints.stage_status(tmp_path / "c", {"train": dataclasses.asdict(train_cfg)})
     assert status == "resume" and state["step"] == 2
+
+
+def test_rft_resumes_where_it_stopped_with_the_same_weights(output_dir, chat_model_dir, monkeypatch, capsys):
+    """RFT keeps and resumes runs as every stage does: stopped inside its second round (smoke: 2 rounds of 2 SFT
+    steps), then run again, it draws that round's samples again from the saved weights and random streams and ends
+    with the weights and curve of an uninterrupted run; run once more, the finished run is kept."""
+    import shutil
+    from safetensors.torch import load_file
+    from helpers import data, rft
+    cfg = config.get_config("smoke")
+    data.prepare_data(cfg)
+    start = config.out_path("checkpoints", cfg, "dpo")
+    shutil.copytree(chat_model_dir, start)
+    checkpoints.write_checksums(start)
+    # keep every prompt's first sample, right or not: each round trains on text that depends on the random streams
+    monkeypatch.setattr(rft, "keep_best", lambda tasks, samples, rewards, n, use_model: [
+        {"task": t, "completion": samples[i * n]["text"], "reward": rewards[i * n]} for i, t in enumerate(tasks)])
+    weights = lambda stage: load_file(config.out_path("checkpoints", cfg, stage) / "model.safetensors")
+    straight = rft.run_rft(cfg, stage="rft_a", log=False)
+    rft.run_rft(cfg, stage="rft_b", log=False, stop_after_steps=3)
+    assert checkpoints.run_progress(config.out_path("checkpoints", cfg, "rft_b")) == {"step": 2, "finished": False}
+    resumed = rft.run_rft(cfg, stage="rft_b", log=False)
+    assert "resuming rft_b at round 2 of 2" in capsys.readouterr().out
+    a, b = weights("rft_a"), weights("rft_b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert max(float((a[k] - load_file(start / "model.safetensors")[k]).abs().max()) for k in a) > 0   # it trained
+    assert resumed.history == straight.history and resumed["kept"] == straight["kept"]
+    rft.run_rft(cfg, stage="rft_b", log=False)
+    assert "already holds this finished run" in capsys.readouterr().out

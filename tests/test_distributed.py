@@ -128,11 +128,10 @@ def every_stage(prepared: Path, tmp_path: Path, processes: int) -> Path:
         events = list((out / "tensorboard_events" / "smoke" / stage).iterdir())
         assert len(events) == 1, events                                # one writer
         run_config = json.loads((smoke / stage / "run_config.json").read_text())
-        if stage == "rft":          # rounds of SFT on the kept samples, then one save; no resumable state
-            assert json.loads((smoke / stage / "rft_curve.json").read_text())[-1]["round"] == 2
-            assert not (smoke / "rft.round").exists()
-            continue
         state = torch.load(smoke / stage / "training_state.pt", weights_only=True)
+        if stage == "rft":          # saved at each round's end (its curve, every process's streams); no optimizer
+            assert state["history"][-1]["round"] == 2 and state["optimizer"] is None
+            assert not (smoke / "rft.round").exists()
         assert state["finished"] and len(state.get("process_rng", [None])) == processes
         assert run_config.get("distributed") == ({"processes": 2, "fsdp": False} if processes > 1 else None)
     assert max_difference(weights(out, "rft"), weights(out, "dpo")) > 0      # RFT's rounds trained (it kept some)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from helpers import checkpoints, config, data, dpo, evaluation, reward_model, rft, rloo, sft
+from helpers import checkpoints, config, data, dpo, evaluation, reward_model, rft, rloo, sft, training
 
 
 class Loaded(Exception):
@@ -22,7 +22,7 @@ def test_the_chain_wiring_each_stage_starts_from_the_one_before(monkeypatch, out
         raise Loaded(str(path))
     for module in (dpo, rloo, rft):
         monkeypatch.setattr(module, "load_tokenizer", loader)
-        monkeypatch.setattr(module, "start_fingerprint", loader)     # checked first: the start must be finished
+    monkeypatch.setattr(training, "start_fingerprint", loader)     # checked first (`open_stage`): a finished start
     with pytest.raises(Loaded) as loaded:
         run(config.get_config("smoke"))
     assert loaded.value.args[0] == str(config.out_path("checkpoints", config.get_config("smoke"), start))

@@ -623,7 +623,6 @@ def prepared_output(tmp_path_factory):
     (["train", "--stage", "sft_masked", "--profile", "smoke", "--set", "data__countdown_format=chat"], 2,
      "built with other data settings (countdown_format 'short' → 'chat')"),
     (["train", "--stage", "sft_masked", "--profile", "smoke", "--stop-after-steps", "0"], 2, "must be ≥ 1"),
-    (["train", "--stage", "rft", "--profile", "smoke", "--stop-after-steps", "2"], 2, "does not apply to rft"),
     (["run-notebook", "notebooks/06_chat.ipynb", "--index", "5", "--total", "2"], 2, "beyond --total"),
     (["run-notebook", "notebooks/06_chat.ipynb", "--started", "nan"], 2, "not a moment"),
     (["run-notebook", "notebooks/06_chat.ipynb", "--timeout", "-1"], 2, "must be ≥ 0"),
