@@ -97,8 +97,9 @@ def robustness_section(cfg: Config, by: dict) -> list[str]:
 
 
 def write_report(cfg: Config, stages, final: str) -> Path:
-    """report/report.md from the saved summaries: setup, metrics per stage, figures, masked vs unmasked with its
-    seed noise, and notes on what improved and what did not — numbers only from the files, nothing typed in."""
+    """report/report.md from the saved summaries: the target table first, then setup, metrics per stage, figures,
+    masked vs unmasked with its seed noise, and notes on what improved and what did not — numbers only from the
+    files, nothing typed in."""
     quality = quality_metric(cfg)
     manifests = sorted(out_path("data", cfg).glob("*/manifest.json"))
     sizes = {p.parent.name: json.loads(p.read_text())["splits"] for p in manifests}
@@ -107,18 +108,18 @@ def write_report(cfg: Config, stages, final: str) -> Path:
              f"`evaluation_results/{cfg.profile}/`. Model: `{cfg.model.name}`"
              + (f" ({cfg.model.num_layers} layers, hidden {cfg.model.hidden_size})"
                 if cfg.model.name == "tiny" else ""),
-             "", "## Setup", "", "| dataset | splits |", "|---|---|"]
+             "", "## Targets", "", "This run against each target of the profile, and the range `make robustness` "
+             "measured over base models (another machine pre-trains another base model):", ""]
+    prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
+    checks = target_table(cfg, run_row(cfg, stages, prefs))
+    lines += [markdown_table(checks) if len(checks) else "(no target applies to this profile's stages)", "",
+              "## Setup", "", "| dataset | splits |", "|---|---|"]
     lines += [f"| {name} | {', '.join(f'{k}: {v}' for k, v in split.items())} |" for name, split in sizes.items()]
     lines += ["", f"SFT: {cfg.sft.max_steps} steps, batch {cfg.sft.batch_size}, lr {cfg.sft.lr}; "
               f"DPO: β = {cfg.dpo.beta}, "
               f"{cfg.dpo.max_steps} steps; RLOO: k = {cfg.rloo.k}, {cfg.rloo.max_steps} steps, KL {cfg.rloo.kl_coef}. "
               f"Sampled measures: temperature {cfg.eval.temperature}, top_p {cfg.eval.top_p}, top_k {cfg.eval.top_k}, "
               f"{cfg.eval.n_samples} samples on {cfg.eval.sampled_rows} prompts.", "",
-              "## Targets", "", "This run against each target of the profile, and the range `make robustness` "
-              "measured over base models (another machine pre-trains another base model):", ""]
-    prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
-    checks = target_table(cfg, run_row(cfg, stages, prefs))
-    lines += [markdown_table(checks) if len(checks) else "(no target applies to this profile's stages)", "",
               "## Every stage on the same held-out sets", ""]
     for theme, part in stage_tables(stages).items():
         lines += [f"**{theme}**", "", markdown_table(part), ""]

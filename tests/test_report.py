@@ -20,7 +20,8 @@ def test_report_reads_the_chain_stage_by_stage(output_dir):
             "0.100 (-10.0 points).") in text
     assert "`dpo` → `rloo`: exact_match 0.750 → 0.760 (+1.0 points); countdown_accuracy 0.100 → 0.300" in text
     assert "**Countdown**" in text and "**instruction following**" in text
-    targets = " ".join(text.split("## Targets")[1].split("## Every stage")[0].split())   # before the tables
+    assert text.index("## Targets") < text.index("## Setup") < text.index("## Every stage")    # the report opens with
+    targets = " ".join(text.split("## Targets")[1].split("## Setup")[0].split())                # the target table
     assert "| final Countdown ≥ 0.3 | 0.300 | PASS | none committed |" in targets
     assert "| DPO keeps Countdown (≥ −2 points) | -10.0 points | FAIL |" in targets
 
