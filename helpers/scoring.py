@@ -48,6 +48,30 @@ def greedy_countdown(model, tokenizer, cfg: Config, rows: int | None = None):
     return tasks, answers, [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(answers, tasks)]
 
 
+def yes_no(answer: str) -> str:
+    """A judgmental answer as a class: "yes", "no", or "neither" (anything else — it counts as wrong)."""
+    word = answer.strip().lower().rstrip(".!")
+    return word if word in ("yes", "no") else "neither"
+
+
+def yes_no_metrics(answers: list[str], references: list[str]) -> dict:
+    """Judgmental questions measured as a classifier (the brief's `003_…`), "yes" the positive class: accuracy,
+    precision, recall and F1, and the confusion matrix {reference: {predicted: count}} with "neither" as its own
+    predicted column (an answer that is neither yes nor no is wrong whichever the reference)."""
+    confusion = {r: {p: 0 for p in ("yes", "no", "neither")} for r in ("yes", "no")}
+    for answer, reference in zip(answers, references):
+        if yes_no(reference) == "neither":
+            raise ValueError(f"reference {reference!r} of a judgmental question is not yes or no")
+        confusion[yes_no(reference)][yes_no(answer)] += 1
+    tp, fp, fn = confusion["yes"]["yes"], confusion["no"]["yes"], confusion["yes"]["no"] + confusion["yes"]["neither"]
+    total = sum(sum(row.values()) for row in confusion.values())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {"accuracy": (tp + confusion["no"]["no"]) / total if total else 0.0, "precision": precision,
+            "recall": recall, "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "confusion": confusion}
+
+
 def instruction_test_rows(cfg: Config, tokenizer, rows: int) -> list[dict]:
     """The first `rows` held-out instruction conversations whose prompt fits `max_prompt_tokens`."""
     test = sft_mixture(cfg, "test")
