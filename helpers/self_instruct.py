@@ -155,8 +155,11 @@ def drop_conflicts(tasks: list[dict], funnel: Counter) -> list[dict]:
 def self_instruct(model, tokenizer, seeds: list[dict], requests: int, seed: int = 0, max_new_tokens: int = 96,
                   batch_size: int = 16) -> tuple[list[dict], Counter]:
     """`requests` prompts, half for judgmental tasks and half for open ones; each lists 8 tasks of its kind (6 seeds,
-    up to 2 generated so far, shuffled) and asks for one more. Returns (the generated tasks kept, the funnel)."""
+    up to 2 generated so far, shuffled; fewer where the model's context is too short for them) and asks for one
+    more. Returns (the generated tasks kept, the funnel)."""
     rng, pool, funnel = random.Random(seed), [], Counter()
+    # what the prompt may take of the context: the new tokens and the chat template's own (16) left over
+    room = getattr(model.config, "max_position_embeddings", 32_768) - max_new_tokens - 16
     for start in range(0, requests, batch_size):
         kinds = [TYPES[i % 2] for i in range(start, min(requests, start + batch_size))]
         prompts = []
@@ -166,6 +169,8 @@ def self_instruct(model, tokenizer, seeds: list[dict], requests: int, seed: int 
             shown = rng.sample(made, min(GENERATED_IN_PROMPT, len(made)))
             shown += rng.sample(own, min(PROMPT_TASKS - len(shown), len(own)))
             rng.shuffle(shown)
+            while len(shown) > 1 and prompt_tokens(tokenizer, encode_prompt(shown, kind)) > room:
+                shown.pop()                     # a model with a short context sees fewer in-context tasks
             prompts.append([{"role": "user", "content": encode_prompt(shown, kind)}])
         texts = generate_responses(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    temperature=TEMPERATURE, top_p=TOP_P, seed=seed + start, progress=False)
@@ -176,6 +181,10 @@ def self_instruct(model, tokenizer, seeds: list[dict], requests: int, seed: int 
     pool = drop_conflicts(pool, funnel)
     funnel["kept"] = len(pool)
     return pool, funnel
+
+
+def prompt_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def funnel_lines(funnel: Counter) -> list[str]:

@@ -115,3 +115,22 @@ def test_the_loop_generates_filters_and_counts_every_candidate(chat_model_dir):
     assert all(self_instruct.task_problem(t) is None for t in kept)
     assert self_instruct.funnel_lines(funnel)[0] == "generated: 6" and self_instruct.funnel_lines(funnel)[-1] == \
         f"kept: {len(kept)}"
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("QWEN_MODEL_DIR"),
+                    reason="needs a real Qwen2.5-architecture instruct checkpoint in QWEN_MODEL_DIR "
+                           "(../shared/tools/get-real-qwen.sh DIR builds one)")
+def test_a_real_qwen_instruct_model_writes_new_tasks_that_pass_the_filters(capsys):
+    """On the real architecture the loop must produce new, well-formed tasks: some pass every filter (printed, to
+    be read). Slow on a CPU (a 0.5B model, 8 requests)."""
+    import os
+    folder = os.environ["QWEN_MODEL_DIR"]
+    seeds, _, _ = self_instruct.load_seed_library()
+    model, tokenizer = modeling.load_model(folder), modeling.load_tokenizer(folder)
+    kept, funnel = self_instruct.self_instruct(model, tokenizer, seeds, requests=8, batch_size=8)
+    with capsys.disabled():
+        print("\n" + "\n".join(self_instruct.funnel_lines(funnel)))
+        for t in kept:
+            print(f"  [{t['type']}] {t['instruction']} | {t['input']} → {t['output']}")
+    assert kept and all(self_instruct.task_problem(t) is None for t in kept)
+    assert not {t["input"] for t in kept} & {t["input"] for t in seeds}       # new questions, not copies
