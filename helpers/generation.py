@@ -1,6 +1,7 @@
 """Generation: batched greedy or sampled responses to chat prompts (left padding, KV cache, stop at
 <|im_end|>, LoRA merged for the duration, a repeated prompt's cache computed once), and k samples per prompt drawn
-from the policy itself, with their exact token ids, for RLOO and RFT (finished rows leave the batch).
+from the policy itself, with their exact token ids, for RLOO and RFT (finished rows leave the batch); plain-text
+continuations for a base model's prompts (self-instruct).
 Prompts are encoded with `encode_chat`: text in a message never becomes a control token.
 Imports: modeling, formatting, batching."""
 from __future__ import annotations
@@ -107,6 +108,26 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
             for row, i in enumerate(idx):
                 responses[i] = tokenizer.decode(tokens[row], skip_special_tokens=True).strip()
     return responses
+
+
+def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, top_p: float,
+                   seed: int = 0, batch_size: int = 8, stop_strings: tuple = ()) -> list[str]:
+    """Sampled plain-text continuations — no chat template: how a base model is prompted (self-instruct's lists of
+    tasks). Text never becomes a control token (`split_special_tokens`); no top-k, as the papers' APIs had none;
+    `stop_strings` end a row early (the text up to them is returned with them)."""
+    torch.manual_seed(seed)
+    ids = [tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] for t in texts]
+    out = [""] * len(texts)
+    with generation_mode(model):
+        for start in range(0, len(ids), batch_size):
+            enc = left_padded(ids[start:start + batch_size], tokenizer.pad_token_id, model_device(model))
+            rows = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                  top_p=top_p, top_k=0, eos_token_id=stop_token_ids(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, stop_strings=list(stop_strings) or None,
+                                  tokenizer=tokenizer if stop_strings else None)
+            for row, tokens in enumerate(rows[:, enc["input_ids"].shape[1]:]):
+                out[start + row] = tokenizer.decode(tokens, skip_special_tokens=True)
+    return out
 
 
 def generate_eval(model, tokenizer, conversations, eval_cfg, **sampling) -> list[str]:

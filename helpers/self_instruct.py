@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import REPO_ROOT
 from .data import CONTROL_TOKENS, SkipCounter
-from .generation import generate_responses
+from .generation import continue_texts
 from .scoring import rouge_l
 
 SEED_LIBRARY = REPO_ROOT / "assets" / "domain_seeds.json"
@@ -25,6 +25,7 @@ ANSWERS = ("yes", "no")                  # a judgmental task's only outputs
 PROMPT_TASKS, GENERATED_IN_PROMPT = 8, 2
 TEMPERATURE, TOP_P, ROUGE_LIMIT = 0.7, 0.5, 0.7
 MIN_WORDS, MAX_WORDS = 4, 150
+STOP = ("\n\nTask",)                   # the next task's number: one new task per request (the paper stops at "16.")
 
 
 def task_problem(row) -> str | None:
@@ -77,35 +78,54 @@ def show_task(task: dict, index: int) -> str:
 
 
 def encode_prompt(tasks: list[dict], kind: str) -> str:
-    """The request for one new task of `kind`, after the in-context tasks (all of that kind)."""
-    head = ("Come up with new yes/no questions about statements of the same domain. Give the answer first."
-            if kind == "judgmental" else "Come up with new questions about statements of the same domain, each with "
-            "its short answer.")
+    """The paper's prompt, plain text for a language model to continue: a line on what the tasks are, the
+    in-context tasks (all of `kind`), numbered, and the next number's "Instruction:" for the model to fill in."""
+    answer = ", answered yes or no, the answer first" if kind == "judgmental" else ", with its short answer"
+    head = f"Tasks about a small domain: a statement (Instruction) and a question about it (Input){answer} (Output)."
     shown = [show_task(t, i + 1) for i, t in enumerate(tasks)]
     return "\n\n".join([head, *shown, f"Task {len(tasks) + 1}\nInstruction:"])
 
 
-_FIELD = re.compile(r"^(Instruction|Input|Output):\s*(.*)$")
+_FIELD = re.compile(r"^\**(Instruction|Input|Output)\**:\**\s*(.*)$")      # "Input:", "**Input:**" (markdown)
 
 
-def parse_task(text: str, kind: str) -> dict | None:
-    """The first task in a continuation of `encode_prompt` ("<statement>\nOutput: …\nInput: …"), or None where a
-    field is missing. Text after the task (a next "Task" line) is ignored."""
-    body = text.strip()
-    if body.startswith("Task "):              # the model repeated the task's number
-        body = body.split("\n", 1)[1] if "\n" in body else ""
-    if not body.startswith("Instruction:"):    # it went on after the prompt's "Instruction:"
-        body = "Instruction: " + body
-    found = {}
-    for line in body.splitlines():
-        if line.startswith("Task "):
-            break
-        match = _FIELD.match(line.strip())
-        if match and match.group(1).lower() not in found:
+def parse_tasks(text: str, kind: str) -> list[dict]:
+    """Every whole task in a reply (fields on their own lines, in any order; "Task N" lines and blank lines
+    separate tasks). A block with a field missing is not a task."""
+    tasks, found = [], {}
+
+    def close():
+        if all(field in found for field in FIELDS):
+            tasks.append({**{f: found[f] for f in FIELDS}, "type": kind})
+        found.clear()
+    for line in text.strip().splitlines():
+        line = line.strip()
+        match = _FIELD.match(line)
+        if line.startswith("Task ") or not line or (match and match.group(1).lower() in found):
+            close()                               # a new task begins (or a field repeats: so does a task)
+        if match:
             found[match.group(1).lower()] = match.group(2).strip()
-    if not all(field in found for field in FIELDS):
-        return None
-    return {**found, "type": kind}
+    close()
+    return tasks
+
+
+def parse_task(text: str, kind: str, shown: list[dict] = (), cut: bool = False) -> dict | None:
+    """The reply's first task that is not one of the tasks it was shown (a model often copies the list first); a
+    copy where it wrote nothing else (the ROUGE-L filter removes it); None where the reply holds no whole task.
+    `cut`: the reply ran out of tokens, so its last line may be cut short and is not read."""
+    if cut:
+        text = text.rsplit("\n", 1)[0] if "\n" in text.strip() else ""
+    tasks = parse_tasks(text, kind)
+    seen = {(t["instruction"], t["input"]) for t in shown}
+    fresh = [t for t in tasks if (t["instruction"], t["input"]) not in seen]
+    return (fresh or tasks or [None])[0]
+
+
+def candidate(text: str, kind: str, shown: list[dict], cut: bool) -> dict:
+    """What the filters see of one reply: its new task (or None) and whether it was truncated — cut short with no
+    whole task before the cut."""
+    task = parse_task(text, kind, shown, cut)
+    return {"task": task, "truncated": cut and task is None}
 
 
 def words(text: str) -> int:
@@ -158,11 +178,10 @@ def self_instruct(model, tokenizer, seeds: list[dict], requests: int, seed: int 
     up to 2 generated so far, shuffled; fewer where the model's context is too short for them) and asks for one
     more. Returns (the generated tasks kept, the funnel)."""
     rng, pool, funnel = random.Random(seed), [], Counter()
-    # what the prompt may take of the context: the new tokens and the chat template's own (16) left over
-    room = getattr(model.config, "max_position_embeddings", 32_768) - max_new_tokens - 16
+    room = getattr(model.config, "max_position_embeddings", 32_768) - max_new_tokens   # what a prompt may take
     for start in range(0, requests, batch_size):
         kinds = [TYPES[i % 2] for i in range(start, min(requests, start + batch_size))]
-        prompts = []
+        prompts, shown_lists = [], []
         for kind in kinds:
             own = [t for t in seeds if t["type"] == kind]
             made = [t for t in pool if t["type"] == kind]
@@ -171,12 +190,14 @@ def self_instruct(model, tokenizer, seeds: list[dict], requests: int, seed: int 
             rng.shuffle(shown)
             while len(shown) > 1 and prompt_tokens(tokenizer, encode_prompt(shown, kind)) > room:
                 shown.pop()                     # a model with a short context sees fewer in-context tasks
-            prompts.append([{"role": "user", "content": encode_prompt(shown, kind)}])
-        texts = generate_responses(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   temperature=TEMPERATURE, top_p=TOP_P, seed=seed + start, progress=False)
-        candidates = [{"task": parse_task(text, kind),
-                       "truncated": len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1}
-                      for text, kind in zip(texts, kinds)]
+            prompts.append(encode_prompt(shown, kind))
+            shown_lists.append(shown)
+        texts = continue_texts(model, tokenizer, prompts, max_new_tokens, TEMPERATURE, TOP_P, seed=seed + start,
+                               batch_size=batch_size, stop_strings=STOP)
+        # the model goes on from "Instruction:"; a reply that stopped at the next task's number was not cut short
+        candidates = [candidate("Instruction:" + text, kind, shown,
+                                prompt_tokens(tokenizer, text) >= max_new_tokens - 1 and not text.endswith(STOP))
+                      for text, kind, shown in zip(texts, kinds, shown_lists)]
         pool += filter_candidates(candidates, seeds + pool, funnel)
     pool = drop_conflicts(pool, funnel)
     funnel["kept"] = len(pool)

@@ -31,19 +31,27 @@ def test_malformed_seed_rows_are_skipped_and_counted(tmp_path):
                                   "judgmental, open", "not an object", "output equals input"}
 
 
-def test_a_prompt_lists_judgmental_tasks_output_first_and_a_continuation_parses_back():
+def test_a_prompt_lists_judgmental_tasks_output_first_and_a_reply_parses_back():
+    """A chat model often copies the listed tasks before (or instead of) writing a new one: the first task of the
+    reply that is not a copy is taken; a reply cut short loses its last task; no whole task, nothing."""
     seeds, _, _ = self_instruct.load_seed_library()
     judgmental = [t for t in seeds if t["type"] == "judgmental"][:2]
     prompt = self_instruct.encode_prompt(judgmental, "judgmental")
     first = self_instruct.show_task(judgmental[0], 1)
     assert first.index("Output:") < first.index("Input:") and prompt.endswith("Task 3\nInstruction:")
-    text = " The X-23S has a blue case.\nOutput: no\nInput: Is the case of the X-23S red?\n\nTask 4\nInstruction: …"
-    assert self_instruct.parse_task(text, "judgmental") == {
-        "instruction": "The X-23S has a blue case.", "output": "no", "input": "Is the case of the X-23S red?",
-        "type": "judgmental"}
-    again = "Task 3\nInstruction: Neurogenix has 40 staff.\nInput: How many staff does Neurogenix have?\nOutput: 40"
-    assert self_instruct.parse_task(again, "open")["output"] == "40"
+    new = {"instruction": "The X-23S has a blue case.", "output": "no", "input": "Is the case of the X-23S red?",
+           "type": "judgmental"}
+    reply = (self_instruct.show_task(judgmental[0], 1) + "\n\nTask 2\nInstruction: The X-23S has a blue case.\n"
+             "Output: no\nInput: Is the case of the X-23S red?\n\nTask 3\nInstruction: The X-23S is")
+    assert self_instruct.parse_task(reply, "judgmental", judgmental) == new
+    assert self_instruct.parse_task(reply, "judgmental", judgmental, cut=True) == new
+    assert self_instruct.parse_task("Instruction: The pump is loud.\nOutput: yes\nInput: Is it loud?", "judgmental",
+                                    cut=True) is None                   # its only task may be cut short
+    bold = "**Instruction:** Neurogenix has 40 staff.\n**Input:** How many staff does Neurogenix have?\n**Output:** 40"
+    assert self_instruct.parse_task(bold, "open")["output"] == "40"
     assert self_instruct.parse_task("The pump is loud.\nInput: Is it loud?", "judgmental") is None
+    copy = self_instruct.show_task(judgmental[1], 1)
+    assert self_instruct.parse_task(copy, "judgmental", judgmental)["input"] == judgmental[1]["input"]   # ROUGE-L's
 
 
 def test_each_filter_removes_what_it_should_and_the_funnel_counts_it():
