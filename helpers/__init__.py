@@ -55,4 +55,4 @@ from .chat import ChatSession, build_chat_widget, side_by_side
 MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
            "checkpoints", "distributed", "training", "logprobs", "sft", "generation", "scoring", "results",
            "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "robustness", "evaluation",
-           "report", "chat", "vocab", "runner", "cli")
+           "report", "chat", "self_instruct", "data_selection", "vocab", "runner", "cli")

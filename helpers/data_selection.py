@@ -42,3 +42,50 @@ def necessity_pool(scores: list[float], threshold: float) -> list[int]:
     """MoDS' necessity: the indices of examples the seed-trained model answers poorly (reward-model score of its own
     answer at or below `threshold`) — what it still needs to be taught."""
     return [i for i, s in enumerate(scores) if s <= threshold]
+
+
+@torch.no_grad()
+def mean_pooled_embeddings(model, tokenizer, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+    """One vector per text: the model's last hidden states averaged over the text's tokens (padding left out) —
+    the coverage step's notion of "similar". Text never becomes a control token."""
+    was_training, rows = model.training, []
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(texts), batch_size):
+            ids = [tokenizer(t, add_special_tokens=False, split_special_tokens=True)["input_ids"] or
+                   [tokenizer.pad_token_id] for t in texts[start:start + batch_size]]
+            width = max(len(i) for i in ids)
+            input_ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids], device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+            hidden = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+            rows.append(((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
+def mods_select(rows: list, score, embed, fine_tune_and_score, quality_threshold: float, seed_size: int,
+                necessity_threshold: float, necessity_size: int, progress=print) -> dict:
+    """MoDS' three steps over candidate rows, each saying what it kept and why:
+    1. quality — `score(rows)` (the reward model's score of each row's own answer) above `quality_threshold`;
+    2. coverage — `seed_size` of those by k-center greedy over `embed(rows)`: the seed set;
+    3. necessity — `fine_tune_and_score(seed rows, other rows)`: a model fine-tuned on the seed set answers the
+       others and the reward model scores its answers; those at or below `necessity_threshold` are what it still
+       needs, and k-center greedy picks `necessity_size` of them.
+    Returns {"quality": indices, "seeds": indices, "necessary": indices, "selected": seeds + necessary}."""
+    scores = score(rows)
+    _, good = quality_filter(rows, scores, quality_threshold)
+    progress(f"quality: {len(good)} of {len(rows)} rows score above {quality_threshold:g} by the reward model")
+    vectors = embed([rows[i] for i in good])
+    seeds = [good[i] for i in k_center_greedy(vectors, min(seed_size, len(good)))]
+    progress(f"coverage: {len(seeds)} seeds by k-center greedy over the embeddings of those {len(good)}")
+    others = [i for i in good if i not in set(seeds)]
+    needed = [others[i] for i in necessity_pool(fine_tune_and_score([rows[i] for i in seeds],
+                                                                     [rows[i] for i in others]), necessity_threshold)]
+    progress(f"necessity: the seed-trained model answers {len(needed)} of the other {len(others)} at or below "
+             f"{necessity_threshold:g}")
+    picked = k_center_greedy(embed([rows[i] for i in needed]), min(necessity_size, len(needed))) if needed else []
+    necessary = [needed[i] for i in picked]
+    progress(f"selected: {len(seeds)} seeds + {len(necessary)} necessary = {len(seeds) + len(necessary)} rows")
+    return {"quality": good, "seeds": seeds, "necessary": necessary, "selected": seeds + necessary}

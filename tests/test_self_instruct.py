@@ -1,12 +1,11 @@
-"""The data side (the brief's `002_…`, `003_…`): the seed library, self-instruct's parsing, filters and funnel, MoDS'
-k-center greedy and necessity, and judgmental questions measured as a classifier — each on hand-made cases."""
+"""The data side (the brief's `002_…`, `003_…`): the seed library, self-instruct's parsing, filters and funnel, and
+judgmental questions measured as a classifier — each on hand-made cases (MoDS: test_data_selection.py)."""
 import json
 from collections import Counter
 
 import pytest
-import torch
 
-from helpers import data_selection, modeling, scoring, self_instruct
+from helpers import modeling, scoring, self_instruct
 
 
 def test_the_committed_seed_library_loads_whole_and_keeps_its_test_statements_apart():
@@ -82,23 +81,6 @@ def test_each_filter_removes_what_it_should_and_the_funnel_counts_it():
             task("C is D.", "Is C D?", "yes", "judgmental"), task("C is D indeed.", "Is C D?", "Yes", "judgmental")]
     assert self_instruct.drop_conflicts(same, funnel) == same[2:]
     assert funnel["removed: the same input with different outputs"] == 2
-
-
-def test_k_center_greedy_on_points_of_a_line():
-    """Points 0, 1, 10, 11, 5 on a line, from the first: the farthest is 11 (index 3); then each point's distance to
-    its nearest centre is 1, 1, 5 for 1, 10, 5, so 5 (index 4) comes next. From {0, 11}, one more is that 5."""
-    points = torch.tensor([[0.0], [1.0], [10.0], [11.0], [5.0]])
-    assert data_selection.k_center_greedy(points, 3) == [0, 3, 4]
-    assert data_selection.k_center_greedy(points, 1, start=[0, 3]) == [4]
-    assert data_selection.k_center_greedy(points, 0) == []
-    assert data_selection.k_center_greedy(torch.zeros(3, 2), 3) == [0]      # nothing else to cover
-    with pytest.raises(ValueError, match="k = 6"):
-        data_selection.k_center_greedy(points, 6)
-
-
-def test_quality_and_necessity_keep_the_high_and_the_low_scorers():
-    assert data_selection.quality_filter(["a", "b", "c"], [0.9, 0.1, 0.5], 0.4) == (["a", "c"], [0, 2])
-    assert data_selection.necessity_pool([0.9, 0.1, 0.5, 0.3], 0.3) == [1, 3]
 
 
 def test_judgmental_answers_as_a_classifier_by_hand():
