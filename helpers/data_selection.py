@@ -2,7 +2,9 @@
 examples a reward model scores above a threshold; coverage picks a diverse seed set by k-center greedy over
 embeddings (here: the policy's hidden states, mean-pooled over the example's tokens); necessity fine-tunes on the
 seed set, lets that model answer the rest, and adds the examples whose answers the reward model scores low — again
-k-center greedy over them. Imports: none of the project's (the pieces take tensors and scores)."""
+k-center greedy over them. `raw_pool` makes the candidates a selection is tested on: clean rows with wrong
+answers, near-duplicates and an over-represented easy family mixed in at stated rates. Imports: none of the
+project's (the pieces take rows, tensors and scores)."""
 from __future__ import annotations
 
 import torch
@@ -89,3 +91,37 @@ def mods_select(rows: list, score, embed, fine_tune_and_score, quality_threshold
     necessary = [needed[i] for i in picked]
     progress(f"selected: {len(seeds)} seeds + {len(necessary)} necessary = {len(seeds) + len(necessary)} rows")
     return {"quality": good, "seeds": seeds, "necessary": necessary, "selected": seeds + necessary}
+
+
+def raw_pool(rows: list[dict], wrong: float, near_duplicates: float, easy_family: str, easy_share: float,
+             seed: int = 0) -> list[dict]:
+    """A candidate pool with the defects real pools have, at stated rates, from clean SFT conversations
+    ({"messages", "source", "reference"}): a share `wrong` answered with another task's answer of the same family
+    (plausible, wrong); `near_duplicates` more rows that repeat one with its question's case and spacing changed; and
+    rows of `easy_family` repeated until they are `easy_share` of the pool. Each row's "defect" says which (None:
+    clean) — for reporting what a selection kept, never read by the selection itself."""
+    import random
+    rng = random.Random(seed)
+    pool = [dict(r, defect=None) for r in rows]
+    by_family: dict[str, list[str]] = {}
+    for r in rows:
+        by_family.setdefault(r["source"], []).append(r["messages"][-1]["content"])
+    for i in rng.sample(range(len(pool)), round(wrong * len(pool))):
+        right = pool[i]["messages"][-1]["content"]
+        others = [a for a in by_family[pool[i]["source"]] if a != right]
+        if others:
+            answer = rng.choice(others)
+            pool[i] = dict(pool[i], defect="wrong answer",
+                           messages=pool[i]["messages"][:-1] + [{"role": "assistant", "content": answer}])
+    for i in rng.sample(range(len(rows)), round(near_duplicates * len(rows))):
+        question = pool[i]["messages"][0]["content"]
+        changed = question.lower() if question != question.lower() else question.capitalize()
+        pool.append(dict(pool[i], defect="near-duplicate",
+                         messages=[{"role": "user", "content": changed + " "}] + pool[i]["messages"][1:]))
+    easy = [r for r in rows if r["source"] == easy_family]
+    if not easy:
+        raise ValueError(f"no rows of the family {easy_family!r} to over-represent")
+    while sum(r["source"] == easy_family for r in pool) < easy_share * len(pool):
+        pool.append(dict(rng.choice(easy), defect="over-represented family"))
+    rng.shuffle(pool)
+    return pool

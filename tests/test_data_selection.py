@@ -52,3 +52,22 @@ def test_mean_pooled_embeddings_leave_padding_out(chat_model_dir):
     alone = data_selection.mean_pooled_embeddings(model, tokenizer, ["Is the pump loud?"])
     batch = data_selection.mean_pooled_embeddings(model, tokenizer, ["Is the pump loud?", "a much longer text " * 5])
     assert batch.shape[0] == 2 and torch.allclose(alone[0], batch[0], atol=1e-5)
+
+
+def test_the_raw_pool_has_its_defects_at_the_stated_rates():
+    """100 clean rows of two families: 10 % answered wrong (another answer of the family), 5 near-duplicates added,
+    then the "add" family repeated until it is half the pool; every defect labelled, the clean rows untouched."""
+    rows = [{"messages": [{"role": "user", "content": f"Add {i} and 1."}, {"role": "assistant", "content": str(i + 1)}],
+             "source": "tiny/add" if i % 2 else "tiny/max", "reference": str(i + 1)} for i in range(100)]
+    pool = data_selection.raw_pool(rows, wrong=0.1, near_duplicates=0.05, easy_family="tiny/add", easy_share=0.5)
+    defects = __import__("collections").Counter(r["defect"] for r in pool)
+    assert defects["wrong answer"] == 10 and defects["near-duplicate"] == 5
+    assert sum(r["source"] == "tiny/add" for r in pool) >= 0.5 * len(pool)
+    for r in pool:
+        if r["defect"] == "wrong answer":
+            assert r["messages"][-1]["content"] != r["reference"]
+        elif r["defect"] is None:
+            assert r["messages"][-1]["content"] == r["reference"]
+    assert data_selection.raw_pool(rows, 0.1, 0.05, "tiny/add", 0.5) == pool            # seeded
+    with pytest.raises(ValueError, match="no rows of the family 'tiny/count'"):
+        data_selection.raw_pool(rows, 0.1, 0.05, "tiny/count", 0.5)
