@@ -180,7 +180,7 @@ class DataConfig(Checked):
 @dataclass
 class ModelConfig(Checked):
     name: str = "tiny"                # hub id or local dir; "tiny" = the model 00_data builds locally
-    vocab_size: int = 1024            # tiny: BPE vocabulary trained on the tiny world
+    vocab_size: int = 1024            # tiny: the BPE trainer's ceiling; the tiny world yields fewer (00 prints it)
     hidden_size: int = 192            # tiny: under 2M parameters, fast on 2 CPU cores
     num_layers: int = 4
     num_heads: int = 6
@@ -289,7 +289,7 @@ class RLOOConfig(TrainConfig):
                                       # (docs/LOG.md)
     table_every: int = 10             # steps between TensorBoard text tables of sampled completions
     instruction_share: float = 0.25   # share of prompts from instruction following: enough to keep DPO's gains, few
-                                      # enough that Countdown gains (docs/LOG.md)
+                                      # enough that Countdown gained on the 11 robustness base models (docs/LOG.md)
     instruction_reward: str = "verifier"  # instruction track's reward: "verifier" (exact match with the tiny world's
                                           # one answer) or "reward_model" (the Bradley–Terry model of 03)
     group_by_length: bool = False     # mixed tracks in every batch (grouping by length would separate them)
@@ -373,7 +373,7 @@ class Config(Checked):
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     new_tokens: tuple = ("mediventricular", "neurogenix", "X-23S")  # domain words outside the vocabulary
-    new_token_steps: int = 160        # LoRA steps of 00_data's new-token demo (tiny: all three learned by 160)
+    new_token_steps: int = 160        # LoRA steps of 00_data's new-token demo (tiny: two or three of three learned)
     restart: bool = False             # train stages again even when their folder holds a finished run of the same
                                       # config (else it is kept); RESTART=1 in the environment sets it
     notebook_cell_timeout: int | None = 1800  # seconds per notebook cell in `make demo`; None = no limit (the

@@ -217,10 +217,15 @@ def experiment_origin(cfg: Config) -> str:
     origin, stamp = saved.get("origin") or {}, found[-1].parent.name
     seeds = len({r["seed"] for r in saved.get("results", []) if "seed" in r})
     made = origin.get("made") or f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} (its folder's stamp)"
+    where = (f"The experiment shown here is a committed run, not this kernel's: "
+             f"`evaluation_results/{cfg.profile}/sft_sweep/{stamp}/` ({seeds} seeds), made by `make experiment` on "
+             f"{made}")
+    if not origin:                  # made before runs recorded their base model and data world
+        return (where + ", before runs recorded their base model: its base model and tiny world are not known, and "
+                "both have changed since (docs/LOG.md). Its numbers describe that run, not this notebook's; "
+                "`make experiment` remakes them from this base model.")
     same = origin.get("initial_weights") == base_weights(cfg)
-    return (f"The experiment shown here is a committed run, not this kernel's: "
-            f"`evaluation_results/{cfg.profile}/sft_sweep/{stamp}/` ({seeds} seeds), made by `make experiment` on "
-            f"{made} ({origin.get('machine', 'machine not recorded')}), from "
+    return (where + f" ({origin.get('machine', 'machine not recorded')}), from "
             + ("this notebook's own base model." if same else
                "another base model than this notebook's (another machine or seed): its numbers are that base "
                "model's; `make experiment` remakes them from this one."))
@@ -247,10 +252,16 @@ def conclusion(results: list[dict], quality: str = "exact_match") -> list[str]:
     control = heads.get(("masked → unmasked, response-normalised", quality))
     if main and control and abs(main["difference"]) > 1e-9:
         closed = 1 - control["difference"] / main["difference"]
+        cd_control = heads.get(("masked → unmasked, response-normalised", "countdown_accuracy"))
+        cd_closed = (1 - cd_control["difference"] / cd["difference"] if cd and cd_control
+                     and abs(cd["difference"]) > 1e-9 and quality != "countdown_accuracy" else None)
         lines.append(f"Normalising the whole-sequence loss by response tokens — the response then gets the same "
-                     f"gradient as in the masked run — leaves a difference of {100 * control['difference']:+.1f} "
-                     f"points ({control['verdict']}): about {100 * closed:.0f} % of the gap is gradient dilution, "
-                     f"the rest is what training on the prompt itself does.")
+                     f"gradient as in the masked run — leaves a {quality.replace('_', ' ')} difference of "
+                     f"{100 * control['difference']:+.1f} points ({control['verdict']}): about {100 * closed:.0f} % "
+                     f"of that gap is gradient dilution, the rest is what training on the prompt itself does"
+                     + (f"; on Countdown accuracy the same control closes about {100 * cd_closed:.0f} % of the gap "
+                        f"({100 * cd_control['difference']:+.1f} points left, {cd_control['verdict']})"
+                        if cd_closed is not None else "") + ".")
     best = {}
     for r in results:
         if r["normalization"] == "trained_tokens":

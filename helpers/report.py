@@ -12,7 +12,7 @@ from .results import latest_summary, markdown_table
 from .experiment import conclusion, experiment_origin, headline, latest_experiment
 from .comparison import paired_verdict, stage_change
 from .evaluation import LEGEND, stage_tables
-from .robustness import run_row, target_table
+from .robustness import run_row, target_table, with_changes
 
 
 def report_path(cfg: Config) -> Path:
@@ -70,9 +70,10 @@ def best_of_n_notes(row: dict, prompts: int | None, stage: str = "`final`'s") ->
     return notes
 
 
-def robustness_section(cfg: Config, by: dict) -> list[str]:
+def robustness_section(cfg: Config, row: dict) -> list[str]:
     """The committed `make robustness` results — each target over base models, each headline as mean ± std
-    (min–max) — and where this run falls among them: another machine pre-trains another base model."""
+    (min–max) — and where this run falls among them: another machine pre-trains another base model. `row`: this run
+    as `run_row` gives it ("stage/metric": value), its changes added here."""
     summary, checks = latest_summary(cfg, "robustness"), latest_summary(cfg, "robustness_targets")
     if summary is None or checks is None:
         return []
@@ -83,15 +84,16 @@ def robustness_section(cfg: Config, by: dict) -> list[str]:
              "standing in for machines; settings tuned on other seeds). Each target, on every one of them:", "",
              markdown_table(checks), "", "Each stage over the base models, and this run as one more draw:", "",
              "| stage | metric | mean ± std | min–max | this run | where |", "|---|---|---|---|---|---|"]
-    for row in summary.itertuples(index=False):
-        if row.metric.endswith("change") or row.stage not in by or row.metric not in by[row.stage]:
+    mine_all = with_changes(row)
+    for r in summary.itertuples(index=False):
+        value = mine_all.get(f"{r.stage}/{r.metric}")
+        if value is None or value != value:       # not measured by this run (NaN: no such stage here)
             mine, where = "", ""
         else:
-            value = by[row.stage][row.metric]
             mine = f"{value:.3f}"
-            inside = row.min - 1e-9 <= value <= row.max + 1e-9
-            where = "inside" if inside else "below" if value < row.min else "above"
-        lines.append(f"| {row.stage} | {row.metric} | {row.mean:.3f} ± {row.std:.3f} | {row.min:.3f}–{row.max:.3f} "
+            inside = r.min - 1e-9 <= value <= r.max + 1e-9
+            where = "inside" if inside else "below" if value < r.min else "above"
+        lines.append(f"| {r.stage} | {r.metric} | {r.mean:.3f} ± {r.std:.3f} | {r.min:.3f}–{r.max:.3f} "
                      f"| {mine} | {where} |")
     return lines + ["", "![robustness](../assets/robustness.png)"]
 
@@ -111,7 +113,8 @@ def write_report(cfg: Config, stages, final: str) -> Path:
              "", "## Targets", "", "This run against each target of the profile, and the range `make robustness` "
              "measured over base models (another machine pre-trains another base model):", ""]
     prefs = latest_summary(cfg, "dpo")      # written by 03_dpo: the preference-learning evidence
-    checks = target_table(cfg, run_row(cfg, stages, prefs))
+    mine = run_row(cfg, stages, prefs)
+    checks = target_table(cfg, mine)
     lines += [markdown_table(checks) if len(checks) else "(no target applies to this profile's stages)", "",
               "## Setup", "", "| dataset | splits |", "|---|---|"]
     lines += [f"| {name} | {', '.join(f'{k}: {v}' for k, v in split.items())} |" for name, split in sizes.items()]
@@ -157,7 +160,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
             notes.append(f"- reward model (Bradley–Terry, on `sft_masked`): held-out pairwise accuracy "
                          f"{rm_accuracy.iloc[-1]:.3f}.")
     lines += ["", "## What improved and what did not", ""] + notes
-    lines += robustness_section(cfg, by)
+    lines += robustness_section(cfg, mine)
     path = report_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

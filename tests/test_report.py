@@ -37,3 +37,21 @@ def test_best_of_8_below_best_of_4_on_a_few_prompts_is_called_noise_not_worse():
     assert notes[1].endswith("more than noise).")
     assert report.best_of_n_notes({"best_of_4_verifier": float("nan"), "best_of_8_verifier": 0.5}, 48) == []
     assert report.best_of_n_notes({"best_of_4_verifier": 0.5, "best_of_8_verifier": 0.5}, None) == []
+
+
+def test_the_robustness_section_places_every_measure_of_this_run_changes_included(monkeypatch):
+    """Each committed measure over base models gets this run's value and where it falls — the stage-to-stage changes
+    too (they were left blank, and they were the ones outside the range)."""
+    summary = pd.DataFrame([{"stage": "dpo", "metric": "countdown_change", "mean": 0.03, "std": 0.04, "min": -0.04,
+                             "max": 0.10, "seeds": 8},
+                            {"stage": "reward_model", "metric": "accuracy", "mean": 0.97, "std": 0.01, "min": 0.96,
+                             "max": 0.99, "seeds": 8},
+                            {"stage": "rft", "metric": "exact_match", "mean": 0.8, "std": 0.05, "min": 0.75,
+                             "max": 0.885, "seeds": 8}])
+    monkeypatch.setattr(report, "latest_summary", lambda cfg, name: summary if name == "robustness" else
+                        pd.DataFrame([{"target": "t", "base models meeting it": "8 of 8"}]))
+    row = {"sft_masked/countdown_accuracy": 0.64, "dpo/countdown_accuracy": 0.78, "reward_model/accuracy": 0.93}
+    lines = report.robustness_section(config.get_config("smoke"), row)
+    assert "| dpo | countdown_change | 0.030 ± 0.040 | -0.040–0.100 | 0.140 | above |" in lines
+    assert "| reward_model | accuracy | 0.970 ± 0.010 | 0.960–0.990 | 0.930 | below |" in lines
+    assert "| rft | exact_match | 0.800 ± 0.050 | 0.750–0.885 |  |  |" in lines       # not measured by this run
