@@ -32,7 +32,7 @@ def plot_sft_comparison(histories: dict[str, list[dict]], final, path: Path) -> 
     curve.set(xlabel="optimizer step", ylabel="held-out response-only loss (nats/token, log scale)",
               title="The same held-out measure for both runs\n(their training losses average different tokens: "
                     "not comparable)")
-    log_axis(curve)                # step 0 (the base model, ~10 nats) would squash the gap between the runs
+    log_axis(curve)                # step 0 (the base model, 10 nats or more) would squash the gap between the runs
     curve.legend()
     groups = [(losses, ["response_loss", "sequence_loss"], "held-out losses (lower is better)", "nats per token"),
               (scores, [c for c in ("exact_match", "rouge_l", "countdown_reward", "countdown_accuracy")

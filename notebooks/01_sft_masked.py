@@ -55,7 +55,7 @@ result = H.run_sft(cfg, "sft_masked", prompt_loss_weight=0.0)
 import matplotlib.pyplot as plt
 history = result.history
 plt.plot([h["step"] for h in history], [h["eval/response_loss"] for h in history], marker="o")
-H.log_axis(plt.gca())   # step 0 (the base model, ~10 nats) would squash the rest of the curve on a linear axis
+H.log_axis(plt.gca())   # step 0 (the base model, 10 nats or more) would squash the rest of the curve on a linear axis
 plt.xlabel("step")
 plt.ylabel("held-out response-only loss (nats/token, log scale)")
 plt.title("masked SFT")
