@@ -57,7 +57,7 @@ print("written:", *paths.values(), sep="\n  ")
 by = final.set_index("model")
 quality = H.quality_metric(cfg)
 print("\nWhat we see (one seed each; whether such a difference exceeds seed noise is what a seeded experiment "
-      "measures — the committed one below, on the base model it names):")
+      "measures — the committed one below says which run it is):")
 # response-only loss (lower is better) on the same held-out conversations, with a paired bootstrap interval
 print("  response_loss, masked → unmasked:", H.loss_change(cfg, "sft_masked", "sft_unmasked"))
 # masked → unmasked on the same held-out tasks, with a sign test on the tasks gained and lost (the task noise)
