@@ -54,11 +54,15 @@ experiment: setup
 	PROFILE=$(PROFILE) $(PY) -m helpers experiment
 
 # the chain for several base models (robustness.seeds; TUNING=1: the tuning seeds), every stage cached under
-# checkpoints/<profile>/robustness/, resumable; JOBS processes share the seeds, one thread each
+# checkpoints/<profile>/robustness/, resumable; JOBS processes share the seeds, one thread each. Each finished
+# chain is recorded under evaluation_results/<profile>/<NAME>_runs/ (commit it: the round goes on elsewhere);
+# SET="section__field=value …" and NAME=… run a candidate setting's round beside the committed one
 TUNING ?= 0
-ROBUSTNESS_ARGS = $(if $(filter 1,$(TUNING)),--tuning,)
+NAME ?=
+SET ?=
+ROBUSTNESS_ARGS = $(if $(filter 1,$(TUNING)),--tuning,) $(if $(NAME),--name $(NAME),) $(foreach s,$(SET),--set $(s))
 robustness: setup
-	PROFILE=$(PROFILE) $(PY) -m helpers data --datasets-only    # once, before the shards read them
+	PROFILE=$(PROFILE) $(PY) -m helpers data --datasets-only $(foreach s,$(SET),--set $(s))   # once, before the shards
 	@if [ $(JOBS) -gt 1 ]; then for k in $$(seq 0 $$(($(JOBS) - 1))); do \
 	  OMP_NUM_THREADS=1 PROFILE=$(PROFILE) $(PY) -m helpers robustness $(ROBUSTNESS_ARGS) --shard $$k/$(JOBS) & done; \
 	  wait; fi

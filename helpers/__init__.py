@@ -36,7 +36,7 @@ from .reward_model import bradley_terry_loss, make_reward_loss, run_reward_model
 
 # 04_rloo
 from .logprobs import shared_prompt_logps
-from .scoring import evaluate_checkpoint, exact_match
+from .scoring import curve_rows, evaluate_checkpoint, exact_match
 from .logger import read_tensorboard_scalars
 from .rloo import plot_rloo_dynamics, rloo_advantages, rloo_loss, run_rloo
 from .rft import at_equal_samples, keep_best, plot_rft_vs_rloo, rft_vs_rloo, run_rft

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="build/download the datasets and the initial model of a profile")
     p.add_argument("--profile", default=None)
     p.add_argument("--datasets-only", action="store_true", help="build the datasets, not the initial model")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
+                   help="override a config field (as for train)")
     p = sub.add_parser("train", help="train one stage")
     p.add_argument("--stage", required=True, choices=TRAIN_STAGES)
     p.add_argument("--profile", default=None)
@@ -117,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "robustness_tuning")
     p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
                    help="override a config field (as for train)")
+    p.add_argument("--name", default=None,
+                   help="write the round under evaluation_results/<profile>/NAME… (default: robustness, or "
+                        "robustness_tuning): a candidate setting's round beside the committed one")
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def data_command(args) -> int:
-    cfg = get_config(args.profile)
+    cfg = get_config(args.profile, **parse_overrides(args.set))
     for name, folder in prepare_data(cfg).items():
         print(f"{name}: {folder}")
     if not args.datasets_only:
@@ -182,12 +187,13 @@ def experiment_command(args) -> int:
 def robustness_command(args) -> int:
     cfg = get_config(args.profile, **parse_overrides(args.set))
     seeds = cfg.robustness.tuning_seeds if args.tuning else cfg.robustness.seeds
+    name = args.name or ("robustness_tuning" if args.tuning else "robustness")
     if args.shard:
-        run_robustness(cfg, seeds, shard=args.shard)
+        run_robustness(cfg, seeds, shard=args.shard, name=name)
         print(f"shard {args.shard[0]}/{args.shard[1]} done; `python -m helpers robustness` writes the results")
         return 0
-    results = run_robustness(cfg, seeds)
-    for kind, path in write_robustness(cfg, results, "robustness_tuning" if args.tuning else "robustness").items():
+    results = run_robustness(cfg, seeds, name=name)
+    for kind, path in write_robustness(cfg, results, name).items():
         print(f"{kind}: {path if not isinstance(path, dict) else path['md']}")
     return 0
 

@@ -94,7 +94,7 @@ RANGES = {
                             "intermediate_size", "max_position_embeddings"),
                     "quant": (lambda v: v in (4, 8), "4 or 8")},
     "EvalConfig": {**_each(_POSITIVE, "batch_size", "max_new_tokens", "instruction_rows", "countdown_rows",
-                           "loss_rows", "n_samples", "sampled_rows", "token_budget", "generation_tokens",
+                           "curve_rows", "loss_rows", "n_samples", "sampled_rows", "token_budget", "generation_tokens",
                            "win_rate_rows"),
                    "top_k": _NON_NEGATIVE, "temperature": _ABOVE_ZERO, "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
                    "seed": _SEED},
@@ -317,6 +317,8 @@ class EvalConfig(Checked):
     max_new_tokens: int = 64          # enough for every tiny answer, including Countdown reasoning
     instruction_rows: int = 200       # held-out instruction tasks scored by exact match
     countdown_rows: int = 200         # held-out Countdown tasks scored by the rule-based reward
+    curve_rows: int = 200             # the first of them, scored at RLOO's and RFT's evaluation points (their curves):
+                                      # a set large enough to tell a stage's change costs too much at every point
     loss_rows: int = 200              # held-out conversations for response-only / whole-sequence loss
     seed: int = 0                     # sampling seed of every sampled evaluation
     temperature: float = 0.6          # sampled evaluation settings, as the course evaluates
@@ -445,7 +447,7 @@ def _qwen() -> Config:
     cfg.rft = RFTConfig(rounds=4, sample_share=1.0, steps_per_round=50, max_steps=200, batch_size=8, grad_accum=4,
                         lr=2e-5, max_length=1024, eval_every=50, save_every=50)     # RLOO's whole budget
     # evaluation: the course's sampling settings (temperature 0.6, top_p 0.95, top_k 20) are EvalConfig's defaults
-    cfg.eval = EvalConfig(batch_size=64, max_new_tokens=1024, instruction_rows=500, countdown_rows=500,
+    cfg.eval = EvalConfig(batch_size=64, max_new_tokens=1024, instruction_rows=500, countdown_rows=500, curve_rows=500,
                           loss_rows=500, sampled_rows=200, generation_tokens=131_072,
                           reference_model="Qwen/Qwen2.5-0.5B-Instruct", win_rate_rows=500)
     # the course's anchor: Countdown ≥ 0.3 after RLOO; ROUGE-L and the reward model have no course target

@@ -21,7 +21,7 @@ from .checkpoints import start_fingerprint
 from .training import StageResult, open_stage, refuse_sharded, stage_run, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
 from .generation import sample_completions
-from .scoring import evaluate_checkpoint, exact_match, track_scores
+from .scoring import curve_rows, evaluate_checkpoint, exact_match, track_scores
 from .results import save_figure
 from .reward_model import load_reward_model, score_responses
 
@@ -71,9 +71,11 @@ def rl_tasks(cfg: Config, tokenizer, split: str = "train") -> list[dict]:
 
 def start_scores(cfg: Config, start: str) -> dict:
     """`track_scores` of the checkpoint a stage starts from, read from its cached greedy evaluation (the same
-    held-out sets and settings) instead of generated again."""
-    metrics = evaluate_checkpoint(cfg, start)[0]
-    return {k: metrics[k] for k in ("countdown_accuracy", "countdown_reward", quality_metric(cfg))}
+    held-out sets and settings; Countdown: its first `curve_rows` answers) instead of generated again."""
+    metrics, records = evaluate_checkpoint(cfg, start)
+    rewards = [r["reward"] for r in records if r["task"] == "countdown" and r.get("greedy")][:curve_rows(cfg)]
+    return {"countdown_accuracy": sum(r == 1.0 for r in rewards) / len(rewards),
+            "countdown_reward": sum(rewards) / len(rewards), quality_metric(cfg): metrics[quality_metric(cfg)]}
 
 
 def make_reward_fn(cfg: Config, reward_model=None):

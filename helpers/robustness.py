@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import time
 
 import torch
@@ -121,15 +122,26 @@ def settings_of(cfg: Config) -> dict:
             "threads": torch.get_num_threads(), "measures": MEASURES_VERSION}
 
 
-def run_robustness(cfg: Config, seeds=None, shard: tuple[int, int] = (0, 1), progress=print) -> list[dict]:
-    """The chain for every seed (default: `cfg.robustness.seeds`), each result cached in
-    outputs/<profile>/robustness/seed_<s>.json with the settings it ran under. shard = (k, n): only seeds k, k + n, …
-    (n processes share the seeds, `make robustness JOBS=n`)."""
+def machine() -> str:
+    """The CPU a chain ran on (its float rounding made the base model), as /proc/cpuinfo names it."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def run_robustness(cfg: Config, seeds=None, shard: tuple[int, int] = (0, 1), progress=print,
+                   name: str = "robustness") -> list[dict]:
+    """The chain for every seed (default: `cfg.robustness.seeds`). Each finished chain is recorded with the settings
+    it ran under, the machine and the date in evaluation_results/<profile>/<name>_runs/seed_<s>.json — committed, so
+    a round longer than one sitting goes on elsewhere: a seed recorded under these settings is not run again, on any
+    machine. shard = (k, n): only seeds k, k + n, … (n processes share the seeds, `make robustness JOBS=n`)."""
     k, n = shard
     if not 0 <= k < n:
         raise ValueError(f"shard {k}/{n}: k must be in 0 … {n - 1}")
     seeds = list(cfg.robustness.seeds if seeds is None else seeds)
-    folder = out_path("outputs", cfg, "robustness")
+    folder = out_path("evaluation_results", cfg, f"{name}_runs")
     folder.mkdir(parents=True, exist_ok=True)
     settings, results = settings_of(cfg), []
     for seed in seeds[k::n]:
@@ -140,7 +152,8 @@ def run_robustness(cfg: Config, seeds=None, shard: tuple[int, int] = (0, 1), pro
             continue
         progress(f"robustness: the chain for base model {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
         result = run_chain(cfg, seed, progress)
-        write_atomic(path, json.dumps({"settings": settings, "result": result}))
+        write_atomic(path, json.dumps({"settings": settings, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                                       "result": result}, indent=1))
         results.append(result)
     return results
 
@@ -183,7 +196,7 @@ def targets(cfg: Config) -> list[tuple[str, str, float, str]]:
 
 def target_checks(cfg: Config, row: dict) -> dict[str, bool]:
     """Each of the profile's targets whose metric this chain's row has: {target: met?}. Accuracies are shares of
-    200 tasks, so a change is compared with a millionth of slack (−2.0 points is within a 2-point allowance)."""
+    hundreds of tasks, so a change is compared with a millionth of slack (−2.0 points is within a 2-point allowance)."""
     row = with_changes(row)
     return {name: (row[metric] >= threshold - 1e-6 if how == ">=" else row[metric] > threshold + 1e-6)
             for name, metric, threshold, how in targets(cfg) if metric in row}
@@ -291,7 +304,9 @@ def plot_robustness(cfg: Config, per_seed, path):
                         ha="right", va="bottom")
         ax.set_xticks(range(len(columns)), [c.split("/")[0] for c in columns])
         ax.set_xlim(-0.5, len(columns) - 0.3)
-        ax.set(title=title, ylabel="share of 200 held-out tasks" if "reward" not in title else "share of pairs")
+        rows = {"exact": cfg.eval.instruction_rows, "Countdown": cfg.eval.countdown_rows}
+        n = next((v for k, v in rows.items() if title.startswith(k)), None)
+        ax.set(title=title, ylabel=f"share of {n:,} held-out tasks" if n else "share of held-out pairs")
     fig.suptitle(f"The chain on {len(per_seed)} base models (dots: one base model each; bar: mean ± std)")
     return save_figure(fig, path)
 

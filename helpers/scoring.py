@@ -91,10 +91,17 @@ def greedy_instructions(model, tokenizer, cfg: Config):
 
 
 def track_scores(model, tokenizer, cfg: Config) -> dict:
-    """Both tracks, greedy, on the held-out sets: Countdown accuracy and mean reward, and instruction quality —
-    what RLOO and RFT are evaluated on while they train (no losses: those are `evaluate_model`'s)."""
+    """Both tracks, greedy, on the held-out sets: Countdown accuracy and mean reward (on the first
+    `cfg.eval.curve_rows` tasks), and instruction quality — what RLOO and RFT are evaluated on while they train (no
+    losses: those are `evaluate_model`'s)."""
     scores = greedy_instructions(model, tokenizer, cfg)[3]
-    return {**countdown_accuracy(model, tokenizer, cfg), quality_metric(cfg): sum(scores) / max(1, len(scores))}
+    return {**countdown_accuracy(model, tokenizer, cfg, curve_rows(cfg)),
+            quality_metric(cfg): sum(scores) / max(1, len(scores))}
+
+
+def curve_rows(cfg: Config) -> int:
+    """How many held-out Countdown tasks a training curve's point scores: `curve_rows`, at most all that are scored."""
+    return min(cfg.eval.curve_rows, cfg.eval.countdown_rows)
 
 
 def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = None,

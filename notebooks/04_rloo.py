@@ -99,8 +99,8 @@ print(", ".join(f"{k} {before[k]:.3f}" for k in ("countdown_accuracy", "countdow
 # %%
 print(H.describe_config(cfg.rloo))
 result = H.run_rloo(cfg, start="dpo")
-# the loop evaluated both tracks on the held-out sets at its last step: reuse that, greedy is deterministic
-after = {k.removeprefix("eval/"): v for k, v in result.history[-1].items() if k.startswith("eval/")}
+# every held-out task, greedy (the loop's points scored the first cfg.eval.curve_rows Countdown tasks); 05 reuses it
+after = H.evaluate_checkpoint(cfg, "rloo")[0]
 # each change with its verdict: a sign test on the held-out tasks gained and lost (their saved greedy answers)
 print("DPO → RLOO:", H.stage_change(cfg, {"dpo": before, "rloo": after}, "dpo", "rloo", quality) + ".")
 # the profile's targets (cfg.targets: the tiny world's; the qwen course's anchors are in docs/QWEN.md), each placed
@@ -161,16 +161,17 @@ print(table.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
 
 # %%
-tasks = {"countdown_accuracy": cfg.eval.countdown_rows, quality: cfg.eval.instruction_rows}
+tasks = {"countdown_accuracy": H.curve_rows(cfg), quality: cfg.eval.instruction_rows}     # each point's tasks
 display(Image(filename=str(H.plot_rft_vs_rloo(table, H.assets_dir(cfg) / "rft_vs_rloo.png", tasks))))
 
 # %%
 import pandas as pd
 scores = lambda row: {k: row[k] for k in ("countdown_accuracy", "countdown_reward", quality)}
+rft_end = H.evaluate_checkpoint(cfg, "rft")[0]             # every held-out task, as before and after
 summary = pd.DataFrame([{"model": "dpo", "samples": 0, **scores(before)},
                         {"model": "rloo", "samples": int(table[table.method == "rloo"]["samples"].max()),
                          **scores(after)},
-                        {"model": "rft", "samples": rft.history[-1]["samples"], **scores(rft.history[-1])}])
+                        {"model": "rft", "samples": rft.history[-1]["samples"], **scores(rft_end)}])
 paths = H.write_summary(summary, cfg, "rloo")
 print(summary.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
@@ -183,9 +184,8 @@ for metric in ("countdown_accuracy", quality):
     print(f"  {metric} {at('rloo', metric):.3f} → {at('rft', metric):.3f} "
           f"({H.share_difference(at('rloo', metric), at('rft', metric), tasks[metric])})")
 if last > n:
-    print(f"RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f}, "
-          f"{quality} {after[quality]:.3f}.")
-rft_end = H.evaluate_checkpoint(cfg, "rft")[0]
+    print(f"RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f} "
+          f"(all {cfg.eval.countdown_rows:,} held-out tasks), {quality} {after[quality]:.3f}.")
 print("Each at the end of its run, RLOO → RFT:", H.stage_change(cfg, {"rloo": after, "rft": rft_end}, "rloo", "rft",
                                                               quality) + ".")
 

@@ -1,6 +1,7 @@
 """make robustness: one seed for a whole chain, the cached and resumable runner, the summary (mean ± std, min–max),
 the target checks per base model, and the sentence that places a run against the committed range."""
 import json
+import shutil
 
 import pytest
 
@@ -74,8 +75,23 @@ def test_the_runner_keeps_finished_seeds_and_reruns_changed_settings(output_dir,
     cfg.rloo = config.replace_config(cfg.rloo, kl_coef=0.5)
     robustness.run_robustness(cfg, shard=(1, 2), progress=lambda *_: None)
     assert ran == [1, 2, 2]                                     # another setting: that seed again (its shard only)
-    cached = output_dir / "outputs" / "smoke" / "robustness" / "seed_2.json"
-    assert json.loads(cached.read_text())["settings"]["rloo"]["kl_coef"] == 0.5
+    record = json.loads((output_dir / "evaluation_results" / "smoke" / "robustness_runs" / "seed_2.json").read_text())
+    assert record["settings"]["rloo"]["kl_coef"] == 0.5 and record["machine"] and record["date"]
+
+
+def test_a_round_goes_on_from_the_committed_records_on_another_machine(output_dir, monkeypatch):
+    cfg = config.get_config("smoke")
+    ran = []
+    monkeypatch.setattr(robustness, "run_chain", lambda cfg, seed, progress: ran.append(seed) or row(seed))
+    robustness.run_robustness(cfg, shard=(0, 2), progress=lambda *_: None, name="candidate")   # seed 1, then stop
+    folder = output_dir / "evaluation_results" / "smoke" / "candidate_runs"
+    for scratch in ("outputs", "checkpoints"):                  # a fresh clone elsewhere: only the records
+        shutil.rmtree(output_dir / scratch, ignore_errors=True)
+    monkeypatch.setattr(robustness, "machine", lambda: "another CPU")
+    results = robustness.run_robustness(cfg, progress=lambda *_: None, name="candidate")
+    assert ran == [1, 2] and [r["seed"] for r in results] == [1, 2]     # seed 1 kept from its record
+    assert json.loads((folder / "seed_2.json").read_text())["machine"] == "another CPU"
+    assert not (output_dir / "evaluation_results" / "smoke" / "robustness_runs").exists()   # the name kept apart
 
 
 def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys, monkeypatch):
