@@ -10,6 +10,7 @@ import dataclasses
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -125,7 +126,8 @@ def settings_of(cfg: Config) -> dict:
 def machine() -> str:
     """The CPU a chain ran on (its float rounding made the base model), as /proc/cpuinfo names it."""
     try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
     except OSError:
         names = []
     return names[0] if names else platform.processor() or platform.machine()
