@@ -79,15 +79,18 @@ def mods_select(rows: list, score, embed, fine_tune_and_score, quality_threshold
     scores = score(rows)
     _, good = quality_filter(rows, scores, quality_threshold)
     progress(f"quality: {len(good)} of {len(rows)} rows score above {quality_threshold:g} by the reward model")
-    vectors = embed([rows[i] for i in good])
+    vectors = embed([rows[i] for i in good])              # once: the necessity step's rows are among them
+    at = {row: k for k, row in enumerate(good)}
     seeds = [good[i] for i in k_center_greedy(vectors, min(seed_size, len(good)))]
     progress(f"coverage: {len(seeds)} seeds by k-center greedy over the embeddings of those {len(good)}")
-    others = [i for i in good if i not in set(seeds)]
+    chosen = set(seeds)
+    others = [i for i in good if i not in chosen]
     needed = [others[i] for i in necessity_pool(fine_tune_and_score([rows[i] for i in seeds],
                                                                      [rows[i] for i in others]), necessity_threshold)]
     progress(f"necessity: the seed-trained model answers {len(needed)} of the other {len(others)} at or below "
              f"{necessity_threshold:g}")
-    picked = k_center_greedy(embed([rows[i] for i in needed]), min(necessity_size, len(needed))) if needed else []
+    picked = (k_center_greedy(vectors[[at[i] for i in needed]], min(necessity_size, len(needed))) if needed
+              else [])
     necessary = [needed[i] for i in picked]
     progress(f"selected: {len(seeds)} seeds + {len(necessary)} necessary = {len(seeds) + len(necessary)} rows")
     return {"quality": good, "seeds": seeds, "necessary": necessary, "selected": seeds + necessary}

@@ -31,7 +31,8 @@ def test_mods_selects_by_quality_then_coverage_then_necessity():
     position = {0: 0.0, 1: 1.0, 2: 5.0, 3: 6.0, 4: 10.0, 5: 3.0}
     rows = list(range(6))
     score = lambda rs: [0.1 if r == 5 else 0.9 for r in rs]
-    embed = lambda rs: torch.tensor([[position[r]] for r in rs])
+    calls = []
+    embed = lambda rs: calls.append(list(rs)) or torch.tensor([[position[r]] for r in rs])
     seen = {}
 
     def fine_tune_and_score(seeds, others):
@@ -42,6 +43,7 @@ def test_mods_selects_by_quality_then_coverage_then_necessity():
                                      necessity_threshold=0.5, necessity_size=1, progress=lines.append)
     assert got == {"quality": [0, 1, 2, 3, 4], "seeds": [0, 4], "necessary": [2], "selected": [0, 4, 2]}
     assert seen == {"seeds": [0, 4], "others": [1, 2, 3]}
+    assert calls == [[0, 1, 2, 3, 4]]                 # embedded once: necessity reuses the quality rows' vectors
     assert lines[0] == "quality: 5 of 6 rows score above 0.5 by the reward model" and lines[-1].startswith(
         "selected: 2 seeds + 1 necessary = 3")
 
