@@ -9,7 +9,7 @@ PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment robustness qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
-	bench-rloo bench-memory bench-sample clean
+	bench-rloo bench-memory bench-sample bench-qlora serve clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,17 @@ setup-dev: $(VENV)/.installed-dev
 
 demo: setup notebooks
 
-# RESTART=1: every stage trains again (the demo regenerates its results); RESTART=0 keeps finished stages
+# RESTART=1: every stage trains again (the demo regenerates its results); RESTART=0 keeps finished stages.
+# CONFIG=FILE: a YAML file of overrides on top of the profile for every notebook (`python -m helpers config` prints
+# a commented starting file); with it the demo's results are those of your settings, not the committed ones
 RESTART ?= 1
+CONFIG ?=
 # each notebook prints its cells as they start and end, progress bars as text, "notebook i/n, elapsed, estimated
 # remaining", and on failure the failing cell with its traceback
 notebooks:
 	@start=$$(date +%s); i=0; total=$(words $(NOTEBOOKS)); for nb in $(NOTEBOOKS); do i=$$((i + 1)); \
-		PROFILE=$(PROFILE) RESTART=$(RESTART) $(PY) -m helpers run-notebook $$nb --index $$i --total $$total \
+		PROFILE=$(PROFILE) RESTART=$(RESTART) CONFIG=$(if $(CONFIG),$(abspath $(CONFIG)),) \
+			$(PY) -m helpers run-notebook $$nb --index $$i --total $$total \
 			--started $$start || exit 1; \
 	done
 
@@ -94,6 +98,12 @@ test-distributed: setup-dev
 test-browser: setup-dev
 	$(PY) -m pytest -q -rs --browser tests/test_browser.py
 
+# an OpenAI-compatible chat-completions endpoint for a checkpoint (transformers' server, guarded) on 127.0.0.1
+MODEL ?= checkpoints/$(PROFILE)/final
+PORT ?= 8000
+serve: setup
+	PROFILE=$(PROFILE) $(PY) -m helpers serve --model $(MODEL) --port $(PORT)
+
 # http://localhost:6006 (TB_HOST=0.0.0.0 to reach it from another machine)
 TB_HOST ?= 127.0.0.1
 TB_PORT ?= 6006
@@ -117,6 +127,10 @@ bench-memory: setup
 
 bench-sample: setup
 	QWEN_MODEL_DIR=$(QWEN_MODEL_DIR) $(PY) benchmarks/bench_sample.py
+
+# QLoRA: weight memory and one LoRA step's time, fp32 vs 8-bit vs 4-bit NF4, at Qwen2.5-0.5B's shapes (CPU or CUDA)
+bench-qlora: setup
+	QWEN_MODEL_DIR=$(QWEN_MODEL_DIR) $(PY) benchmarks/bench_qlora.py
 
 clean:
 	rm -rf data checkpoints outputs

@@ -1,16 +1,18 @@
 """Shared mechanics for the notebooks: one module per stage of the pipeline, in its order.
 
-    config · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
+    config · config_file · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
     distributed · training · logprobs · sft · generation · scoring · results · comparison · experiment ·
-    preference · dpo · reward_model · rloo · rft · robustness · evaluation · report · chat · vocab · runner · cli
+    preference · dpo · reward_model · rloo · rft · robustness · evaluation · report · chat · serve ·
+    self_instruct · data_selection · vocab · runner · cli
 
 A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
 the names below are their API, in notebook order. The command line is `python -m helpers --help`.
 Nothing here runs on import: no seeds set, no global state changed.
 """
 # every notebook: the profile's config, seeds, where outputs go
-from .config import (REPO_ROOT, assets_dir, dataset_name, describe_config, get_config, out_path, output_root,
-                     quality_metric, seed_everything)
+from .config import (REPO_ROOT, assets_dir, dataset_name, describe_config, out_path, output_root, quality_metric,
+                     seed_everything)
+from .config_file import config_yaml, get_config     # a profile, then $CONFIG's YAML overrides (make demo CONFIG=…)
 
 # 00_data: datasets, Countdown, the base model, the loss mask, new tokens
 from .data import load_split, prepare_data
@@ -52,7 +54,7 @@ from .report import chain_notes, write_report
 from .chat import ChatSession, build_chat_widget, side_by_side
 
 # the modules in pipeline order: each imports only those before it (tests/test_layout.py)
-MODULES = ("config", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
+MODULES = ("config", "config_file", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
            "checkpoints", "distributed", "training", "logprobs", "sft", "generation", "scoring", "results",
            "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "robustness", "evaluation",
-           "report", "chat", "self_instruct", "data_selection", "vocab", "runner", "cli")
+           "report", "chat", "serve", "self_instruct", "data_selection", "vocab", "runner", "cli")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import ProjectError
+from .config_file import with_added_fields
 from .modeling import save_model
 
 CHECKSUMS = "checksums.json"      # written last: a folder with it is complete
@@ -22,6 +23,17 @@ PROGRESS = "progress.json"        # {"step", "finished"} of the run that saved i
 
 # Where each checkpoint a stage can start from comes from: the fix named when it is missing or unfinished.
 MADE_BY = {"initial": "00_data (python -m helpers data)", "final": "05_evaluation (it publishes the chain's end)"}
+
+
+# A run config's key for the whole resolved config as YAML text: saved as config.yml beside run_config.json (what was
+# run, readable, and usable as --config FILE), never compared — a run is kept or resumed by its own section's settings
+RESOLVED = "resolved_config"
+
+
+def run_record_files(run_config: dict) -> dict:
+    """The files a run config is saved as: run_config.json (what stage_status compares) and config.yml."""
+    record = {k: v for k, v in run_config.items() if k != RESOLVED}
+    return {"run_config.json": record, **({"config.yml": run_config[RESOLVED]} if RESOLVED in run_config else {})}
 
 
 class CheckpointError(ProjectError, RuntimeError):
@@ -81,7 +93,7 @@ def save_checkpoint(model, tokenizer, stage_dir: Path, state: dict, optimizer, s
     stage_dir = Path(stage_dir)
     tmp = stage_dir.with_name(stage_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tokenizer, extra={"run_config.json": run_config}, state_dict=state_dict)
+    save_model(model, tmp, tokenizer, extra=run_record_files(run_config), state_dict=state_dict)
     rng = {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -290,7 +302,8 @@ def stage_status(stage_dir: Path, run_config: dict) -> tuple[str, dict | None]:
                                   f"project, or an interrupted copy); {fix_hint(stage_dir)}")
         return "fresh", None
     state, saved_config = read_run(stage_dir)
-    wanted = json.loads(json.dumps(run_config, default=str))      # tuples -> lists, as saved
+    saved_config = with_added_fields(saved_config)
+    wanted = json.loads(json.dumps(run_record_files(run_config)["run_config.json"], default=str))   # tuples → lists
     if state.get("finished"):      # a finished run is kept whatever number of processes trained it (the notebooks)
         saved_config, wanted = ({k: v for k, v in c.items() if k != "distributed"} for c in (saved_config, wanted))
     starts = {k for k in set(saved_config) | set(wanted) if k.endswith(START_SUFFIX)}

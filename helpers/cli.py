@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+from pathlib import Path
 
-from .config import ConfigError, ProjectError, get_config
+from .config import ConfigError, ProjectError, device, out_path
+from .config_file import config_file_overrides, config_yaml, get_config
 from .checkpoints import run_progress
 from .distributed import is_main, refuse_more_than_one
 from .data import prepare_data
@@ -83,6 +86,12 @@ class OneLineParser(argparse.ArgumentParser):
                      "lists the arguments)\n")
 
 
+def config_arg(parser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a YAML file of overrides on top of the profile (`python -m helpers config` prints a "
+                             "starting one); --set goes on top of it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m helpers", description=__doc__.split("\n")[0],
                                      epilog="Exit codes: 0 done, 1 a run failed, 2 bad input (config, data, "
@@ -94,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets-only", action="store_true", help="build the datasets, not the initial model")
     p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
                    help="override a config field (as for train)")
+    config_arg(p)
     p = sub.add_parser("train", help="train one stage")
     p.add_argument("--stage", required=True, choices=TRAIN_STAGES)
     p.add_argument("--profile", default=None)
@@ -101,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train again even if the stage folder holds a finished run of the same config")
     p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
                    help="override a config field, e.g. --set sft__batch_size=4 (VALUE read as JSON, else text)")
+    config_arg(p)
     p.add_argument("--stop-after-steps", type=count_arg(1), default=None,
                    help="stop after this many optimizer steps; the same command later resumes from the last "
                         "checkpoint (save_every)")
@@ -109,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None)
     p.add_argument("--shard", default=None, metavar="K/N", type=shard_arg,
                    help="run only every N-th cell from the K-th (N processes share the grid); writes no results")
+    config_arg(p)
     p = sub.add_parser("robustness", help="the chain for several base models (resumable; results under "
                                           "evaluation_results/<profile>/robustness)")
     p.add_argument("--profile", default=None)
@@ -119,14 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "robustness_tuning")
     p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
                    help="override a config field (as for train)")
+    config_arg(p)
     p.add_argument("--name", default=None,
                    help="write the round under evaluation_results/<profile>/NAME… (default: robustness, or "
                         "robustness_tuning): a candidate setting's round beside the committed one")
+    p = sub.add_parser("config", help="print a profile's whole config as a commented YAML file, a starting point "
+                                      "for --config FILE")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
+                   help="override a config field (as for train)")
+    config_arg(p)
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p = sub.add_parser("serve", help="serve a checkpoint behind an OpenAI-compatible chat-completions endpoint "
+                                     "(transformers' server, on 127.0.0.1)")
+    p.add_argument("--model", default=None, help="a model folder (default: checkpoints/<profile>/final)")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=count_arg(1), default=8000)
     p = sub.add_parser("run-notebook", help="execute a notebook headless")
     p.add_argument("path")
     p.add_argument("--timeout", type=count_arg(0), default=None,
@@ -134,13 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=count_arg(1), default=None,
                    help="its place in a run of several notebooks (make demo)")
     p.add_argument("--total", type=count_arg(1), default=None, help="how many notebooks that run has")
+    config_arg(p)
     p.add_argument("--started", type=time_arg, default=None,
                    help="when that run started (seconds since the epoch)")
     return parser
 
 
 def data_command(args) -> int:
-    cfg = get_config(args.profile, **parse_overrides(args.set))
+    cfg = get_config(args.profile, args.config, **parse_overrides(args.set))
     for name, folder in prepare_data(cfg).items():
         print(f"{name}: {folder}")
     if not args.datasets_only:
@@ -149,7 +175,7 @@ def data_command(args) -> int:
 
 
 def train_command(args) -> int:
-    cfg = get_config(args.profile, **parse_overrides(args.set))
+    cfg = get_config(args.profile, args.config, **parse_overrides(args.set))
     cfg.restart = cfg.restart or args.restart
     stop = args.stop_after_steps
     runners = {"dpo": lambda: run_dpo(cfg, stop_after_steps=stop),
@@ -172,8 +198,13 @@ def train_command(args) -> int:
     return 0
 
 
+def config_command(args) -> int:
+    print(config_yaml(get_config(args.profile, args.config, **parse_overrides(args.set))), end="")
+    return 0
+
+
 def experiment_command(args) -> int:
-    cfg = get_config(args.profile)
+    cfg = get_config(args.profile, args.config)
     if args.shard:
         k, n = args.shard
         run_experiment(cfg, shard=(k, n))
@@ -185,7 +216,7 @@ def experiment_command(args) -> int:
 
 
 def robustness_command(args) -> int:
-    cfg = get_config(args.profile, **parse_overrides(args.set))
+    cfg = get_config(args.profile, args.config, **parse_overrides(args.set))
     seeds = cfg.robustness.tuning_seeds if args.tuning else cfg.robustness.seeds
     name = args.name or ("robustness_tuning" if args.tuning else "robustness")
     if args.shard:
@@ -202,9 +233,20 @@ def chat_command(args) -> int:
     return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
 
 
+def serve_command(args) -> int:
+    from .serve import serve
+    model = args.model or out_path("checkpoints", get_config(args.profile), "final")
+    serve(model, host=args.host, port=args.port, device=str(device()))
+    return 0
+
+
 def run_notebook_command(args) -> int:
     if args.index is not None and args.total is not None and args.index > args.total:
         raise ConfigError(f"--index {args.index} is beyond --total {args.total}")
+    if args.config or os.environ.get("CONFIG"):       # the kernel reads $CONFIG; it runs in the notebook's folder
+        path = Path(args.config or os.environ["CONFIG"]).resolve()
+        config_file_overrides(path)                    # a bad file fails here, in one line, before any kernel starts
+        os.environ["CONFIG"] = str(path)
     try:
         run_notebook(args.path, args.timeout, args.index, args.total, args.started)
     except NotebookFailed as err:
@@ -213,8 +255,9 @@ def run_notebook_command(args) -> int:
     return 0
 
 
-COMMANDS = {"data": data_command, "train": train_command, "experiment": experiment_command,
-            "robustness": robustness_command, "chat": chat_command, "run-notebook": run_notebook_command}
+COMMANDS = {"data": data_command, "train": train_command, "experiment": experiment_command, "config": config_command,
+            "robustness": robustness_command, "chat": chat_command, "serve": serve_command,
+            "run-notebook": run_notebook_command}
 
 
 def main(argv=None) -> int:

@@ -71,7 +71,8 @@ RANGES = {
     "DPOConfig": {**_each(_NON_NEGATIVE, "sft_weight", "onpolicy_countdown_prompts"),
                   **_each(_ABOVE_ZERO, "beta", "sample_temperature"), "countdown_share": _SHARE,
                   "onpolicy_samples": (lambda v: v >= 2, "≥ 2 (a best and a worst)"),
-                  "onpolicy_min_chosen": (lambda v: 0 <= v <= 1, "in [0, 1] (a Countdown reward)")},
+                  "onpolicy_min_chosen": (lambda v: 0 <= v <= 1, "in [0, 1] (a Countdown reward)"),
+                  "loss_type": (lambda v: v in ("sigmoid", "ipo"), '"sigmoid" (DPO) or "ipo"')},
     "RewardConfig": {"nll_weight": _NON_NEGATIVE},
     "RLOOConfig": {"k": (lambda v: v >= 2, "≥ 2 (leave-one-out)"), "temperature": _ABOVE_ZERO,
                    **_each(_POSITIVE, "max_new_tokens", "table_every"), "kl_coef": _NON_NEGATIVE,
@@ -188,7 +189,8 @@ class ModelConfig(Checked):
     intermediate_size: int = 512
     max_position_embeddings: int = 512
     lora: dict | None = None          # peft.LoraConfig fields, or None for full fine-tuning
-    quant: int | None = None          # 4 or 8 (bitsandbytes, CUDA only), None = full precision
+    quant: int | None = None          # 4 (NF4, QLoRA) or 8 bits for the frozen base under LoRA (bitsandbytes: CUDA
+                                      # or CPU), None = full precision
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences
 
 
@@ -262,6 +264,7 @@ class DPOConfig(TrainConfig):
     reference_from_disabled_adapters: bool = False  # LoRA only: reference = model with adapters off
     sft_weight: float = 2.0           # α of the RPO term (NLL of the chosen); 0 = plain DPO, which cost the tiny
                                       # model exact match (docs/LOG.md)
+    loss_type: str = "sigmoid"        # "sigmoid" (DPO) or "ipo" (Azar et al. 2023; CS224R 2026's preference stage)
 
 
 @dataclass
@@ -489,7 +492,8 @@ PROFILES = {"tiny": _tiny, "smoke": _smoke, "qwen": _qwen, "qwen_smoke": _qwen_s
 
 
 def get_config(profile: str | None = None, /, **overrides) -> Config:
-    """The preset of `profile` (default: $PROFILE, else "tiny"), with `section__field=value` overrides."""
+    """The preset of `profile` (default: $PROFILE, else "tiny"), with `section__field=value` overrides (a YAML file's
+    come first: `config_file.get_config`, which the notebooks and commands call)."""
     profile = profile or os.environ.get("PROFILE", "tiny")
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
@@ -516,6 +520,9 @@ def check_config(cfg):
         check_value(type(cfg), f.name, value)
         if dataclasses.is_dataclass(value):
             check_config(value)
+    if isinstance(cfg, ModelConfig) and cfg.quant is not None and not cfg.lora:
+        raise ConfigError(f"ModelConfig.quant = {cfg.quant} needs ModelConfig.lora: 4/8-bit weights are frozen, so "
+                          "only LoRA adapters on top of them can train (QLoRA)")
     return cfg
 
 

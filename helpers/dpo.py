@@ -14,14 +14,23 @@ from .preference import (balance_tracks, build_pair_dataset, countdown_onpolicy_
                          pair_length, pair_logps, pair_sequence_logps, preference_data)
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
-    """Rafailov et al. 2023, sigmoid loss:
-        L = −log σ( β[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))] )
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float,
+             loss_type: str = "sigmoid"):
+    """With h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x)), the log-ratio margin:
+        "sigmoid" (DPO, Rafailov et al. 2023):  L = −log σ(β · h)
+        "ipo"     (IPO, Azar et al. 2023):      L = (h − 1/(2β))²   — a squared loss that stops pushing once the
+                  margin reaches 1/(2β), where DPO's keeps pushing it towards infinity (overfitting pairs it wins)
     Returns (mean loss, chosen_rewards, rejected_rewards) with rewards = β · (log π − log π_ref).
     """
-    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
-    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
-    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    chosen_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_ratio = policy_rejected_logps - ref_rejected_logps
+    chosen_rewards, rejected_rewards = beta * chosen_ratio, beta * rejected_ratio
+    if loss_type == "sigmoid":
+        loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    elif loss_type == "ipo":
+        loss = ((chosen_ratio - rejected_ratio - 1 / (2 * beta)) ** 2).mean()
+    else:
+        raise ValueError(f'dpo loss_type {loss_type!r}: "sigmoid" or "ipo"')
     return loss, chosen_rewards.detach(), rejected_rewards.detach()
 
 
@@ -43,15 +52,16 @@ def add_reference_logps(model, pairs: list[dict], pad_token_id: int, disable_ada
         pair["ref_chosen_logps"], pair["ref_rejected_logps"] = c, r
 
 
-def make_dpo_loss(beta: float, sft_weight: float = 0.0):
-    """DPO as a loss for the one loop. sft_weight > 0 adds α · (per-token NLL of the chosen response) — the RPO
-    variant (Pang et al. 2024), which stops DPO from pushing the chosen answer's likelihood down with the rest. It
-    imitates every chosen answer, so on-policy pairs keep only chosen answers that are right (`onpolicy_min_chosen`)."""
+def make_dpo_loss(beta: float, sft_weight: float = 0.0, loss_type: str = "sigmoid"):
+    """DPO (or IPO: `loss_type`) as a loss for the one loop. sft_weight > 0 adds α · (per-token NLL of the chosen
+    response) — the RPO variant (Pang et al. 2024), which stops DPO from pushing the chosen answer's likelihood down
+    with the rest. It imitates every chosen answer, so on-policy pairs keep only chosen answers that are right
+    (`onpolicy_min_chosen`)."""
     def loss_fn(model, batch):
         n = batch["ref_chosen_logps"].shape[0]
         logps = pair_sequence_logps(model, batch)
         loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:n], logps[n:], batch["ref_chosen_logps"],
-                                                          batch["ref_rejected_logps"], beta)
+                                                          batch["ref_rejected_logps"], beta, loss_type)
         if sft_weight > 0:
             chosen_tokens = (batch["labels"][:n, 1:] != -100).sum(-1).clamp(min=1)
             loss = loss + sft_weight * (-logps[:n] / chosen_tokens).mean()
@@ -89,7 +99,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     opened = open_stage(cfg, "dpo", start, stage)
     dcfg, start_dir = opened.settings, opened.start_dir
     tokenizer = load_tokenizer(start_dir)
-    model = load_model(start_dir).to(device())
+    model = load_model(start_dir, quant=cfg.model.quant).to(device())
     fresh_adapters = False
     if cfg.model.lora is not None and not hasattr(model, "disable_adapter"):
         model, fresh_adapters = add_lora(model, cfg.model.lora), True
@@ -123,7 +133,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
                   "onpolicy": onpolicy_stats}
     eval_fn = lambda m: {f"eval/preference_{k}": v for k, v in preference_accuracy(m, test_pairs, pad).items()}
     with stage_run(cfg, stage, run_config, log) as logger:
-        history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight),
+        history = train(model, tokenizer, train_pairs, dcfg, make_dpo_loss(dcfg.beta, dcfg.sft_weight, dcfg.loss_type),
                         pair_collate(pad), stage_dir, eval_fn=eval_fn, logger=logger, run_config=run_config,
                         desc=stage, length_fn=pair_length, restart=cfg.restart, stop_after_steps=stop_after_steps)
     model = whole_model(model, stage_dir, lambda d: load_model(d).to(device()))

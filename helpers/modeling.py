@@ -143,7 +143,8 @@ def short_project_errors() -> None:
 
 def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.float32,
                trust_remote_code: bool = False):
-    """A causal LM from a hub id or local dir; optional 4/8-bit (bitsandbytes, CUDA only) and LoRA adapters.
+    """A causal LM from a hub id or local dir; optional 4/8-bit base (bitsandbytes, `quantization_config`) and LoRA
+    adapters.
 
     A directory holding a LoRA adapter (adapter_config.json) is loaded onto its base model. Weights load in fp32 by
     default, whatever the checkpoint stores (Qwen2.5 ships bf16): these are the master weights AdamW updates, and
@@ -156,15 +157,7 @@ def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.
         raise FileNotFoundError(f"{path} has neither config.json nor adapter_config.json: not a model directory")
     kwargs = {"trust_remote_code": trust_remote_code}
     if quant is not None:
-        if quant not in (4, 8):
-            raise ValueError(f"quant must be 4, 8 or None, got {quant!r}")
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"{quant}-bit loading needs CUDA (bitsandbytes); this machine has no GPU — "
-                               "use quant=None")
-        from transformers import BitsAndBytesConfig
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quant == 4, load_in_8bit=quant == 8, bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["quantization_config"] = quantization_config(quant)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if (path / "adapter_config.json").exists():
@@ -181,6 +174,40 @@ def load_model(model_name, quant: int | None = None, lora_cfg=None, dtype=torch.
             model = prepare_model_for_kbit_training(model)
         model = add_lora(model, lora)
     return model
+
+
+def quantization_config(quant: int):
+    """QLoRA's base (Dettmers et al. 2023): 4-bit NormalFloat with double quantisation (the quantisation constants
+    quantised too), or LLM.int8() for 8 bits. The matmuls run in bf16 where CUDA has it, else fp32: bitsandbytes has
+    CPU kernels since 0.46, so the same code trains here and on a card. LoRA's adapters stay fp32 and trainable."""
+    if quant not in (4, 8):
+        raise ValueError(f"quant must be 4, 8 or None, got {quant!r}")
+    try:
+        import bitsandbytes  # noqa: F401  (transformers imports it lazily: a missing install fails here, in a line)
+    except ImportError:
+        raise ProjectError(f"{quant}-bit loading needs bitsandbytes (pip install 'bitsandbytes>=0.46'; its CPU "
+                           "kernels came in 0.46)") from None
+    from transformers import BitsAndBytesConfig
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=quant == 4, load_in_8bit=quant == 8, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def is_quantized(model) -> bool:
+    """Whether a model (or a peft model around one) holds bitsandbytes 4/8-bit weights."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+                or getattr(base, "is_quantized", False))
+
+
+def dequantized(model):
+    """A LoRA model on a 4/8-bit base as a full-precision model with the adapters merged in: the base reloaded in
+    fp32 from its own checkpoint, then the adapters added (peft's merge into a Linear4bit would round the sum back to
+    4 bits). Not bit for bit the model that trained: its adapters learned against the NF4-rounded base."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)                   # the adapters, naming the base checkpoint they sit on
+        return load_model(tmp).merge_and_unload()
 
 
 class CorruptWeights(ProjectError, ValueError):
@@ -210,13 +237,14 @@ def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict
                state_dict: dict | None = None) -> Path:
     """Hugging Face format (safetensors) with config and tokenizer beside it; LoRA adapters as adapters, or merged.
 
-    `extra` files (name -> JSON-able dict) are written too, e.g. the run config. `state_dict`: the weights to write
-    in place of the model's own (FSDP's gathered full weights; the model object then holds only shards).
+    `extra` files (name -> a JSON-able dict, or text) are written too, e.g. the run config and config.yml.
+    `state_dict`: the weights to write in place of the model's own (FSDP's gathered full weights; the model object
+    then holds only shards).
     """
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     if merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        model = dequantized(model) if is_quantized(model) else model.merge_and_unload()
     options = {} if state_dict is None else {"state_dict": state_dict}
     if hasattr(model, "peft_config"):       # peft's "auto" would guess, and warn, when new tokens resized the table
         options["save_embedding_layers"] = embeddings_resized(model)
@@ -224,7 +252,8 @@ def save_model(model, save_dir, tokenizer=None, merge: bool = False, extra: dict
     if tokenizer is not None:
         tokenizer.save_pretrained(save_dir)
     for name, content in (extra or {}).items():
-        (save_dir / name).write_text(json.dumps(content, indent=2, default=str))
+        text = content if isinstance(content, str) else json.dumps(content, indent=2, default=str)
+        (save_dir / name).write_text(text)
     return save_dir
 
 

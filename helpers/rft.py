@@ -64,7 +64,7 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
     opened = open_stage(cfg, "rft", start, stage)
     start_dir, stage_dir, run_config = opened.start_dir, opened.stage_dir, {**opened.run_config,
                                                                            "rloo": dataclasses.asdict(rcfg)}
-    tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
+    tokenizer, model = load_tokenizer(start_dir), load_model(start_dir, quant=cfg.model.quant).to(device())
     judge = instruction_judge(cfg, run_config)
     use_model = judge is not None
     reward_fn = make_reward_fn(cfg, judge)

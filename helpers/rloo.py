@@ -204,7 +204,7 @@ def run_rloo(cfg: Config, start: str = "dpo", stage: str = "rloo", log: bool = T
     refuse_sharded("RLOO")
     opened = open_stage(cfg, "rloo", start, stage)      # k < 2, temperature 0, … fail here, before any model loads
     rcfg, start_dir, run_config = opened.settings, opened.start_dir, opened.run_config
-    tokenizer, model = load_tokenizer(start_dir), load_model(start_dir).to(device())
+    tokenizer, model = load_tokenizer(start_dir), load_model(start_dir, quant=cfg.model.quant).to(device())
     if cfg.model.gradient_checkpointing:
         enable_checkpointing(model)
     disable_dropout(model)      # samples, their log-probs and the reference's: one deterministic function

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, config_dict, device, out_path, replace_config, replace_sections, write_atomic
+from .config_file import with_added_fields
 from .modeling import load_model, load_tokenizer
 from .checkpoints import read_run, run_progress, start_fingerprint
 from .sft import build_initial_model, run_sft
@@ -64,7 +65,7 @@ def held_run(cfg: Config, name: str, section: str, start: str) -> str | None:
     folder = out_path("checkpoints", cfg, name)
     try:
         progress = run_progress(folder)
-        saved = json.loads((folder / "run_config.json").read_text())
+        saved = with_added_fields(json.loads((folder / "run_config.json").read_text()))
         start_weights = start_fingerprint(out_path("checkpoints", cfg, start), start)
     except (OSError, ValueError, RuntimeError):
         return None
@@ -149,7 +150,7 @@ def run_robustness(cfg: Config, seeds=None, shard: tuple[int, int] = (0, 1), pro
     for seed in seeds[k::n]:
         path = folder / f"seed_{seed}.json"
         saved = read_cached(path, progress)
-        if saved and saved.get("settings") == settings and not cfg.restart:
+        if saved and with_added_fields(saved.get("settings", {})) == settings and not cfg.restart:
             results.append(saved["result"])
             continue
         progress(f"robustness: the chain for base model {seed} ({seeds.index(seed) + 1} of {len(seeds)})")

@@ -13,7 +13,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from .config import get_config, out_path
+from .config import out_path
+from .config_file import get_config
 
 PROGRESS_EVERY_SECONDS = 10   # a running stage's progress bar is printed at most this often (and when it ends)
 ECHO_LINES_PER_CELL = 20      # a cell's printed lines shown as it runs; the executed copy keeps all of them

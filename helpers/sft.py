@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, check_config, config_dict, dataset_name, device, out_path, replace_config, seed_everything
+from .config_file import config_yaml
 from .data import load_split
 from .modeling import (build_tiny_model, enable_checkpointing, load_model, load_tokenizer, model_device,
                        train_tiny_tokenizer)
@@ -101,7 +102,8 @@ def build_initial_model(cfg: Config, log: bool = True, stage: str = "initial") -
     finally:
         logger.close()
     shutil.rmtree(run_dir, ignore_errors=True)
-    return save_finished_model(model, tokenizer, target, extra={"run_config.json": run_config})
+    return save_finished_model(model, tokenizer, target, extra={"run_config.json": run_config,
+                                                                "config.yml": config_yaml(cfg, commented=False)})
 
 
 def sft_mixture(cfg: Config, split: str = "train") -> list[dict]:

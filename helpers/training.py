@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 
 from .config import Config, ProjectError, TrainConfig, check_config, out_path, seed_everything
+from .config_file import config_yaml
 from .modeling import autocast_context
 from .batching import length_grouped_batches, to_device
 from .logger import NullLogger, TensorBoardLogger, progress_bar
-from .checkpoints import keeps_events, load_weights_into, save_checkpoint, stage_lock, stage_status, start_fingerprint
+from .checkpoints import (RESOLVED, keeps_events, load_weights_into, save_checkpoint, stage_lock, stage_status,
+                          start_fingerprint)
 from .distributed import (barrier, call, clip_grad_norm, full_weights, gather_objects, is_main, load_optimizer_state,
                           main_first, mean_metrics, no_sync, num_processes, optimizer_state, prepare_model,
                           process_index, rng_state, run_config_of, seed_this_process, set_rng_state, share,
@@ -61,7 +63,8 @@ def open_stage(cfg: Config, section: str, start: str, stage: str, settings: Trai
     seed_everything(settings.seed)
     start_dir = out_path("checkpoints", cfg, start)
     run_config = {"stage": stage, "profile": cfg.profile, "start": start,
-                  "start_weights": start_fingerprint(start_dir, start), section: dataclasses.asdict(settings)}
+                  "start_weights": start_fingerprint(start_dir, start), section: dataclasses.asdict(settings),
+                  RESOLVED: config_yaml(checked, commented=False)}        # saved as config.yml, never compared
     return StageStart(settings, start_dir, out_path("checkpoints", cfg, stage), run_config)
 
 

@@ -153,6 +153,9 @@ print("written:", *paths.values(), sep="\n  ")
 #    a large β keeps it close.
 # 3. Set `cfg.dpo.countdown_share = 0` (Countdown pairs only as many as sampled): watch the Countdown accuracy that
 #    DPO keeps.
+# 4. Set `cfg.dpo.loss_type = "ipo"` (Azar et al. 2023, the 2026 course's preference stage): the loss
+#    (h − 1/(2β))², with h the log-ratio margin, stops pushing a pair once its margin reaches 1/(2β) — watch
+#    `rewards/margins` level off instead of growing.
 #
 # **Where the code lives:** `helpers/dpo.py` (`dpo_loss`, `make_dpo_loss`, `run_dpo`), `helpers/preference.py`
 # (pairs, `countdown_onpolicy_pairs`, `balance_tracks`, `pair_logps`), `helpers/reward_model.py`

@@ -11,6 +11,7 @@ import torch
 from helpers import chat, config, formatting, modeling, preference, tiny_world
 
 QWEN_TOKENIZER_DIR = config.REPO_ROOT.parent / "shared" / "qwen2.5-tokenizer"
+os.environ.pop("CONFIG", None)      # a config file of the shell's would change every profile the tests build
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 

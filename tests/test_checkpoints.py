@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import checkpoints, config, modeling, sft, training
+from helpers import checkpoints, config, config_file, modeling, sft, training
 
 
 def fresh_model(cfg, tokenizer):
@@ -58,6 +58,19 @@ def test_a_finished_stage_is_kept_not_trained_again(sft_world, tmp_path):
     again, history_again, _ = run_of(cfg, tokenizer, examples, tmp_path / "s")
     assert (tmp_path / "s" / "model.safetensors").stat().st_mtime_ns == stamp          # not overwritten
     assert history_again == history and torch.equal(flat_params(again), flat_params(trained))
+
+
+def test_a_field_added_since_a_run_was_saved_reads_as_the_value_that_reproduces_it(sft_world, tmp_path,
+                                                                                     monkeypatch):
+    cfg, tokenizer, examples = sft_world
+    run_of(cfg, tokenizer, examples, tmp_path / "s")
+    saved = checkpoints.read_run(tmp_path / "s")[1]
+    monkeypatch.setattr(config_file, "ADDED_FIELDS", {"train": {"new_option": "old way"}})
+    same = {**saved, "train": {**saved["train"], "new_option": "old way"}}
+    assert checkpoints.stage_status(tmp_path / "s", same)[0] == "finished"          # kept, not trained again
+    other = {**saved, "train": {**saved["train"], "new_option": "new way"}}
+    with pytest.raises(checkpoints.CheckpointError, match="new_option"):
+        checkpoints.stage_status(tmp_path / "s", other)
 
 
 @pytest.mark.hostile

@@ -29,6 +29,33 @@ def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     assert chosen.grad.item() < 0 < rejected.grad.item()   # gradient descent raises log π(y_w), lowers log π(y_l)
 
 
+def test_ipo_loss_hand_checked_value():
+    # log-ratios: chosen −1 − (−1.5) = 0.5, rejected −2 − (−1.5) = −0.5, so the margin h = 1.0
+    args = torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5])
+    loss, chosen, rejected = dpo.dpo_loss(*args, beta=0.25, loss_type="ipo")
+    assert loss.item() == pytest.approx((1.0 - 1 / (2 * 0.25)) ** 2)          # (1 − 2)² = 1
+    assert chosen.item() == pytest.approx(0.125) and rejected.item() == pytest.approx(-0.125)
+    assert dpo.dpo_loss(*args, beta=0.5, loss_type="ipo")[0].item() == pytest.approx(0.0)   # h = 1/(2β) exactly
+
+
+def test_ipo_stops_pushing_at_its_target_margin_where_dpo_does_not():
+    grads = {}
+    for loss_type in ("ipo", "sigmoid"):
+        chosen = torch.tensor([-1.0], requires_grad=True)            # h = 1.0 = 1/(2β) for β = 0.5
+        dpo.dpo_loss(chosen, torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), beta=0.5,
+                     loss_type=loss_type)[0].backward()
+        grads[loss_type] = chosen.grad.item()
+    assert grads["ipo"] == pytest.approx(0.0) and grads["sigmoid"] < 0     # DPO still raises log π(y_w)
+
+
+@pytest.mark.hostile
+def test_an_unknown_loss_type_is_refused_with_what_is_allowed():
+    with pytest.raises(config.ConfigError, match=r"loss_type.*\"sigmoid\" \(DPO\) or \"ipo\""):
+        config.replace_config(config.DPOConfig(), loss_type="hinge")
+    with pytest.raises(ValueError, match="hinge"):
+        dpo.dpo_loss(*(torch.zeros(1),) * 4, beta=0.1, loss_type="hinge")
+
+
 def test_lora_reference_from_disabled_adapters_matches_base(preference_world):
     cfg, tokenizer, pairs = preference_world
     from peft import LoraConfig, get_peft_model
