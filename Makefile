@@ -9,7 +9,7 @@ PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment robustness qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
-	bench-rloo bench-memory bench-sample bench-qlora serve clean
+	bench-rloo bench-memory bench-sample bench-qlora serve iterate clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,10 @@ test-distributed: setup-dev
 # SCREENSHOTS=1 also writes assets/chat_widget.png and assets/tensorboard.png
 test-browser: setup-dev
 	$(PY) -m pytest -q -rs --browser tests/test_browser.py
+
+# another DPO round from `final`: its samples chosen over dpo's (the brief's pipeline b) vs SPIN's rule, same pairs
+iterate: setup
+	PROFILE=$(PROFILE) $(PY) -m helpers iterate
 
 # an OpenAI-compatible chat-completions endpoint for a checkpoint (transformers' server, guarded) on 127.0.0.1
 MODEL ?= checkpoints/$(PROFILE)/final

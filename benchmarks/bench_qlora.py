@@ -6,12 +6,14 @@ quantisation (`modeling.quantization_config`), side by side with the ratios.
 
 Weights: the checkpoint in --model DIR or $QWEN_MODEL_DIR (../shared/tools/get-real-qwen.sh builds one), else random
 ones in Qwen2.5-0.5B's shape (tied embeddings): memory and time depend on the shapes, not the values. Each variant
-runs in its own process: its weight memory is the RSS after loading minus the RSS before (and the parameters' and
-buffers' bytes, `get_memory_footprint`); its step time the mean of 2 steps after one warm-up (batch 1 × --tokens
-tokens, forward + backward + AdamW on the adapters). On CPU (bitsandbytes' CPU kernels dequantise each block for its
+runs in its own process: its weight memory is the RSS after loading minus the RSS before, each taken after glibc
+returns freed memory (the loader's fp32 copies), and the parameters' and buffers' bytes (`get_memory_footprint`);
+its step time the mean of 2 steps after one warm-up (batch 1 × --tokens tokens, forward + backward + AdamW on the
+adapters). On CPU (bitsandbytes' CPU kernels dequantise each block for its
 matmul); on CUDA the same script measures the card. A few minutes on 2 CPU cores.
 """
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -46,10 +48,17 @@ def random_qwen_dir() -> Path:
     return folder
 
 
+def trimmed_rss_mib() -> float:
+    """RSS once glibc has returned freed heap to the system: loading reads the fp32 tensors before quantising them,
+    and without the trim their freed pages would count as the quantised model's."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mib()
+
+
 def measure(model_dir: str, quant: int | None, tokens: int) -> dict:
-    before = rss_mib()
+    before = trimmed_rss_mib()
     model = modeling.load_model(model_dir, quant=quant, lora_cfg=config.QWEN_LORA).to(config.device())
-    loaded = rss_mib()
+    loaded = trimmed_rss_mib()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))

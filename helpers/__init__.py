@@ -2,7 +2,7 @@
 
     config · config_file · countdown · tiny_world · data · modeling · formatting · batching · logger · checkpoints ·
     distributed · training · logprobs · sft · generation · scoring · results · comparison · experiment ·
-    preference · dpo · reward_model · rloo · rft · robustness · evaluation · report · chat · serve ·
+    preference · dpo · reward_model · rloo · rft · iterate · robustness · evaluation · report · chat · serve ·
     self_instruct · data_selection · vocab · runner · cli
 
 A module imports only modules to its left (tests/test_layout.py checks it). Notebooks use `import helpers as H`;
@@ -56,5 +56,5 @@ from .chat import ChatSession, build_chat_widget, side_by_side
 # the modules in pipeline order: each imports only those before it (tests/test_layout.py)
 MODULES = ("config", "config_file", "countdown", "tiny_world", "data", "modeling", "formatting", "batching", "logger",
            "checkpoints", "distributed", "training", "logprobs", "sft", "generation", "scoring", "results",
-           "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "robustness", "evaluation",
-           "report", "chat", "serve", "self_instruct", "data_selection", "vocab", "runner", "cli")
+           "comparison", "experiment", "preference", "dpo", "reward_model", "rloo", "rft", "iterate", "robustness",
+           "evaluation", "report", "chat", "serve", "self_instruct", "data_selection", "vocab", "runner", "cli")

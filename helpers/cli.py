@@ -141,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
                    help="override a config field (as for train)")
     config_arg(p)
+    p = sub.add_parser("iterate", help="another DPO round from the latest model: its samples chosen over the previous "
+                                       "stage's (pipeline b), against SPIN's rule at the same number of pairs")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
+                   help="override a config field (as for train)")
+    config_arg(p)
+    p.add_argument("--previous", default="dpo", help="the previous stage's checkpoint (default: dpo)")
+    p.add_argument("--latest", default="final", help="the latest checkpoint, the round's start (default: final)")
+    p.add_argument("--rule", default="latest", choices=["latest", "latest, judged"],
+                   help="which pairs train: every differing pair, or only those the judge scores higher")
+    p.add_argument("--prompts", type=count_arg(1), default=800, help="training prompts sampled by both models")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the round's pairs (default 2)")
+    p.add_argument("--steps", type=count_arg(1), default=None, help="the round's DPO steps (instead of --epochs)")
     p = sub.add_parser("chat", help="chat with a checkpoint: interactive, or one prompt and exit")
     p.add_argument("--model", required=True, help="a Hugging Face model directory")
     p.add_argument("prompt", nargs="?", default=None)
@@ -233,6 +246,17 @@ def chat_command(args) -> int:
     return chat_cli(args.model, args.prompt, args.temperature, args.max_new_tokens)
 
 
+def iterate_command(args) -> int:
+    from .iterate import RoundSettings, run_round
+    cfg = get_config(args.profile, args.config, **parse_overrides(args.set))
+    result = run_round(cfg, args.previous, args.latest, RoundSettings(prompts=args.prompts, epochs=args.epochs,
+                                                                            steps=args.steps),
+                       rule=args.rule)
+    print(result["table"].to_string(index=False))
+    print(f"md: {result['paths']['md']}")
+    return 0
+
+
 def serve_command(args) -> int:
     from .serve import serve
     model = args.model or out_path("checkpoints", get_config(args.profile), "final")
@@ -256,7 +280,7 @@ def run_notebook_command(args) -> int:
 
 
 COMMANDS = {"data": data_command, "train": train_command, "experiment": experiment_command, "config": config_command,
-            "robustness": robustness_command, "chat": chat_command, "serve": serve_command,
+            "robustness": robustness_command, "iterate": iterate_command, "chat": chat_command, "serve": serve_command,
             "run-notebook": run_notebook_command}
 
 

@@ -90,9 +90,10 @@ def preference_accuracy(model, pairs: list[dict], pad_token_id: int) -> dict:
 
 
 def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: bool = True,
-            stop_after_steps: int | None = None) -> StageResult:
+            stop_after_steps: int | None = None, pairs: list[dict] | None = None) -> StageResult:
     """DPO from `start` (the chain's SFT model; name another checkpoint to branch), which is also the reference,
-    precomputed; a StageResult (details: preference accuracy before and after, the pairs it gained and lost, the
+    precomputed; `pairs` replaces the preference set and the on-policy pairs (another round's, `iterate`); a
+    StageResult (details: preference accuracy before and after, the pairs it gained and lost, the
     on-policy pairs' counts). Under N processes each samples the on-policy pairs of its
     share of the prompts (its own seed) and computes the reference log-probs of its share of the pairs; every
     process then holds all of them."""
@@ -107,9 +108,9 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
         enable_checkpointing(model)
     disable_dropout(model)      # the loss's log-probs come from the same function as the reference's
     pad = tokenizer.pad_token_id
-    rows = preference_data(cfg, "train")
+    rows = preference_data(cfg, "train") if pairs is None else pairs
     onpolicy_stats = {}
-    if dcfg.onpolicy_countdown_prompts:
+    if dcfg.onpolicy_countdown_prompts and pairs is None:
         tasks = countdown_tasks(cfg, "train", dcfg.onpolicy_countdown_prompts)
         parts = gather_objects(countdown_onpolicy_pairs(model, tokenizer, share(tasks), cfg, process_seed(dcfg.seed)))
         onpolicy = [pair for pairs, _ in parts for pair in pairs]

@@ -98,6 +98,29 @@ def robustness_section(cfg: Config, row: dict) -> list[str]:
     return lines + ["", "![robustness](../assets/robustness.png)"]
 
 
+def iterate_section(cfg: Config) -> list[str]:
+    """The committed `make iterate` round, if there is one: the pairs each rule kept, both rounds beside the model
+    they started from with their paired verdicts, and whether another round helped, hurt or did nothing."""
+    table, pairs = latest_summary(cfg, "iterate"), latest_summary(cfg, "iterate_pairs")
+    if table is None or pairs is None:
+        return []
+    start, steps = pairs["latest"].iloc[0], int(pairs["steps"].iloc[0])
+    verdicts = [c for c in table.columns if " vs " in c]
+    lines = ["", "## Another preference round (`make iterate`)", "",
+             f"From `{start}`, one more DPO round of {steps} steps on pairs of its own samples (chosen) over "
+             f"`{pairs['previous'].iloc[0]}`'s (rejected) for the same {int(pairs['prompts'].iloc[0])} training "
+             "prompts — the brief's pipeline b — and one on SPIN's pairs (the reference answer over the previous "
+             "model's sample) at the same count. Pairs each rule kept:", "",
+             markdown_table(pairs[["rule", "pairs kept", "trained on"]]), "", markdown_table(table), ""]
+    for row in table.iloc[1:].to_dict("records"):
+        said = [str(row[c]) for c in verdicts]
+        word = ("hurt" if any(v.startswith("worse") for v in said) else
+                "helped" if any(v.startswith("improved") for v in said) else "did nothing within noise")
+        lines.append(f"- `{row['checkpoint']}`: another round {word} "
+                     f"({'; '.join(f'{c}: {v}' for c, v in zip(verdicts, said))}).")
+    return lines + ["", "`final` stays the chain's end: neither round is kept in its place."]
+
+
 def write_report(cfg: Config, stages, final: str) -> Path:
     """report/report.md from the saved summaries: the target table first, then setup, metrics per stage, figures,
     masked vs unmasked with its seed noise, and notes on what improved and what did not — numbers only from the
@@ -160,6 +183,7 @@ def write_report(cfg: Config, stages, final: str) -> Path:
             notes.append(f"- reward model (Bradley–Terry, on `sft_masked`): held-out pairwise accuracy "
                          f"{rm_accuracy.iloc[-1]:.3f}.")
     lines += ["", "## What improved and what did not", ""] + notes
+    lines += iterate_section(cfg)
     lines += robustness_section(cfg, mine)
     path = report_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
