@@ -92,6 +92,14 @@ def config_arg(parser) -> None:
                              "starting one); --set goes on top of it")
 
 
+def settings_args(parser) -> None:
+    """--profile, --set and --config: what a command's config is made of."""
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
+                        help="override a config field (as for train)")
+    config_arg(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m helpers", description=__doc__.split("\n")[0],
                                      epilog="Exit codes: 0 done, 1 a run failed, 2 bad input (config, data, "
@@ -137,16 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "robustness_tuning): a candidate setting's round beside the committed one")
     p = sub.add_parser("config", help="print a profile's whole config as a commented YAML file, a starting point "
                                       "for --config FILE")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
-                   help="override a config field (as for train)")
-    config_arg(p)
+    settings_args(p)
     p = sub.add_parser("iterate", help="another DPO round from the latest model: its samples chosen over the previous "
                                        "stage's (pipeline b), against SPIN's rule at the same number of pairs")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--set", action="append", default=[], metavar="SECTION__FIELD=VALUE",
-                   help="override a config field (as for train)")
-    config_arg(p)
+    settings_args(p)
     p.add_argument("--previous", default="dpo", help="the previous stage's checkpoint (default: dpo)")
     p.add_argument("--latest", default="final", help="the latest checkpoint, the round's start (default: final)")
     p.add_argument("--rule", default="latest", choices=["latest", "latest, judged"],
