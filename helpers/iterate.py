@@ -86,7 +86,8 @@ def equal_count(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
 def run_round(cfg: Config, previous: str = "dpo", latest: str = "final", settings: RoundSettings | None = None,
               rule: str = "latest") -> dict:
     """Sample both models on the round's prompts, build every rule's pairs (their counts reported), train one DPO
-    round from `latest` on the `rule` pairs and one on SPIN's at the same count, evaluate both beside `latest`."""
+    round from `latest` on each rule's pairs — SPIN's at the count of `rule`'s — and evaluate them beside
+    `latest`."""
     settings = settings or RoundSettings()
     for name in (previous, latest):       # both there, whole and finished — or one line naming the missing one
         start_fingerprint(out_path("checkpoints", cfg, name), name)
@@ -98,16 +99,16 @@ def run_round(cfg: Config, previous: str = "dpo", latest: str = "final", setting
     prompts = [t["prompt"] for t in tasks]
     rewards = tuple(reward_fn(prompts, answers[name], tasks) for name in (previous, latest))
     pairs = round_pairs(tasks, answers[previous], answers[latest], rewards)
-    ours, spin = equal_count(pairs[rule], pairs["spin"])
+    _, spin = equal_count(pairs[rule], pairs["spin"])
     counts = {k: len(v) for k, v in pairs.items()}
-    print(f"round prompts {len(tasks)}: pairs kept by rule {counts}; trained on {len(ours)} of each")
-    steps = settings.steps or max(1, math.ceil(settings.epochs * len(ours) / cfg.dpo.batch_size))
-    round_dpo = replace_config(cfg.dpo, max_steps=steps, warmup_steps=min(cfg.dpo.warmup_steps, steps // 2),
-                               onpolicy_countdown_prompts=0, countdown_share=0.0, seed=settings.seed)
-    round_cfg = replace_sections(cfg, dpo=round_dpo)
-    stages = {f"round_{rule.split(',')[0]}": ours, "round_spin": spin}
+    print(f"round prompts {len(tasks)}: pairs kept by rule {counts}; SPIN trained on {len(spin)}, as many as {rule!r}")
+    trained = {"round_latest": pairs["latest"], "round_judged": pairs["latest, judged"], "round_spin": spin}
+    stages = {stage: stage_pairs for stage, stage_pairs in trained.items() if stage_pairs}
     for stage, stage_pairs in stages.items():
-        run_dpo(round_cfg, start=latest, stage=stage, pairs=stage_pairs)
+        steps = settings.steps or max(1, math.ceil(settings.epochs * len(stage_pairs) / cfg.dpo.batch_size))
+        round_dpo = replace_config(cfg.dpo, max_steps=steps, warmup_steps=min(cfg.dpo.warmup_steps, steps // 2),
+                                   onpolicy_countdown_prompts=0, countdown_share=0.0, seed=settings.seed)
+        run_dpo(replace_sections(cfg, dpo=round_dpo), start=latest, stage=stage, pairs=stage_pairs)
     rows = []
     for name in (latest, *stages):
         metrics = evaluate_checkpoint(cfg, name)[0]
@@ -120,8 +121,9 @@ def run_round(cfg: Config, previous: str = "dpo", latest: str = "final", setting
     table = pd.DataFrame(rows)
     paths = write_summary(table, cfg, "iterate")
     stamp = paths["csv"].stem.removeprefix("summary_")
-    write_summary(pd.DataFrame([{"rule": k, "pairs kept": v, "trained on": len(ours) if k in (rule, "spin") else "",
-                                 "prompts": len(tasks), "previous": previous, "latest": latest,
-                                 "steps": steps} for k, v in counts.items()]), cfg, "iterate_pairs", stamp)
-    return {"counts": counts, "trained_pairs": len(ours), "table": table, "paths": paths,
-            "settings": dataclasses.asdict(settings), "steps": steps, "rule": rule}
+    trained_on = {"latest": len(pairs["latest"]), "latest, judged": len(pairs["latest, judged"]), "spin": len(spin)}
+    write_summary(pd.DataFrame([{"rule": k, "pairs kept": v, "trained on": trained_on[k], "prompts": len(tasks),
+                                 "previous": previous, "latest": latest, "epochs": settings.epochs}
+                                for k, v in counts.items()]), cfg, "iterate_pairs", stamp)
+    return {"counts": counts, "trained_pairs": len(spin), "table": table, "paths": paths,
+            "settings": dataclasses.asdict(settings), "rule": rule}

@@ -104,13 +104,14 @@ def iterate_section(cfg: Config) -> list[str]:
     table, pairs = latest_summary(cfg, "iterate"), latest_summary(cfg, "iterate_pairs")
     if table is None or pairs is None:
         return []
-    start, steps = pairs["latest"].iloc[0], int(pairs["steps"].iloc[0])
+    start, epochs = pairs["latest"].iloc[0], pairs["epochs"].iloc[0]
     verdicts = [c for c in table.columns if " vs " in c]
     lines = ["", "## Another preference round (`make iterate`)", "",
-             f"From `{start}`, one more DPO round of {steps} steps on pairs of its own samples (chosen) over "
-             f"`{pairs['previous'].iloc[0]}`'s (rejected) for the same {int(pairs['prompts'].iloc[0])} training "
-             "prompts — the brief's pipeline b — and one on SPIN's pairs (the reference answer over the previous "
-             "model's sample) at the same count. Pairs each rule kept:", "",
+             f"From `{start}`, one more DPO round ({epochs:g} passes over its pairs) on pairs of its own samples "
+             f"(chosen) over `{pairs['previous'].iloc[0]}`'s (rejected) for the same {int(pairs['prompts'].iloc[0])} "
+             "training prompts — the brief's pipeline b: every pair whose samples differ (`round_latest`), or only "
+             "those the judge scores higher (`round_judged`) — and one on SPIN's pairs (the reference answer over the "
+             "previous model's sample; `round_spin`) at `round_latest`'s count. Pairs each rule kept:", "",
              markdown_table(pairs[["rule", "pairs kept", "trained on"]]), "", markdown_table(table), ""]
     for row in table.iloc[1:].to_dict("records"):
         said = [str(row[c]) for c in verdicts]
