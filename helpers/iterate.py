@@ -29,6 +29,8 @@ class RoundSettings:
     prompts: int = 800
     epochs: float = 2.0
     steps: int | None = None
+    lr_scale: float = 0.1     # of the chain's DPO lr: Adam's first steps move every weight by about the lr, which
+                              # the chain's 800 steps recover from and a round of a few steps does not (docs/LOG.md)
     temperature: float = 1.0
     seed: int = 0
 
@@ -107,7 +109,8 @@ def run_round(cfg: Config, previous: str = "dpo", latest: str = "final", setting
     for stage, stage_pairs in stages.items():
         steps = settings.steps or max(1, math.ceil(settings.epochs * len(stage_pairs) / cfg.dpo.batch_size))
         round_dpo = replace_config(cfg.dpo, max_steps=steps, warmup_steps=min(cfg.dpo.warmup_steps, steps // 2),
-                                   onpolicy_countdown_prompts=0, countdown_share=0.0, seed=settings.seed)
+                                   lr=cfg.dpo.lr * settings.lr_scale, onpolicy_countdown_prompts=0,
+                                   countdown_share=0.0, seed=settings.seed)
         run_dpo(replace_sections(cfg, dpo=round_dpo), start=latest, stage=stage, pairs=stage_pairs)
     rows = []
     for name in (latest, *stages):
@@ -123,7 +126,8 @@ def run_round(cfg: Config, previous: str = "dpo", latest: str = "final", setting
     stamp = paths["csv"].stem.removeprefix("summary_")
     trained_on = {"latest": len(pairs["latest"]), "latest, judged": len(pairs["latest, judged"]), "spin": len(spin)}
     write_summary(pd.DataFrame([{"rule": k, "pairs kept": v, "trained on": trained_on[k], "prompts": len(tasks),
-                                 "previous": previous, "latest": latest, "epochs": settings.epochs}
+                                 "previous": previous, "latest": latest, "epochs": settings.epochs,
+                                 "lr": cfg.dpo.lr * settings.lr_scale}
                                 for k, v in counts.items()]), cfg, "iterate_pairs", stamp)
     return {"counts": counts, "trained_pairs": len(spin), "table": table, "paths": paths,
             "settings": dataclasses.asdict(settings), "rule": rule}
