@@ -9,7 +9,7 @@ import dataclasses
 import math
 import random
 
-from .config import Config, device, out_path, replace_config, replace_sections
+from .config import Config, device, out_path, quality_metric, replace_config, replace_sections
 from .countdown import countdown_completion
 from .modeling import load_model, load_tokenizer
 from .checkpoints import start_fingerprint
@@ -112,10 +112,10 @@ def run_round(cfg: Config, previous: str = "dpo", latest: str = "final", setting
                                    lr=cfg.dpo.lr * settings.lr_scale, onpolicy_countdown_prompts=0,
                                    countdown_share=0.0, seed=settings.seed)
         run_dpo(replace_sections(cfg, dpo=round_dpo), start=latest, stage=stage, pairs=stage_pairs)
-    rows = []
+    rows, quality = [], quality_metric(cfg)
     for name in (latest, *stages):
         metrics = evaluate_checkpoint(cfg, name)[0]
-        row = {"checkpoint": name, **{k: metrics[k] for k in ("exact_match", "countdown_accuracy") if k in metrics}}
+        row = {"checkpoint": name, **{k: metrics[k] for k in (quality, "countdown_accuracy") if k in metrics}}
         if name != latest:
             for metric, (gained, lost) in task_changes(cfg, latest, name).items():
                 row[f"{metric} vs {latest}"] = paired_verdict(gained, lost)

@@ -51,7 +51,7 @@ def kept_initial(cfg: Config, name: str) -> bool:
     whole): pre-training is then not repeated."""
     folder = out_path("checkpoints", cfg, name)
     try:
-        saved = json.loads((folder / "run_config.json").read_text())
+        saved = with_added_fields(json.loads((folder / "run_config.json").read_text()))
         start_fingerprint(folder, name)
     except (OSError, ValueError, RuntimeError):
         return False

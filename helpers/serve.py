@@ -1,13 +1,12 @@
 """Serving a checkpoint behind an OpenAI-compatible chat-completions endpoint: transformers' own server (`transformers
 serve`, the `serving` extra) pinned to one local checkpoint, with a guard in front that turns bad requests into one
-clear 4xx line. Imports: config, modeling, generation."""
+clear 4xx line. Imports: config, generation."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .config import ProjectError
-from .modeling import load_tokenizer
 from .generation import stop_token_ids
 
 # what the guard lets through to transformers' server; the rest of its routes (/load_model loads any folder or hub
@@ -160,8 +159,8 @@ def build_app(model_dir, device: str = "cpu"):
                          "pip install 'transformers[serving]'") from None
     model_id = str(model_dir)
     manager = ModelManager(device=device, dtype="auto", force_model=model_id)     # loads it now
-    model, processor = manager.load_model_and_processor(manager.process_model_name(model_id))
-    tokenizer = load_tokenizer(model_dir)
+    # a text model's processor is its tokenizer: the one the server renders and decodes with
+    model, tokenizer = manager.load_model_and_processor(manager.process_model_name(model_id))
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     state = GenerationState(continuous_batching=False, compile=False, cb_config=None)

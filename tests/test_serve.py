@@ -143,5 +143,7 @@ def test_stopping_the_server_frees_its_port(server):
     _, port, process = server
     process.terminate()
     assert process.wait(timeout=30) is not None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))                                # free again
+    with socket.socket() as s:      # nothing listens there any more (closed connections may linger in TIME_WAIT,
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # which a new server, like uvicorn, reuses)
+        s.bind(("127.0.0.1", port))
+        s.listen()
