@@ -9,7 +9,7 @@ PROFILE ?= tiny
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: setup setup-dev demo test test-distributed test-browser notebooks notebooks-sync experiment robustness qwen-smoke tensorboard bench-sft bench-dpo bench-generate \
-	bench-rloo bench-memory bench-sample bench-qlora serve iterate clean
+	bench-rloo bench-memory bench-sample bench-qlora qwen-budget gpu-check serve iterate clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -135,6 +135,15 @@ bench-sample: setup
 # QLoRA: weight memory and one LoRA step's time, fp32 vs 8-bit vs 4-bit NF4, at Qwen2.5-0.5B's shapes (CPU or CUDA)
 bench-qlora: setup
 	QWEN_MODEL_DIR=$(QWEN_MODEL_DIR) $(PY) benchmarks/bench_qlora.py
+
+# the qwen pipeline's estimated hours per stage on one 24 GB card (CONFIG=docs/qwen_full.yml: the larger budgets)
+qwen-budget: setup
+	$(PY) benchmarks/qwen_budget.py $(if $(CONFIG),--config $(CONFIG))
+
+# every qwen stage for 2-3 steps at the preset's shapes on a GPU: peak memory, step time, decoding steps/s (eager vs
+# compiled); on a machine without one, the same script at tiny shapes (what make test runs)
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf data checkpoints outputs

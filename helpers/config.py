@@ -60,8 +60,7 @@ _each = lambda rule, *names: {name: rule for name in names}
 # What a value must be beyond its type, by the class that declares the field: a subclass inherits its parent's rules
 # (every stage's max_steps is TrainConfig's), and a field of the same name in another class gets none by accident.
 RANGES = {
-    "TrainConfig": {**_each(_POSITIVE, "max_steps", "batch_size", "grad_accum", "eval_every", "save_every",
-                            "log_every"),
+    "TrainConfig": {**_each(_POSITIVE, *"max_steps batch_size grad_accum eval_every save_every log_every".split()),
                     **_each(_NON_NEGATIVE, "warmup_steps", "weight_decay"),
                     **_each(_ABOVE_ZERO, "lr", "max_grad_norm"),
                     "seed": _SEED, "max_length": (lambda v: v >= 2, "≥ 2")},
@@ -98,7 +97,7 @@ RANGES = {
                            "curve_rows", "loss_rows", "n_samples", "sampled_rows", "token_budget", "generation_tokens",
                            "win_rate_rows"),
                    "top_k": _NON_NEGATIVE, "temperature": _ABOVE_ZERO, "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-                   "seed": _SEED},
+                   "seed": _SEED, "sampling_memory": (lambda v: 0 < v < 1, "in (0, 1)")},
     "Config": _each(_POSITIVE, "new_token_steps", "notebook_cell_timeout"),
 }
 
@@ -330,6 +329,9 @@ class EvalConfig(Checked):
     n_samples: int = 8                # samples per prompt for pass@k and best-of-n (k, n up to 8)
     token_budget: int = 16_384        # tokens (rows × padded length) per no-grad batch: losses, log-probs, scores
     generation_tokens: int = 65_536   # tokens (rows × (prompt + new)) per generate call, at most batch_size rows
+    sampling_memory: float | None = None  # CUDA: share of free GPU memory a sampling call (KV cache, logits) may
+                                      # fill — evaluation, DPO's, RLOO's, RFT's samples; None: the sizes above
+    compiled_sampling: bool = False   # CUDA: sampling's decoding step on a static cache under torch.compile
     sampled_rows: int = 48            # prompts per task for the sampled measures (CPU budget in tiny)
     judge: str | None = None          # win-rate judge: a sequence-classification reward model dir/id; None = our
                                       # reward_model (the course judges with a far stronger one)
@@ -354,9 +356,8 @@ class TargetsConfig(Checked):
 
 @dataclass
 class RobustnessConfig(Checked):
-    """`make robustness`: the chain (base model → sft_masked → dpo, reward model → rloo, rft) for several base
-    models. A base model's pre-training seed stands in for another machine (float rounding gives another base
-    model); every stage of that chain takes the same seed."""
+    """`make robustness`: the chain (base model → sft_masked → dpo, reward model → rloo, rft) on several base
+    models; a pre-training seed stands in for another machine (its float rounding); every stage takes that seed."""
     seeds: tuple = (1, 2, 3, 4, 5, 13, 14, 15)  # the reported base models: never used to tune the chain's settings
     tuning_seeds: tuple = (10, 11, 12)  # the base models the settings were tuned on (reported apart)
     rft: bool = True                  # also RFT beside RLOO (its comparison's spread)
@@ -420,39 +421,40 @@ QWEN_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM", 
 
 
 def _qwen() -> Config:
-    """Qwen/Qwen2.5-0.5B and the real hub datasets, for one 24 GB GPU (docs/QWEN.md: memory and time per stage).
-    Each value names its source: TRL's defaults, the course starter, a paper, or a measurement of ours."""
+    """Qwen/Qwen2.5-0.5B and the hub datasets on one 24 GB GPU in an afternoon (≤ 4 h: benchmarks/qwen_budget.py;
+    docs/qwen_full.yml: larger budgets). Each value names its source: TRL, the course (CS224R 2026), a paper, ours."""
     cfg = Config(profile="qwen", notebook_cell_timeout=None)
     cfg.data = DataConfig(world="hub", countdown_format="warmstart",   # the course: use the SFT set's prompt
                           countdown_test=500, max_rows=20_000, max_prompt_tokens=512)
     cfg.model = ModelConfig(name="Qwen/Qwen2.5-0.5B", max_position_embeddings=32768, lora=QWEN_LORA,
                             gradient_checkpointing=True)
     # SFT: 2e-4 is the usual LoRA SFT rate (QLoRA, the alignment-handbook's LoRA recipes); 1,024 tokens because a
-    # course SFT model's Countdown completions have a median of 434 tokens and 39 % exceed 512 (the course: 1,024)
-    cfg.sft = SFTConfig(max_steps=1000, batch_size=8, grad_accum=4, lr=2e-4, warmup_steps=50, max_length=1024,
-                        eval_every=200, save_every=100)
+    # course SFT model's Countdown completions have a median of 434 tokens and 39 % exceed 512 (the course: 1,024);
+    # 500 steps × 32 rows: 16,000 conversations, under one pass over the 20,000 rows (qwen_full: 1,000 steps)
+    cfg.sft = SFTConfig(max_steps=500, batch_size=8, grad_accum=4, lr=2e-4, warmup_steps=25, max_length=1024,
+                        eval_every=100, save_every=100)
     cfg.experiment = ExperimentConfig(weights=(0.0, 0.1, 1.0), data_sizes=(2000, 20_000), seeds=(0, 1, 2),
                                       steps=1000, controlled_weights=(1.0,), eval_rows=500)
     # DPO: β = 0.1 (Rafailov et al. 2023; TRL's default). TRL's lr default 1e-6 is for full fine-tuning; LoRA
-    # adapters want roughly 10× a full fine-tune's rate (Biderman et al. 2024, "LoRA Learns Less and Forgets Less")
-    cfg.dpo = DPOConfig(batch_size=4, grad_accum=8, lr=2e-5, max_steps=500, warmup_steps=25, max_length=1024,
-                        eval_every=100, save_every=50, onpolicy_countdown_prompts=2000, sample_temperature=1.0,
+    # adapters want ~10× a full fine-tune's rate (Biderman et al. 2024); 250 steps × 32 pairs: 8,000 pairs (qwen_full:
+    # 500 steps). The reward model: the same, fully fine-tuned, fp32 master weights (bf16 AdamW loses lr-1e-5 steps)
+    cfg.dpo = DPOConfig(batch_size=4, grad_accum=8, lr=2e-5, max_steps=250, warmup_steps=15, max_length=1024,
+                        eval_every=50, save_every=50, onpolicy_countdown_prompts=2000, sample_temperature=1.0,
                         reference_from_disabled_adapters=True)
-    # reward model: full fine-tuning with fp32 master weights (bf16 AdamW would round lr-1e-5 updates away)
-    cfg.reward = RewardConfig(batch_size=4, grad_accum=8, lr=1e-5, max_steps=500, warmup_steps=25, max_length=1024,
-                              eval_every=100, save_every=50, nll_weight=0.0)
-    # RLOO: 8 prompts × k = 8 per micro-batch, 8 micro-batches: 64 prompts × 8 samples a step (the course starter:
-    # 128 × 8); KL 0.001 (the course starter); lr 2e-5 for LoRA (the starter's full fine-tune: 1e-5); temperature
-    # 1.0 as TinyZero samples; 1,024 new tokens as the course evaluates
-    cfg.rloo = RLOOConfig(batch_size=8, grad_accum=8, k=8, lr=2e-5, kl_coef=0.001, temperature=1.0, max_steps=100,
+    cfg.reward = RewardConfig(batch_size=4, grad_accum=8, lr=1e-5, max_steps=250, warmup_steps=15, max_length=1024,
+                              eval_every=50, save_every=50, nll_weight=0.0)
+    # RLOO: the course's 100 steps, k = 8, KL 0.001, temperature 1.0, 1,024 new tokens (CS224R 2026: 128 prompts a
+    # step, H100, vLLM); 32 prompts × 8 a step: one sampling call on 24 GB (qwen_full: 64); lr 2e-5 for LoRA (the
+    # course's full fine-tune: 1e-5). RFT: half of RLOO's samples (tiny: as good as RLOO; qwen_full: all of them)
+    cfg.rloo = RLOOConfig(batch_size=8, grad_accum=4, k=8, lr=2e-5, kl_coef=0.001, temperature=1.0, max_steps=100,
                           warmup_steps=5, max_new_tokens=1024, max_length=1024, eval_every=25, save_every=5,
                           table_every=5, instruction_reward="reward_model", instruction_share=0.25)
-    cfg.rft = RFTConfig(rounds=4, sample_share=1.0, steps_per_round=50, max_steps=200, batch_size=8, grad_accum=4,
-                        lr=2e-5, max_length=1024, eval_every=50, save_every=50)     # RLOO's whole budget
-    # evaluation: the course's sampling settings (temperature 0.6, top_p 0.95, top_k 20) are EvalConfig's defaults
+    cfg.rft = RFTConfig(rounds=2, sample_share=0.5, steps_per_round=50, max_steps=100, batch_size=8, grad_accum=4,
+                        lr=2e-5, max_length=1024, eval_every=50, save_every=50)
+    # evaluation: the course's sampling (EvalConfig's defaults) and its 800 samples (50 prompts × 16; here 100 × 8)
     cfg.eval = EvalConfig(batch_size=64, max_new_tokens=1024, instruction_rows=500, countdown_rows=500, curve_rows=500,
-                          loss_rows=500, sampled_rows=200, generation_tokens=131_072,
-                          reference_model="Qwen/Qwen2.5-0.5B-Instruct", win_rate_rows=500)
+                          loss_rows=500, sampled_rows=100, generation_tokens=131_072,
+                          reference_model="Qwen/Qwen2.5-0.5B-Instruct", win_rate_rows=500, sampling_memory=0.7)
     # the course's anchor: Countdown ≥ 0.3 after RLOO; ROUGE-L and the reward model have no course target
     cfg.targets = TargetsConfig(final_quality=None, final_countdown=0.30, reward_model=None, dpo_preference=None,
                                 dpo_countdown_drop=None, rloo_quality_drop=None, rloo_countdown_gain=None)

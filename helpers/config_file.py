@@ -23,7 +23,7 @@ def get_config(profile: str | None = None, /, config_file=None, **overrides) -> 
 # Fields added to a section after runs were saved, each with the value that reproduces those runs: a saved run config
 # (or a recorded chain's settings) without one reads as having it, so a new option does not turn every kept run into
 # "a run of another config" that must be trained again.
-ADDED_FIELDS = {"dpo": {"loss_type": "sigmoid"}}
+ADDED_FIELDS = {"dpo": {"loss_type": "sigmoid"}, "eval": {"sampling_memory": None, "compiled_sampling": False}}
 
 
 def with_added_fields(saved: dict) -> dict:

@@ -7,6 +7,7 @@ Imports: modeling, formatting, batching."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from transformers import DynamicCache
@@ -29,6 +30,53 @@ def stop_token_ids(tokenizer) -> list[int]:
 # Tokens (rows × (prompt + new tokens)) of one generate call. The KV cache and the per-step logits grow with it;
 # 65,536 is ~0.8 GiB of Qwen2.5-0.5B bf16 cache. `batch_size` caps the rows as well.
 GENERATION_TOKENS = 65_536
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token takes in the KV cache: layers × (keys and values) × KV heads × head size × the cache's dtype
+    (bf16 under CUDA autocast, else the weights' own)."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    dtype_bytes = 2 if model_device(model).type == "cuda" else next(model.parameters()).element_size()
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * dtype_bytes
+
+
+def free_gpu_bytes(device) -> int | None:
+    """Free memory of a CUDA device in bytes — the driver's free memory plus what PyTorch's allocator holds unused
+    (freed activations it keeps cached); None for any other device."""
+    if torch.device(device).type != "cuda":
+        return None
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + cached
+
+
+def memory_rows(model, row_tokens: int, memory_share: float | None) -> int | None:
+    """How many rows of `row_tokens` (prompt + new tokens) one sampling call may hold in `memory_share` of the GPU's
+    free memory: each row's KV cache and its step's fp32 logits, softmax and probabilities (3 × vocab × 4 bytes).
+    Decoding a 0.5B model is launch-bound — a step costs about as much for 512 rows as for 64 — so the widest call
+    that fits takes the fewest steps. None off CUDA or without a share: the configured sizes hold (tiny's samples
+    stay the ones they were)."""
+    free = None if memory_share is None else free_gpu_bytes(model_device(model))
+    if free is None:
+        return None
+    per_row = row_tokens * kv_bytes_per_token(model) + 3 * 4 * model.config.vocab_size
+    return max(1, int(free * memory_share // per_row))
+
+
+def call_sizes(model, eval_cfg, row_tokens: int) -> tuple[int, int]:
+    """(tokens, rows) of one generate call of evaluation or on-policy sampling: `generation_tokens` and `batch_size`,
+    or on CUDA with `sampling_memory` set, as many rows of the longest row as that share of free memory holds."""
+    rows = memory_rows(model, row_tokens, eval_cfg.sampling_memory)
+    return (eval_cfg.generation_tokens, eval_cfg.batch_size) if rows is None else (rows * row_tokens, rows)
+
+
+def rollout_prompts(model, tokenizer, prompts, k: int, max_new_tokens: int, memory_share: float | None) -> int | None:
+    """Prompts per sampling call of RLOO's and RFT's rollouts (k rows each): as many as `memory_share` of the free
+    GPU memory holds at the longest prompt; None off CUDA or without a share (one micro-batch a call, as before)."""
+    if memory_share is None or free_gpu_bytes(model_device(model)) is None:
+        return None
+    longest = max((len(encode_prompt(tokenizer, p)) for p in prompts), default=0)
+    return max(1, memory_rows(model, longest + max_new_tokens, memory_share) // k)
 
 
 @contextlib.contextmanager
@@ -82,7 +130,8 @@ def shared_prompt_cache(model, enc: dict):
 @torch.no_grad()
 def generate_responses(model, tokenizer, conversations, batch_size: int = 32, max_new_tokens: int = 64,
                        temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-                       progress: bool = True, token_budget: int = GENERATION_TOKENS) -> list[str]:
+                       progress: bool = True, token_budget: int = GENERATION_TOKENS,
+                       compiled: bool = False) -> list[str]:
     """Responses to chat prompts (lists of messages): batched with left padding and the KV cache, greedy unless
     temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped. Batches are the longest
     prompts first, sized by `token_budget` (and at most `batch_size` rows); results come back in input order.
@@ -99,7 +148,8 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
         for idx in progress_bar(batches, desc="generate", disable=not progress):
             enc = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             if temperature > 0 and top_p == 1.0 and top_k == 0:
-                tokens = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
+                sample = functools.partial(sample_policy_static, compiled=True) if compiled else sample_policy
+                tokens = sample(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
             else:
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                      pad_token_id=tokenizer.pad_token_id,
@@ -132,9 +182,14 @@ def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, temp
 
 def generate_eval(model, tokenizer, conversations, eval_cfg, **sampling) -> list[str]:
     """`generate_responses` with the profile's evaluation settings (rows, new tokens, token budget); greedy unless
-    `sampling` says otherwise (temperature, top_p, top_k, seed)."""
-    return generate_responses(model, tokenizer, conversations, eval_cfg.batch_size, eval_cfg.max_new_tokens,
-                              progress=False, token_budget=eval_cfg.generation_tokens, **sampling)
+    `sampling` says otherwise (temperature, top_p, top_k, seed). On CUDA with `sampling_memory` set, calls are as
+    wide as memory allows (`call_sizes`)."""
+    tokens, rows = eval_cfg.generation_tokens, eval_cfg.batch_size
+    if eval_cfg.sampling_memory is not None:
+        longest = max((len(encode_prompt(tokenizer, c)) for c in conversations), default=0)
+        tokens, rows = call_sizes(model, eval_cfg, longest + eval_cfg.max_new_tokens)
+    return generate_responses(model, tokenizer, conversations, rows, eval_cfg.max_new_tokens, progress=False,
+                              token_budget=tokens, compiled=eval_cfg.compiled_sampling, **sampling)
 
 
 @torch.no_grad()
@@ -172,18 +227,67 @@ def sample_policy(model, enc: dict, max_new_tokens: int, temperature: float, sto
     return responses
 
 
+def decoding_step(model, compiled: bool):
+    """The model's forward for one decoding step on a static cache: under torch.compile with CUDA graphs on CUDA when
+    `compiled` (captured once per shape, kept on the model), the eager forward otherwise — the same code path."""
+    if not (compiled and model_device(model).type == "cuda"):
+        return model.forward
+    if getattr(model, "_compiled_step", None) is None:
+        model._compiled_step = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
+    return model._compiled_step
+
+
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, temperature: float):
+def sample_policy_static(model, enc: dict, max_new_tokens: int, temperature: float, stops: list[int],
+                         compiled: bool = False) -> list[list[int]]:
+    """`sample_policy` on a static KV cache (fixed shapes, so a compiled step can be captured once): every row runs
+    every step — a finished one is drawn for and ignored, as in `sample_policy` — and the mask covers the whole cache
+    from the start (the causal mask hides what is not yet written). The same random stream, so the same samples
+    wherever the logits agree (tests/test_generation.py checks it eagerly on the CPU)."""
+    from transformers import StaticCache
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    (rows, width), device = ids.shape, ids.device
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    full = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], 1)
+    if width > 1:
+        model(input_ids=ids[:, :-1], attention_mask=full, position_ids=real_positions(mask[:, :-1]),
+              past_key_values=cache, cache_position=torch.arange(width - 1, device=device), use_cache=True,
+              logits_to_keep=1)
+    step, tokens = decoding_step(model, compiled), ids[:, -1:]
+    positions = mask.long().sum(-1, keepdim=True) - 1
+    stop, active, responses = torch.tensor(stops, device=device), torch.ones(rows, dtype=torch.bool, device=device), \
+        [[] for _ in range(rows)]
+    for t in range(max_new_tokens):
+        logits = step(input_ids=tokens, attention_mask=full, position_ids=positions, past_key_values=cache,
+                      cache_position=torch.tensor([width - 1 + t], device=device), use_cache=True,
+                      logits_to_keep=1).logits[:, -1].float()
+        probs = torch.ones(rows, logits.shape[-1], device=device)
+        probs[active] = torch.softmax(logits[active] / temperature, dim=-1)
+        drawn = torch.multinomial(probs, num_samples=1)
+        for row in active.nonzero()[:, 0].tolist():
+            responses[row].append(int(drawn[row, 0]))
+        active = active & ~torch.isin(drawn[:, 0], stop)
+        if not active.any():
+            break
+        tokens, positions = drawn, positions + 1
+    return responses
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, temperature: float,
+                       compiled: bool = False):
     """k samples per prompt, all in one batch (left padding, KV cache, stop at <|im_end|>/<|endoftext|>), drawn by
     `sample_policy`.
 
     Returns the sampled token ids themselves (not re-tokenized text), so the policy-gradient step scores exactly
     what was sampled: a list of {"prompt_ids", "response_ids", "text"} of length len(prompts) * k, prompt-major.
+    `compiled`: the static-cache step, compiled on CUDA (`sample_policy_static`; eval.compiled_sampling).
     """
     with generation_mode(model):
         enc = left_padded([encode_prompt(tokenizer, p) for p in prompts for _ in range(k)], tokenizer.pad_token_id,
                           model_device(model))
-        responses = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
+        sample = functools.partial(sample_policy_static, compiled=True) if compiled else sample_policy
+        responses = sample(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
     samples = []
     for row, response in enumerate(responses):
         prompt_row = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()

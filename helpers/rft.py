@@ -11,6 +11,7 @@ import shutil
 
 from .config import Config, check_config, device, quality_metric, replace_config
 from .modeling import load_model, load_tokenizer
+from .generation import rollout_prompts
 from .formatting import build_sft_example
 from .distributed import (barrier, gather_objects, gather_shares, is_main, process_index, rng_state, run_config_of,
                           seed_this_process, set_rng_state, share)
@@ -104,11 +105,13 @@ def run_rft(cfg: Config, start: str = "dpo", stage: str = "rft", log: bool = Tru
             if stop_after_steps is not None and stop_after_steps <= r * fcfg.steps_per_round:
                 break                           # stopped at a round's end: its checkpoint is saved
             round_tasks = tasks[r * per_round:(r + 1) * per_round]
-            my_tasks, samples, rewards = share(round_tasks), [], []
-            for i in range(0, len(my_tasks), rcfg.batch_size):       # RLOO's micro-batch of prompts at a time
-                batch_samples, _, batch_rewards = sample_and_score(model, tokenizer, my_tasks[i:i + rcfg.batch_size],
-                                                                   rcfg, reward_fn)
-                samples, rewards = samples + batch_samples, rewards + batch_rewards.tolist()
+            my_tasks = share(round_tasks)
+            per_call = rollout_prompts(model, tokenizer, [t["prompt"] for t in my_tasks], rcfg.k,
+                                       rcfg.max_new_tokens, cfg.eval.sampling_memory)
+            samples, _, rewards = sample_and_score(model, tokenizer, my_tasks, rcfg, reward_fn,  # RLOO's micro-batch
+                                                   max(per_call or 0, rcfg.batch_size),         # or what memory holds
+                                                   cfg.eval.compiled_sampling)
+            rewards = rewards.tolist()
             best = [keep_best([task], samples[i * rcfg.k:(i + 1) * rcfg.k], rewards[i * rcfg.k:(i + 1) * rcfg.k],
                               rcfg.k, use_model) for i, task in enumerate(my_tasks)]
             kept = [k for one in gather_shares(best, len(round_tasks)) for k in one]      # every prompt's, in order

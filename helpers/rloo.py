@@ -20,7 +20,7 @@ from .distributed import main_first
 from .checkpoints import start_fingerprint
 from .training import StageResult, open_stage, refuse_sharded, stage_run, train
 from .logprobs import can_share_prompt, sequence_logps, shared_prompt_logps
-from .generation import sample_completions
+from .generation import rollout_prompts, sample_completions
 from .scoring import curve_rows, evaluate_checkpoint, exact_match, track_scores
 from .results import save_figure
 from .reward_model import load_reward_model, score_responses
@@ -105,15 +105,21 @@ def sample_rows(samples: list[dict]) -> list[dict]:
              "labels": [-100] * len(s["prompt_ids"]) + s["response_ids"]} for s in samples]
 
 
-def sample_and_score(model, tokenizer, tasks: list[dict], rcfg, reward_fn):
+def sample_and_score(model, tokenizer, tasks: list[dict], rcfg, reward_fn, per_call: int | None = None,
+                     compiled: bool = False):
     """The generation half of an RLOO step (TRL keeps it apart from the loss the same way): k completions per task's
-    prompt from the policy as it is now, and each one's reward. Returns (samples, the task of each sample, rewards)."""
-    prompts = [t["prompt"] for t in tasks]
-    samples = sample_completions(model, tokenizer, prompts, rcfg.k, rcfg.max_new_tokens, rcfg.temperature)
-    rep_tasks = [t for t in tasks for _ in range(rcfg.k)]
-    rewards = torch.tensor(reward_fn([t["prompt"] for t in rep_tasks], [s["text"] for s in samples], rep_tasks),
-                           dtype=torch.float32)
-    return samples, rep_tasks, rewards
+    prompt from the policy as it is now, and each one's reward, `per_call` prompts a sampling call (None: all;
+    `compiled`: eval.compiled_sampling). Returns (samples, the task of each sample, rewards)."""
+    samples, rep_tasks, rewards = [], [], []
+    per_call = per_call or max(1, len(tasks))
+    for i in range(0, len(tasks), per_call):
+        part = tasks[i:i + per_call]
+        drawn = sample_completions(model, tokenizer, [t["prompt"] for t in part], rcfg.k, rcfg.max_new_tokens,
+                                   rcfg.temperature, compiled)
+        part_tasks = [t for t in part for _ in range(rcfg.k)]
+        rewards += reward_fn([t["prompt"] for t in part_tasks], [s["text"] for s in drawn], part_tasks)
+        samples, rep_tasks = samples + drawn, rep_tasks + part_tasks
+    return samples, rep_tasks, torch.tensor(rewards, dtype=torch.float32)
 
 
 def rollout_metrics(samples: list[dict], rep_tasks: list[dict], rewards, kl, k: int) -> dict:
@@ -156,9 +162,27 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
     folded into the reward."""
     rcfg, pad = cfg.rloo, tokenizer.pad_token_id
     table = SampleTable(logger or NullLogger(), rcfg.table_every, rcfg.seed + 1)
+    drawn = []      # a step's rollouts, drawn at its start where memory allows wider calls (prepare_step)
+
+    def prepare_step(model, batches):
+        """On CUDA with `eval.sampling_memory`: sample every micro-batch of the step in as few calls as memory holds
+        (the weights do not change inside a step), instead of one call per micro-batch."""
+        tasks = [t for b in batches for t in b["tasks"]]
+        per_call = rollout_prompts(model, tokenizer, [t["prompt"] for t in tasks], rcfg.k, rcfg.max_new_tokens,
+                                   cfg.eval.sampling_memory)
+        if per_call is None or per_call <= rcfg.batch_size:
+            return                                   # one micro-batch a call: each samples at its turn, as before
+        samples, rep_tasks, rewards = sample_and_score(model, tokenizer, tasks, rcfg, reward_fn, per_call,
+                                                       cfg.eval.compiled_sampling)
+        at = 0
+        for b in batches:
+            n = len(b["tasks"]) * rcfg.k
+            drawn.append((samples[at:at + n], rep_tasks[at:at + n], rewards[at:at + n]))
+            at += n
 
     def loss_fn(model, batch):
-        samples, rep_tasks, rewards = sample_and_score(model, tokenizer, batch["tasks"], rcfg, reward_fn)
+        samples, rep_tasks, rewards = (drawn.pop(0) if drawn else sample_and_score(
+            model, tokenizer, batch["tasks"], rcfg, reward_fn, compiled=cfg.eval.compiled_sampling))
         if not can_share_prompt(model):
             dev = next(model.parameters()).device
             seqs = {key: v.to(dev) for key, v in collate(sample_rows(samples), pad).items()}
@@ -173,6 +197,7 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
         loss_sum = rloo_loss(logps, rewards, rcfg.k, kl, rcfg.kl_coef)
         table.log(samples, rep_tasks, rewards)
         return loss_sum, rollout_metrics(samples, rep_tasks, rewards, kl, rcfg.k)
+    loss_fn.prepare_step = prepare_step
     return loss_fn
 
 

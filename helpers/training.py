@@ -22,10 +22,10 @@ from .batching import length_grouped_batches, to_device
 from .logger import NullLogger, TensorBoardLogger, progress_bar
 from .checkpoints import (RESOLVED, keeps_events, load_weights_into, save_checkpoint, stage_lock, stage_status,
                           start_fingerprint)
-from .distributed import (barrier, call, clip_grad_norm, full_weights, gather_objects, is_main, load_optimizer_state,
-                          main_first, mean_metrics, no_sync, num_processes, optimizer_state, prepare_model,
-                          process_index, rng_state, run_config_of, seed_this_process, set_rng_state, share,
-                          sharded_run, state_dict_for_saving, sum_over_processes)
+from .distributed import (accelerator, barrier, call, clip_grad_norm, full_weights, gather_objects, is_main,
+                          load_optimizer_state, main_first, mean_metrics, no_sync, num_processes, optimizer_state,
+                          prepare_model, process_index, rng_state, run_config_of, seed_this_process, set_rng_state,
+                          share, sharded_run, state_dict_for_saving, sum_over_processes)
 
 
 class TrainingDiverged(ProjectError, RuntimeError):
@@ -202,6 +202,9 @@ def accumulate_step(wrapped, loss_fn, examples, collate_fn, shares, dev):
     total_units = sum_over_processes(sum(float(b["normalizer"]) for b, (_, real) in zip(micro_batches, shares)
                                          if real))
     real_batches = sum(real for _, real in shares)
+    prepare = getattr(loss_fn, "prepare_step", None)     # RLOO: a step's rollouts in as few sampling calls as fit
+    if prepare is not None and accelerator() is None:    # one plain process (N processes sample per micro-batch)
+        prepare(wrapped, micro_batches)
     loss_sum, metric_sums = 0.0, Counter()
     for j, (batch, (_, real)) in enumerate(zip(micro_batches, shares)):
         batch = to_device(batch, dev)

@@ -26,7 +26,7 @@ def test_a_printed_profile_round_trips_to_the_same_config(tmp_path, profile):
 
 def test_the_committed_small_card_file_loads_on_the_qwen_profile():
     cfg = config_file.get_config("qwen", config.REPO_ROOT / "docs" / "qwen_12gb.yml")
-    assert (cfg.model.quant, cfg.rloo.batch_size * cfg.rloo.grad_accum) == (4, 64)     # the same prompts a step
+    assert (cfg.model.quant, cfg.rloo.batch_size * cfg.rloo.grad_accum) == (4, 32)     # the same prompts a step
 
 
 def test_a_file_overrides_the_profile_and_set_overrides_the_file(tmp_path, monkeypatch):

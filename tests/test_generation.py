@@ -203,3 +203,44 @@ def test_stream_text_is_the_greedy_reply_piece_by_piece(lively_model, tiny_token
     stopped = list(generation.stream_text(lively_model, tiny_tokenizer, prompt, 12,
                                           should_stop=lambda: calls.append(1) or len(calls) > 2))
     assert len(stopped) <= 2 and "".join(stopped) == "".join(pieces)[:len("".join(stopped))]
+
+
+def test_evaluation_calls_are_as_wide_as_memory_holds(lively_model, tiny_tokenizer, monkeypatch):
+    """`eval.sampling_memory` on a GPU (pretended here) sizes a generate call by the free memory: rows of the longest
+    prompt + max_new_tokens, far past `batch_size`; without a GPU the configured sizes hold."""
+    cfg = config.get_config("smoke", eval__sampling_memory=0.5, eval__batch_size=4)
+    seen = []
+    monkeypatch.setattr(generation, "generate_responses",
+                        lambda m, t, convs, rows, new, progress, token_budget, compiled:
+                        seen.append((rows, token_budget)))
+    conversations = [[{"role": "user", "content": "What is 2 + 3?"}]] * 10
+    generation.generate_eval(lively_model, tiny_tokenizer, conversations, cfg.eval)
+    assert seen[-1] == (4, cfg.eval.generation_tokens)
+    monkeypatch.setattr(generation, "free_gpu_bytes", lambda device: 10 ** 8)
+    generation.generate_eval(lively_model, tiny_tokenizer, conversations, cfg.eval)
+    row = len(formatting.encode_prompt(tiny_tokenizer, conversations[0])) + cfg.eval.max_new_tokens
+    rows = generation.memory_rows(lively_model, row, 0.5)
+    assert rows > 100 and seen[-1] == (rows, rows * row)
+
+
+def test_static_cache_sampling_draws_the_same_samples(tiny_tokenizer, lively_model):
+    """The compiled step's code path (a static KV cache, every row to the end, the whole mask from the start), run
+    eagerly on the CPU, draws `sample_policy`'s samples for the same seed: rows of several prompt lengths, stopping
+    at different steps (a hook makes <|im_end|> likely)."""
+    im_end = tiny_tokenizer.convert_tokens_to_ids(modeling.IM_END)
+
+    def likelier_end(module, inputs, output):
+        output = output.clone()
+        output[..., im_end] += 4.0
+        return output
+    hook = lively_model.lm_head.register_forward_hook(likelier_end)
+    try:
+        draws = {}
+        for compiled in (False, True):
+            torch.manual_seed(5)
+            draws[compiled] = generation.sample_completions(lively_model, tiny_tokenizer, PROMPTS[:4], k=3,
+                                                            max_new_tokens=12, temperature=1.0, compiled=compiled)
+    finally:
+        hook.remove()
+    assert [s["response_ids"] for s in draws[True]] == [s["response_ids"] for s in draws[False]]
+    assert len({len(s["response_ids"]) for s in draws[False]}) > 2            # rows stopped at different steps

@@ -26,12 +26,14 @@ def test_keep_best_by_the_reward_model_keeps_the_best_of_n_always():
 
 
 def test_rft_draws_its_share_of_rloos_samples_and_its_rounds_end_at_rloos_evaluations():
-    for profile in ("tiny", "smoke", "qwen"):
-        cfg = config.get_config(profile)
+    from helpers import config_file
+    full = config_file.get_config("qwen", config.REPO_ROOT / "docs" / "qwen_full.yml")
+    for name, cfg in [*((p, config.get_config(p)) for p in ("tiny", "smoke", "qwen")), ("qwen_full", full)]:
         per_round = rft.prompts_per_round(cfg) * cfg.rloo.k
         assert per_round * cfg.rft.rounds == cfg.rloo.max_steps * rft.samples_per_step(cfg) * cfg.rft.sample_share
-        assert per_round % (cfg.rloo.eval_every * rft.samples_per_step(cfg)) == 0, profile   # equal-sample points
-    assert config.get_config("qwen").rft.sample_share == 1.0       # the GPU run compares at RLOO's whole budget
+        assert per_round % (cfg.rloo.eval_every * rft.samples_per_step(cfg)) == 0, name   # equal-sample points
+    # the afternoon's qwen compares at half of RLOO's samples, as the tiny runs showed enough; qwen_full at all of them
+    assert (config.get_config("qwen").rft.sample_share, full.rft.sample_share) == (0.5, 1.0)
     cfg = config.get_config("tiny", rft__sample_share=0.25)
     assert rft.prompts_per_round(cfg) * cfg.rft.rounds * cfg.rloo.k == 3200
 

@@ -114,3 +114,36 @@ def test_sample_table_cells_keep_a_row_whole():
     html = markdown.markdown("| prompt | completion | reward |\n|---|---|---|\n" + row, extensions=["tables"])
     assert html.count("<td>") == 3 and "<td>0.50</td>" in html
     assert "a | b" in html and "x|y" in html
+
+
+def test_memory_sized_rollouts_draw_a_whole_step_in_one_call(lively_model, tiny_tokenizer, monkeypatch):
+    """With `eval.sampling_memory` on a GPU, a step's micro-batches are sampled in as few calls as the free memory
+    holds (here: a pretended GPU); on the CPU (no free GPU memory) each micro-batch samples at its own turn."""
+    from helpers import generation
+    cfg = config.get_config("smoke", eval__sampling_memory=0.5, rloo__batch_size=2, rloo__k=2, rloo__max_new_tokens=4)
+    task = lambda i: {"track": "instructions", "reference": str(i), "prompt": [{"role": "user", "content": f"{i}+1?"}]}
+    batches = [{"tasks": [task(0), task(1)]}, {"tasks": [task(2), task(3)]}]
+    calls = []
+    real = rloo.sample_completions
+    monkeypatch.setattr(rloo, "sample_completions", lambda m, t, prompts, *a: calls.append(len(prompts)) or
+                        real(m, t, prompts, *a))
+    for free, expected in ((None, [2, 2]), (10 ** 9, [4])):
+        calls.clear()
+        monkeypatch.setattr(generation, "free_gpu_bytes", lambda device: free)
+        loss_fn = rloo.make_rloo_loss(cfg, tiny_tokenizer, rloo.make_reward_fn(cfg))
+        loss_fn.prepare_step(lively_model, batches)
+        for batch in batches:
+            loss, metrics = loss_fn(lively_model, batch)
+            assert torch.isfinite(loss) and metrics["rloo/response_length"] > 0
+        assert calls == expected                       # prompts per sampling call
+
+
+def test_memory_rows_hand_computed(lively_model, monkeypatch):
+    """Rows of 100 tokens in half of 100 MB: the smoke model's KV cache is 2 layers × (K, V) × 1 head × 16 × 4 bytes
+    = 256 bytes a token, its step's logits 3 × 400 × 4 = 4,800 bytes a row → 5e7 // 30,400 = 1,644 rows."""
+    from helpers import generation
+    assert generation.kv_bytes_per_token(lively_model) == 256
+    assert generation.memory_rows(lively_model, 100, 0.5) is None          # the CPU: the configured sizes hold
+    monkeypatch.setattr(generation, "free_gpu_bytes", lambda device: 10 ** 8)
+    assert generation.memory_rows(lively_model, 100, 0.5) == 1644
+    assert generation.memory_rows(lively_model, 100, None) is None
