@@ -10,7 +10,9 @@ The model is a randomly initialised Qwen2.5-0.5B (its real shapes and tied head)
 are real Countdown prompts, and random weights never stop early, so every sampling call runs to its token cap — the
 estimator's upper bound. Each stage runs the project's own loss (sft_loss, DPO/IPO, Bradley–Terry, RLOO) under the
 same autocast, LoRA and checkpointing as training. Decoding is timed eager and, on CUDA, with the compiled static-
-cache step (`generation.sample_policy(compiled=True)`). Within ~8 minutes on one GPU.
+cache step (`generation.sample_completions(compiled=True)`, i.e. `sample_policy_static`). Within ~8 minutes on one
+GPU. What it leaves out: RLOO's reference forward (its scoring row is the policy's pass alone), the reference and
+the judge beside the sampling (its calls are wider than RLOO's), prompts longer than Countdown's (evaluation).
 """
 import argparse
 import sys
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
     tokens, width = generation.call_sizes(policy, eval_cfg, max(len(generation.encode_prompt(tokenizer, c))
                                                                   for c in conversations) + eval_cfg.max_new_tokens)
     width = min(width, len(conversations))
-    meter.run("evaluation, greedy", f"{len(conversations)} prompts, {width} rows a call", 2,
+    meter.run("evaluation, greedy", f"{len(conversations)} Countdown prompts, {width} a call", 2,
               lambda: generation.generate_responses(policy, tokenizer, conversations, width,
                                                     eval_cfg.max_new_tokens, progress=False, token_budget=tokens),
               -(-len(conversations) // width) * eval_cfg.max_new_tokens)
@@ -174,6 +176,9 @@ def main(argv=None) -> int:
     from transformers import Qwen2ForSequenceClassification
     base_config = policy.get_base_model().config
     policy = optimizer = params = None            # freed before the reward model's full fine-tuning
+    import gc
+    gc.collect()
+    torch._dynamo.reset()                         # the compiled step holds the policy
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     base_config.num_labels, base_config.pad_token_id = 1, pad       # a scalar head read at the last real token

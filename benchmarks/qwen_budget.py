@@ -55,7 +55,8 @@ def lora_count(r: int = config.QWEN_LORA["r"], s: dict = QWEN_05B) -> int:
 
 
 def kv_bytes_per_token(s: dict = QWEN_05B) -> int:
-    return s["layers"] * 2 * s["kv_heads"] * (s["hidden"] // s["heads"]) * 2      # keys and values, bf16
+    # keys and values stored in bf16 on CUDA (generation.cache_dtype: attention casts them to bf16 under autocast)
+    return s["layers"] * 2 * s["kv_heads"] * (s["hidden"] // s["heads"]) * 2
 
 
 def line(fits: dict, name: str, tokens: int, phases=None) -> float:
@@ -135,12 +136,13 @@ def sampling_rows(resident_gib: float, row_tokens: int) -> int:
 
 def decode_seconds(rows: int, width: int, prompt: int, new: int) -> tuple[int, float]:
     """(decoding steps, seconds) of sampling `rows` rows in calls of at most `width`: every call runs to its token
-    cap (its longest row); a step costs the launch-bound DECODE_STEP_S plus reading the fp32 weights (autocast casts
-    them every step) and the call's cache so far (on average the prompt and half the new tokens) at BANDWIDTH."""
+    cap (its longest row); a step costs the launch-bound DECODE_STEP_S plus moving the weights (autocast reads the
+    fp32 ones and writes and reads a bf16 copy every step: 8 bytes each) and the call's cache so far (on average the
+    prompt and half the new tokens) at BANDWIDTH."""
     steps, seconds = 0, 0.0
     for start in range(0, rows, width):
         n = min(width, rows - start)
-        read = parameter_count() * 4 + n * (prompt + new / 2) * kv_bytes_per_token()
+        read = parameter_count() * 8 + n * (prompt + new / 2) * kv_bytes_per_token()   # fp32 read, bf16 copy
         steps += new
         seconds += new * (DECODE_STEP_S + read / BANDWIDTH)
     return steps, seconds

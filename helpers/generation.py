@@ -33,12 +33,11 @@ GENERATION_TOKENS = 65_536
 
 
 def kv_bytes_per_token(model) -> int:
-    """Bytes one token takes in the KV cache: layers × (keys and values) × KV heads × head size × the cache's dtype
-    (bf16 under CUDA autocast, else the weights' own)."""
+    """Bytes one token takes in the KV cache: layers × (keys and values) × KV heads × head size × `cache_dtype`."""
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    dtype_bytes = 2 if model_device(model).type == "cuda" else next(model.parameters()).element_size()
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * dtype_bytes
+    size = torch.empty(0, dtype=cache_dtype(model)).element_size()
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * size
 
 
 def free_gpu_bytes(device) -> int | None:
@@ -102,9 +101,40 @@ def real_positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
+def cache_dtype(model) -> torch.dtype:
+    """The KV cache's dtype: bf16 where generation runs under CUDA's bf16 autocast — attention casts its keys and
+    values to bf16 there anyway, so storing them so changes no result and halves the cache (RoPE's fp32 cos/sin
+    would make the keys fp32) — else the weights' own (the CPU: nothing changes)."""
+    return torch.bfloat16 if model_device(model).type == "cuda" else next(model.parameters()).dtype
+
+
+@functools.cache
+def casting_layer(base: type) -> type:
+    """A cache layer class that stores what it is given in its `dtype` (its keys' and values' dtypes may differ)."""
+    class Casting(base):
+        def update(self, key_states, value_states, *args, **kwargs):
+            return super().update(key_states.to(self.dtype_kept), value_states.to(self.dtype_kept), *args, **kwargs)
+    Casting.__name__ = f"Casting{base.__name__}"
+    return Casting
+
+
+def cast_cache(cache, dtype: torch.dtype):
+    """`cache` with its (dynamic or static) layers storing keys and values in `dtype`."""
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+    for layer in cache.layers:
+        if type(layer) in (DynamicLayer, StaticLayer):
+            layer.__class__, layer.dtype_kept = casting_layer(type(layer)), dtype
+    return cache
+
+
+def new_cache(model):
+    """An empty DynamicCache storing keys and values in `cache_dtype`."""
+    return cast_cache(DynamicCache(config=model.config), cache_dtype(model))
+
+
 def prefilled_cache(model, ids: torch.Tensor, mask: torch.Tensor):
     """The KV cache of `ids` (left-padded rows), computed in one forward pass."""
-    cache = DynamicCache(config=model.config)
+    cache = new_cache(model)
     if ids.shape[1]:
         model(input_ids=ids, attention_mask=mask, position_ids=real_positions(mask), past_key_values=cache,
               use_cache=True, logits_to_keep=1)
@@ -153,7 +183,7 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
             else:
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                      pad_token_id=tokenizer.pad_token_id,
-                                     past_key_values=shared_prompt_cache(model, enc), **sampling)
+                                     past_key_values=shared_prompt_cache(model, enc) or new_cache(model), **sampling)
                 tokens = out[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(idx):
                 responses[i] = tokenizer.decode(tokens[row], skip_special_tokens=True).strip()
@@ -227,6 +257,13 @@ def sample_policy(model, enc: dict, max_new_tokens: int, temperature: float, sto
     return responses
 
 
+def static_cache(model, length: int):
+    """A StaticCache of `length` positions, rounded up to a multiple of 256 so that calls of nearby lengths share a
+    compiled step, storing keys and values in `cache_dtype`."""
+    from transformers import StaticCache
+    return cast_cache(StaticCache(config=model.config, max_cache_len=-(-length // 256) * 256), cache_dtype(model))
+
+
 def decoding_step(model, compiled: bool):
     """The model's forward for one decoding step on a static cache: under torch.compile with CUDA graphs on CUDA when
     `compiled` (captured once per shape, kept on the model), the eager forward otherwise — the same code path."""
@@ -244,11 +281,10 @@ def sample_policy_static(model, enc: dict, max_new_tokens: int, temperature: flo
     every step — a finished one is drawn for and ignored, as in `sample_policy` — and the mask covers the whole cache
     from the start (the causal mask hides what is not yet written). The same random stream, so the same samples
     wherever the logits agree (tests/test_generation.py checks it eagerly on the CPU)."""
-    from transformers import StaticCache
     ids, mask = enc["input_ids"], enc["attention_mask"]
     (rows, width), device = ids.shape, ids.device
-    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    full = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], 1)
+    cache = static_cache(model, width + max_new_tokens)
+    full = torch.cat([mask, mask.new_ones(rows, cache.get_max_length() - width)], 1)    # as long as the cache
     if width > 1:
         model(input_ids=ids[:, :-1], attention_mask=full, position_ids=real_positions(mask[:, :-1]),
               past_key_values=cache, cache_position=torch.arange(width - 1, device=device), use_cache=True,

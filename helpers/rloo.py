@@ -167,22 +167,28 @@ def make_rloo_loss(cfg: Config, tokenizer, reward_fn, reference=None, logger=Non
     def prepare_step(model, batches):
         """On CUDA with `eval.sampling_memory`: sample every micro-batch of the step in as few calls as memory holds
         (the weights do not change inside a step), instead of one call per micro-batch."""
+        drawn.clear()
         tasks = [t for b in batches for t in b["tasks"]]
         per_call = rollout_prompts(model, tokenizer, [t["prompt"] for t in tasks], rcfg.k, rcfg.max_new_tokens,
                                    cfg.eval.sampling_memory)
         if per_call is None or per_call <= rcfg.batch_size:
             return                                   # one micro-batch a call: each samples at its turn, as before
+        per_call -= per_call % rcfg.batch_size       # whole micro-batches: fewer widths for free memory to pick
         samples, rep_tasks, rewards = sample_and_score(model, tokenizer, tasks, rcfg, reward_fn, per_call,
                                                        cfg.eval.compiled_sampling)
         at = 0
         for b in batches:
             n = len(b["tasks"]) * rcfg.k
-            drawn.append((samples[at:at + n], rep_tasks[at:at + n], rewards[at:at + n]))
+            drawn.append((b["tasks"], samples[at:at + n], rep_tasks[at:at + n], rewards[at:at + n]))
             at += n
 
     def loss_fn(model, batch):
-        samples, rep_tasks, rewards = (drawn.pop(0) if drawn else sample_and_score(
-            model, tokenizer, batch["tasks"], rcfg, reward_fn, compiled=cfg.eval.compiled_sampling))
+        if drawn and drawn[0][0] == batch["tasks"]:      # drawn for this very micro-batch at the step's start
+            samples, rep_tasks, rewards = drawn.pop(0)[1:]
+        else:
+            drawn.clear()
+            samples, rep_tasks, rewards = sample_and_score(model, tokenizer, batch["tasks"], rcfg, reward_fn,
+                                                           compiled=cfg.eval.compiled_sampling)
         if not can_share_prompt(model):
             dev = next(model.parameters()).device
             seqs = {key: v.to(dev) for key, v in collate(sample_rows(samples), pad).items()}

@@ -236,11 +236,15 @@ def test_static_cache_sampling_draws_the_same_samples(tiny_tokenizer, lively_mod
     hook = lively_model.lm_head.register_forward_hook(likelier_end)
     try:
         draws = {}
-        for compiled in (False, True):
-            torch.manual_seed(5)
-            draws[compiled] = generation.sample_completions(lively_model, tiny_tokenizer, PROMPTS[:4], k=3,
-                                                            max_new_tokens=12, temperature=1.0, compiled=compiled)
+        for autocast in (False, True):          # bf16 autocast as on a GPU: fp32 keys (RoPE), bf16 values
+            for compiled in (False, True):
+                torch.manual_seed(5)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    draws[autocast, compiled] = generation.sample_completions(
+                        lively_model, tiny_tokenizer, PROMPTS[:4], k=3, max_new_tokens=12, temperature=1.0,
+                        compiled=compiled)
     finally:
         hook.remove()
-    assert [s["response_ids"] for s in draws[True]] == [s["response_ids"] for s in draws[False]]
-    assert len({len(s["response_ids"]) for s in draws[False]}) > 2            # rows stopped at different steps
+    for autocast in (False, True):
+        assert [s["response_ids"] for s in draws[autocast, True]] == [s["response_ids"] for s in draws[autocast, False]]
+    assert len({len(s["response_ids"]) for s in draws[False, False]}) > 2      # rows stopped at different steps
