@@ -58,10 +58,10 @@ def kept_initial(cfg: Config, name: str) -> bool:
     return all(saved.get(k) == config_dict(getattr(cfg, k)) for k in ("data", "model", "pretrain"))
 
 
-def held_run(cfg: Config, name: str, section: str, start: str) -> str | None:
-    """What a stage's folder holds of a run of this section's settings from these exact start weights: "finished"
-    (kept), "unfinished" (resumed where it stopped), or None (anything else: trained from scratch) — checked before
-    the stage samples pairs or computes reference log-probs, which take longer than the check."""
+def held_run(cfg: Config, name: str, section: str | tuple, start: str) -> str | None:
+    """What a stage's folder holds of a run of this section's (or these sections') settings from these exact start
+    weights: "finished" (kept), "unfinished" (resumed where it stopped), or None (anything else: trained from
+    scratch) — checked before the stage samples pairs or computes reference log-probs, which take longer."""
     folder = out_path("checkpoints", cfg, name)
     try:
         progress = run_progress(folder)
@@ -69,8 +69,10 @@ def held_run(cfg: Config, name: str, section: str, start: str) -> str | None:
         start_weights = start_fingerprint(out_path("checkpoints", cfg, start), start)
     except (OSError, ValueError, RuntimeError):
         return None
-    wanted = json.loads(json.dumps(dataclasses.asdict(getattr(cfg, section)), default=str))
-    if saved.get(section) != wanted or saved.get("start_weights") != start_weights:
+    for part in (section,) if isinstance(section, str) else section:
+        if saved.get(part) != json.loads(json.dumps(dataclasses.asdict(getattr(cfg, part)), default=str)):
+            return None
+    if saved.get("start_weights") != start_weights:
         return None
     return "finished" if progress.get("finished") else "unfinished"
 
@@ -99,8 +101,9 @@ def run_chain(cfg: Config, seed: int, progress=print) -> dict:
         c, start=name("sft_masked"), stage=name("reward_model"), log=False))
     unless_finished("rloo", "rloo", "dpo", lambda c: run_rloo(c, start=name("dpo"), stage=name("rloo"), log=False))
     stages = ["sft_masked", "dpo", "rloo"]
-    if cfg.robustness.rft:
-        run_rft(cfg, start=name("dpo"), stage=name("rft"), log=False)      # keeps a finished run of its own
+    if cfg.robustness.rft:      # RFT samples at RLOO's settings: a change of either trains it again
+        unless_finished("rft", ("rft", "rloo"), "dpo", lambda c: run_rft(c, start=name("dpo"), stage=name("rft"),
+                                                                          log=False))
         stages.append("rft")
     initial = out_path("checkpoints", cfg, name("initial"))
     copying = base_copying(load_model(initial).to(device()), load_tokenizer(initial), cfg)

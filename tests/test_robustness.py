@@ -113,12 +113,22 @@ def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys, monkeyp
     assert robustness.held_run(seeded, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") == "finished"
     other = config.replace_sections(seeded, dpo=config.replace_config(seeded.dpo, beta=0.5))
     assert robustness.held_run(other, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") is None
+    # RFT samples at RLOO's settings: another RLOO temperature trains RFT again too (it used to refuse the old run)
+    hotter = config.replace_sections(seeded, rloo=config.replace_config(seeded.rloo, temperature=1.2))
+    assert robustness.held_run(seeded, "robustness/seed_1/rft", ("rft", "rloo"), "robustness/seed_1/dpo") == "finished"
+    assert robustness.held_run(hotter, "robustness/seed_1/rft", ("rft", "rloo"), "robustness/seed_1/dpo") is None
     restarts = {}
-    for stage in ("run_sft", "run_dpo", "run_reward_model", "run_rloo"):
+    for stage in ("run_sft", "run_dpo", "run_reward_model", "run_rloo", "run_rft"):
         monkeypatch.setattr(robustness, stage, lambda c, *a, _s=stage, **k: restarts.update({_s: c.restart}))
     monkeypatch.setattr(robustness, "run_progress", lambda folder: {"step": 1, "finished": False})
     robustness.run_chain(cfg, 1, progress=lambda *_: None)
-    assert restarts == {"run_sft": False, "run_dpo": False, "run_reward_model": False, "run_rloo": False}
+    assert restarts == {"run_sft": False, "run_dpo": False, "run_reward_model": False, "run_rloo": False,
+                        "run_rft": False}
+    monkeypatch.setattr(robustness, "run_progress", lambda folder: {"step": 100, "finished": True})
+    restarts.clear()
+    robustness.run_chain(config.replace_sections(cfg, rloo=config.replace_config(cfg.rloo, temperature=1.2)), 1,
+                         progress=lambda *_: None)
+    assert restarts == {"run_rloo": True, "run_rft": True}          # only what the change touches, from scratch
 
 
 def test_a_notebook_gets_one_line_per_target_it_reached_or_missed(output_dir):
