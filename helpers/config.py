@@ -482,10 +482,10 @@ def _qwen_smoke() -> Config:
     cfg.reward = replace_config(cfg.reward, max_steps=2, batch_size=2, grad_accum=1, **steps)
     cfg.rloo = replace_config(cfg.rloo, max_steps=2, batch_size=2, grad_accum=1, k=2, max_new_tokens=24,
                               table_every=1, **steps)
-    cfg.rft = replace_config(cfg.rft, rounds=1, steps_per_round=1, max_steps=1, batch_size=2, grad_accum=1, **steps)
-    # evaluation sizes: each checkpoint's evaluation (7 of them) costs ~1-3 min of a 0.5B model on 2 CPU cores
+    cfg.rft = replace_config(cfg.rft, rounds=1, steps_per_round=1, max_steps=1, sample_share=1.0, batch_size=2,
+                             grad_accum=1, **steps)     # all of RLOO's 8 samples: its one evaluation point after 0
     cfg.eval = replace_config(cfg.eval, batch_size=8, max_new_tokens=16, instruction_rows=2, countdown_rows=2,
-                              loss_rows=2, sampled_rows=1, n_samples=2, win_rate_rows=1,
+                              loss_rows=2, sampled_rows=1, n_samples=2, win_rate_rows=1,   # each checkpoint: 1-3 min
                               reference_model=model_dir or None)     # the same checkpoint stands in for Instruct
     return cfg
 

@@ -176,13 +176,17 @@ paths = H.write_summary(summary, cfg, "rloo")
 print(summary.round(3).to_string(index=False))
 print("written:", *paths.values(), sep="\n  ")
 equal = H.at_equal_samples(table)
-print("\nAt equal numbers of samples:\n" + equal.round(3).to_string())
-n, last = equal.index[-1], table["samples"].max()
-at = lambda method, metric: equal.loc[n, (method, metric)]
-print(f"\nAt {n:,} samples each, RLOO → RFT (one evaluation each, no saved answers to pair):")
-for metric in ("countdown_accuracy", quality):
-    print(f"  {metric} {at('rloo', metric):.3f} → {at('rft', metric):.3f} "
-          f"({H.share_difference(at('rloo', metric), at('rft', metric), tasks[metric])})")
+n, last = (equal.index[-1] if len(equal) else 0), table["samples"].max()
+if len(equal):
+    print("\nAt equal numbers of samples:\n" + equal.round(3).to_string())
+    at = lambda method, metric: equal.loc[n, (method, metric)]
+    print(f"\nAt {n:,} samples each, RLOO → RFT (one evaluation each, no saved answers to pair):")
+    for metric in ("countdown_accuracy", quality):
+        print(f"  {metric} {at('rloo', metric):.3f} → {at('rft', metric):.3f} "
+              f"({H.share_difference(at('rloo', metric), at('rft', metric), tasks[metric])})")
+else:
+    print("\nRLOO and RFT share no evaluation point at equal samples: RFT's rounds end where RLOO has none "
+          "(rft.sample_share, rft.rounds, rloo.eval_every).")
 if last > n:
     print(f"RLOO then draws on to {last:,} samples and ends at Countdown {after['countdown_accuracy']:.3f} "
           f"(all {cfg.eval.countdown_rows:,} held-out tasks), {quality} {after[quality]:.3f}.")

@@ -28,7 +28,8 @@ def test_keep_best_by_the_reward_model_keeps_the_best_of_n_always():
 def test_rft_draws_its_share_of_rloos_samples_and_its_rounds_end_at_rloos_evaluations():
     from helpers import config_file
     full = config_file.get_config("qwen", config.REPO_ROOT / "docs" / "qwen_full.yml")
-    for name, cfg in [*((p, config.get_config(p)) for p in ("tiny", "smoke", "qwen")), ("qwen_full", full)]:
+    profiles = ("tiny", "smoke", "qwen", "qwen_smoke")
+    for name, cfg in [*((p, config.get_config(p)) for p in profiles), ("qwen_full", full)]:
         per_round = rft.prompts_per_round(cfg) * cfg.rloo.k
         assert per_round * cfg.rft.rounds == cfg.rloo.max_steps * rft.samples_per_step(cfg) * cfg.rft.sample_share
         assert per_round % (cfg.rloo.eval_every * rft.samples_per_step(cfg)) == 0, name   # equal-sample points
