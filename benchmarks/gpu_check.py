@@ -164,12 +164,11 @@ def main(argv=None) -> int:
     # evaluation: greedy Countdown prompts, one call as wide as memory allows
     eval_cfg = config.replace_config(q.eval, max_new_tokens=s["new_tokens"])
     conversations = (prompts * (-(-s["eval_rows"] // len(prompts))))[:s["eval_rows"]]
-    tokens, width = generation.call_sizes(policy, eval_cfg, max(len(generation.encode_prompt(tokenizer, c))
-                                                                  for c in conversations) + eval_cfg.max_new_tokens)
-    width = min(width, len(conversations))
+    row = max(len(generation.encode_prompt(tokenizer, c)) for c in conversations) + eval_cfg.max_new_tokens
+    width = min(generation.memory_rows(policy, row, eval_cfg.sampling_memory) or eval_cfg.batch_size,
+                len(conversations))                                 # as generate_eval sizes its calls
     meter.run("evaluation, greedy", f"{len(conversations)} Countdown prompts, {width} a call", 2,
-              lambda: generation.generate_responses(policy, tokenizer, conversations, width,
-                                                    eval_cfg.max_new_tokens, progress=False, token_budget=tokens),
+              lambda: generation.generate_eval(policy, tokenizer, conversations, eval_cfg),
               -(-len(conversations) // width) * eval_cfg.max_new_tokens)
 
     # the reward model: full fine-tuning of a scalar head on the (merged) policy

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--previous", default="dpo", help="the previous stage's checkpoint (default: dpo)")
     p.add_argument("--latest", default="final", help="the latest checkpoint, the round's start (default: final)")
     p.add_argument("--rule", default="latest", choices=["latest", "latest, judged"],
-                   help="which pairs train: every differing pair, or only those the judge scores higher")
+                   help="the rule whose pair count SPIN's round trains at (every rule trains its own round)")
     p.add_argument("--prompts", type=count_arg(1), default=800, help="training prompts sampled by both models")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over the round's pairs (default 2)")
     p.add_argument("--steps", type=count_arg(1), default=None, help="the round's DPO steps (instead of --epochs)")

@@ -113,7 +113,7 @@ def run_dpo(cfg: Config, start: str = "sft_masked", stage: str = "dpo", log: boo
     if dcfg.onpolicy_countdown_prompts and pairs is None:
         tasks = countdown_tasks(cfg, "train", dcfg.onpolicy_countdown_prompts)
         parts = gather_objects(countdown_onpolicy_pairs(model, tokenizer, share(tasks), cfg, process_seed(dcfg.seed)))
-        onpolicy = [pair for pairs, _ in parts for pair in pairs]
+        onpolicy = [pair for found, _ in parts for pair in found]
         onpolicy_stats = {key: value if key == "samples_per_prompt" else sum(stats[key] for _, stats in parts)
                           for key, value in parts[0][1].items()}
         if is_main():

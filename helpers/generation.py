@@ -36,8 +36,7 @@ def kv_bytes_per_token(model) -> int:
     """Bytes one token takes in the KV cache: layers × (keys and values) × KV heads × head size × `cache_dtype`."""
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    size = torch.empty(0, dtype=cache_dtype(model)).element_size()
-    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * size
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * cache_dtype(model).itemsize
 
 
 def free_gpu_bytes(device) -> int | None:
@@ -60,13 +59,6 @@ def memory_rows(model, row_tokens: int, memory_share: float | None) -> int | Non
         return None
     per_row = row_tokens * kv_bytes_per_token(model) + 3 * 4 * model.config.vocab_size
     return max(1, int(free * memory_share // per_row))
-
-
-def call_sizes(model, eval_cfg, row_tokens: int) -> tuple[int, int]:
-    """(tokens, rows) of one generate call of evaluation or on-policy sampling: `generation_tokens` and `batch_size`,
-    or on CUDA with `sampling_memory` set, as many rows of the longest row as that share of free memory holds."""
-    rows = memory_rows(model, row_tokens, eval_cfg.sampling_memory)
-    return (eval_cfg.generation_tokens, eval_cfg.batch_size) if rows is None else (rows * row_tokens, rows)
 
 
 def rollout_prompts(model, tokenizer, prompts, k: int, max_new_tokens: int, memory_share: float | None) -> int | None:
@@ -161,25 +153,29 @@ def shared_prompt_cache(model, enc: dict):
 def generate_responses(model, tokenizer, conversations, batch_size: int = 32, max_new_tokens: int = 64,
                        temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
                        progress: bool = True, token_budget: int = GENERATION_TOKENS,
-                       compiled: bool = False) -> list[str]:
+                       memory_share: float | None = None, compiled: bool = False) -> list[str]:
     """Responses to chat prompts (lists of messages): batched with left padding and the KV cache, greedy unless
     temperature > 0, stopping at <|im_end|> / <|endoftext|>, special tokens stripped. Batches are the longest
     prompts first, sized by `token_budget` (and at most `batch_size` rows); results come back in input order.
     Plain temperature sampling (top_p 1, top_k 0: DPO's on-policy samples) is drawn by `sample_policy`, the same
-    samples as `generate`'s without running finished rows; the rest by `generate`."""
+    samples as `generate`'s without running finished rows; the rest by `generate`. On CUDA with `memory_share`, a
+    call holds as many rows of the longest prompt as that share of free memory does (`memory_rows`) instead."""
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else \
         dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     if temperature > 0:
         torch.manual_seed(seed)
     prompts = [encode_prompt(tokenizer, c) for c in conversations]
+    row = max(map(len, prompts), default=0) + max_new_tokens
+    rows = memory_rows(model, row, memory_share)
+    if rows is not None:
+        batch_size, token_budget = rows, rows * row
     batches = token_budget_batches([len(p) + max_new_tokens for p in prompts], token_budget, max_rows=batch_size)
     responses = [None] * len(prompts)
     with generation_mode(model):
         for idx in progress_bar(batches, desc="generate", disable=not progress):
             enc = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             if temperature > 0 and top_p == 1.0 and top_k == 0:
-                sample = functools.partial(sample_policy_static, compiled=True) if compiled else sample_policy
-                tokens = sample(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
+                tokens = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer), compiled)
             else:
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
                                      pad_token_id=tokenizer.pad_token_id,
@@ -212,24 +208,24 @@ def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, temp
 
 def generate_eval(model, tokenizer, conversations, eval_cfg, **sampling) -> list[str]:
     """`generate_responses` with the profile's evaluation settings (rows, new tokens, token budget); greedy unless
-    `sampling` says otherwise (temperature, top_p, top_k, seed). On CUDA with `sampling_memory` set, calls are as
-    wide as memory allows (`call_sizes`)."""
-    tokens, rows = eval_cfg.generation_tokens, eval_cfg.batch_size
-    if eval_cfg.sampling_memory is not None:
-        longest = max((len(encode_prompt(tokenizer, c)) for c in conversations), default=0)
-        tokens, rows = call_sizes(model, eval_cfg, longest + eval_cfg.max_new_tokens)
-    return generate_responses(model, tokenizer, conversations, rows, eval_cfg.max_new_tokens, progress=False,
-                              token_budget=tokens, compiled=eval_cfg.compiled_sampling, **sampling)
+    `sampling` says otherwise (temperature, top_p, top_k, seed); on CUDA as wide as `sampling_memory` allows."""
+    return generate_responses(model, tokenizer, conversations, eval_cfg.batch_size, eval_cfg.max_new_tokens,
+                              progress=False, token_budget=eval_cfg.generation_tokens,
+                              memory_share=eval_cfg.sampling_memory, compiled=eval_cfg.compiled_sampling, **sampling)
 
 
 @torch.no_grad()
-def sample_policy(model, enc: dict, max_new_tokens: int, temperature: float, stops: list[int]) -> list[list[int]]:
+def sample_policy(model, enc: dict, max_new_tokens: int, temperature: float, stops: list[int],
+                  compiled: bool = False) -> list[list[int]]:
     """Temperature sampling from the model's own distribution π — no other logits processing, as the policy
     gradient assumes — token by token with the KV cache, each row up to and including its stop token.
 
     A row that stops leaves the batch: in an RLOO batch most samples stop long before the longest one (~21 of 64
     tokens), and `generate` would run every row to the end. Every step still draws for every row, finished or not,
-    as `generate` does, so the random stream — and with it every sample — is the one `generate` would give."""
+    as `generate` does, so the random stream — and with it every sample — is the one `generate` would give.
+    `compiled` (eval.compiled_sampling): the static-cache step instead, compiled on CUDA (`sample_policy_static`)."""
+    if compiled:
+        return sample_policy_static(model, enc, max_new_tokens, temperature, stops, compiled=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     rows, device = ids.shape[0], ids.device
     cache = shared_prompt_cache(model, enc)
@@ -317,13 +313,12 @@ def sample_completions(model, tokenizer, prompts, k: int, max_new_tokens: int, t
 
     Returns the sampled token ids themselves (not re-tokenized text), so the policy-gradient step scores exactly
     what was sampled: a list of {"prompt_ids", "response_ids", "text"} of length len(prompts) * k, prompt-major.
-    `compiled`: the static-cache step, compiled on CUDA (`sample_policy_static`; eval.compiled_sampling).
+    `compiled`: as `sample_policy`'s.
     """
     with generation_mode(model):
         enc = left_padded([encode_prompt(tokenizer, p) for p in prompts for _ in range(k)], tokenizer.pad_token_id,
                           model_device(model))
-        sample = functools.partial(sample_policy_static, compiled=True) if compiled else sample_policy
-        responses = sample(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer))
+        responses = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer), compiled)
     samples = []
     for row, response in enumerate(responses):
         prompt_row = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()

@@ -173,7 +173,7 @@ def test_plain_temperature_sampling_of_responses_is_generates(tiny_tokenizer, li
     ours = sample()
     assert calls                                              # it went through sample_policy
 
-    def via_generate(model, enc, max_new_tokens, temperature, stops):
+    def via_generate(model, enc, max_new_tokens, temperature, stops, compiled=False):
         out = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
                              max_new_tokens=max_new_tokens, eos_token_id=stops,
                              pad_token_id=tiny_tokenizer.pad_token_id)
@@ -208,19 +208,20 @@ def test_stream_text_is_the_greedy_reply_piece_by_piece(lively_model, tiny_token
 def test_evaluation_calls_are_as_wide_as_memory_holds(lively_model, tiny_tokenizer, monkeypatch):
     """`eval.sampling_memory` on a GPU (pretended here) sizes a generate call by the free memory: rows of the longest
     prompt + max_new_tokens, far past `batch_size`; without a GPU the configured sizes hold."""
-    cfg = config.get_config("smoke", eval__sampling_memory=0.5, eval__batch_size=4)
-    seen = []
-    monkeypatch.setattr(generation, "generate_responses",
-                        lambda m, t, convs, rows, new, progress, token_budget, compiled:
-                        seen.append((rows, token_budget)))
+    cfg = config.get_config("smoke", eval__sampling_memory=0.5, eval__batch_size=4, eval__max_new_tokens=2)
+    seen, real = [], generation.token_budget_batches
+    monkeypatch.setattr(generation, "token_budget_batches",
+                        lambda lengths, tokens, max_rows: seen.append((max_rows, tokens)) or real(lengths, tokens,
+                                                                                                 max_rows))
     conversations = [[{"role": "user", "content": "What is 2 + 3?"}]] * 10
     generation.generate_eval(lively_model, tiny_tokenizer, conversations, cfg.eval)
     assert seen[-1] == (4, cfg.eval.generation_tokens)
     monkeypatch.setattr(generation, "free_gpu_bytes", lambda device: 10 ** 8)
-    generation.generate_eval(lively_model, tiny_tokenizer, conversations, cfg.eval)
+    wide = generation.generate_eval(lively_model, tiny_tokenizer, conversations, cfg.eval)
     row = len(formatting.encode_prompt(tiny_tokenizer, conversations[0])) + cfg.eval.max_new_tokens
     rows = generation.memory_rows(lively_model, row, 0.5)
     assert rows > 100 and seen[-1] == (rows, rows * row)
+    assert len(wide) == 10
 
 
 def test_static_cache_sampling_draws_the_same_samples(tiny_tokenizer, lively_model):
