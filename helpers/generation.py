@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import signal
 
 import torch
 from transformers import DynamicCache
@@ -170,20 +173,67 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
     if rows is not None:
         batch_size, token_budget = rows, rows * row
     batches = token_budget_batches([len(p) + max_new_tokens for p in prompts], token_budget, max_rows=batch_size)
-    responses = [None] * len(prompts)
-    with generation_mode(model):
-        for idx in progress_bar(batches, desc="generate", disable=not progress):
+
+    def decode(some) -> dict[int, list[int]]:      # {prompt index: new token ids} of these batches
+        out = {}
+        for idx in progress_bar(some, desc="generate", disable=not progress):
             enc = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id, model_device(model))
             if temperature > 0 and top_p == 1.0 and top_k == 0:
                 tokens = sample_policy(model, enc, max_new_tokens, temperature, stop_token_ids(tokenizer), compiled)
             else:
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(tokenizer),
-                                     pad_token_id=tokenizer.pad_token_id,
-                                     past_key_values=shared_prompt_cache(model, enc) or new_cache(model), **sampling)
-                tokens = out[:, enc["input_ids"].shape[1]:]
-            for row, i in enumerate(idx):
-                responses[i] = tokenizer.decode(tokens[row], skip_special_tokens=True).strip()
-    return responses
+                generated = model.generate(**enc, max_new_tokens=max_new_tokens,
+                                           eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                           past_key_values=shared_prompt_cache(model, enc) or new_cache(model),
+                                           **sampling)
+                tokens = generated[:, enc["input_ids"].shape[1]:].tolist()
+            out.update({i: list(tokens[row]) for row, i in enumerate(idx)})
+        return out
+
+    with generation_mode(model):
+        split = temperature == 0 and len(batches) > 1 and model_device(model).type == "cpu"
+        tokens = in_two_processes(decode, batches) if split else decode(batches)
+    return [tokenizer.decode(tokens[i], skip_special_tokens=True).strip() for i in range(len(prompts))]
+
+
+def in_two_processes(decode, batches: list) -> dict:
+    """`decode(batches)` with the odd batches in a forked process, both processes at one thread — on a CPU of two or
+    more threads. A 1.8M-parameter model's decoding steps are too small to split over threads (a second thread
+    gains 1.1×), so two one-thread processes decode ~1.6× as many rows (docs/LOG.md). Each batch is the one a single
+    process decodes, so the answers are a one-thread run's. Greedy only: a sample would draw from another random
+    stream. Where the child fails, its batches are decoded here."""
+    threads = torch.get_num_threads()
+    if threads < 2 or not hasattr(os, "fork"):
+        return decode(batches)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: its half, sent back as JSON, then gone
+        try:
+            os.close(read)
+            torch.set_num_threads(1)
+            payload = json.dumps(list(decode(batches[1::2]).items())).encode()
+            with os.fdopen(write, "wb") as pipe:
+                pipe.write(payload)
+        finally:
+            os._exit(0)                             # no atexit handlers, no flushing the parent's buffers
+    os.close(write)
+    torch.set_num_threads(1)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            out = decode(batches[0::2])
+            received = pipe.read()
+        os.waitpid(pid, 0)
+        pid = None
+    finally:
+        torch.set_num_threads(threads)
+        if pid is not None:                         # interrupted here: the child goes too
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    try:
+        out.update({int(i): tokens for i, tokens in json.loads(received)})
+    except ValueError:
+        pass
+    missing = [idx for idx in batches[1::2] if any(i not in out for i in idx)]
+    return {**out, **decode(missing)} if missing else out
 
 
 def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, top_p: float,

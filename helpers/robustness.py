@@ -27,8 +27,9 @@ from .reward_model import run_reward_model
 from .rloo import run_rloo
 from .rft import run_rft
 
-MEASURES_VERSION = 2      # raised when a chain reports new measures: cached chains are measured again (their stages
-                          # are kept, so that costs only the new measures)
+MEASURES_VERSION = 3      # raised when a chain reports new or newly computed measures: cached chains are measured
+                          # again (their stages are kept, so that costs only the measures). 3: the evaluation's
+                          # curve rows decoded apart (scoring.EVALUATION_VERSION 2)
 # stage → the metrics reported for it (each stage's greedy held-out measures; the reward model's accuracy)
 STAGE_METRICS = {"sft_masked": ("exact_match", "countdown_accuracy"), "dpo": ("exact_match", "countdown_accuracy"),
                  "reward_model": ("accuracy",), "rloo": ("exact_match", "countdown_accuracy"),

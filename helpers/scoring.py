@@ -44,7 +44,11 @@ def rouge_l(response: str, reference: str) -> float:
 def greedy_countdown(model, tokenizer, cfg: Config, rows: int | None = None):
     """Greedy answers to the fixed held-out Countdown tasks and their rule-based rewards: (tasks, answers, rewards)."""
     tasks = countdown_tasks(cfg, "test", rows or cfg.eval.countdown_rows)
-    answers = generate_eval(model, tokenizer, [t["prompt"] for t in tasks], cfg.eval)
+    prompts, head = [t["prompt"] for t in tasks], curve_rows(cfg)
+    # the first `curve_rows` tasks in a call of their own: batched as a curve point batches them, so a stage's
+    # evaluation gives its curve's last point exactly (RLOO and RFT reuse it)
+    answers = [a for part in (prompts[:head], prompts[head:]) if part
+               for a in generate_eval(model, tokenizer, part, cfg.eval)]
     return tasks, answers, [countdown_reward(a, t["target"], t["nums"]) for a, t in zip(answers, tasks)]
 
 
@@ -130,6 +134,10 @@ def evaluate_model(model, tokenizer, cfg: Config, responses_path: Path | None = 
     return metrics
 
 
+EVALUATION_VERSION = 2     # raised when the same weights and settings give other answers (2: the curve's Countdown rows
+                           # in a call of their own): a cached evaluation of an older method is computed again
+
+
 def evaluate_checkpoint(cfg: Config, name: str) -> tuple[dict, list[dict]]:
     """`evaluate_model` of checkpoints/<profile>/<name>, computed once and reused by every later notebook until the
     checkpoint's weights (their fingerprint), the evaluation settings or the data change: (metrics, greedy records).
@@ -137,7 +145,7 @@ def evaluate_checkpoint(cfg: Config, name: str) -> tuple[dict, list[dict]]:
     saved to outputs/<profile>/<name>/responses.jsonl."""
     folder = out_path("checkpoints", cfg, name)
     manifests = sorted(out_path("data", cfg).glob("*/manifest.json"))
-    key = {"checkpoint": start_fingerprint(folder, name), "eval": config_dict(cfg.eval),
+    key = {"checkpoint": start_fingerprint(folder, name), "eval": config_dict(cfg.eval), "method": EVALUATION_VERSION,
            "data": [json.loads(p.read_text())["content_hash"] for p in manifests],
            "max_length": cfg.sft.max_length, "max_prompt_tokens": cfg.data.max_prompt_tokens}
     cached = out_path("outputs", cfg, name, "greedy_evaluation.json")

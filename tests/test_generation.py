@@ -1,4 +1,6 @@
 """Generation: batched greedy equals one at a time, stops at <|im_end|>, restores modes; exact sampled ids."""
+import os
+
 import torch
 
 from helpers import config, formatting, generation, modeling, tiny_world
@@ -249,3 +251,37 @@ def test_static_cache_sampling_draws_the_same_samples(tiny_tokenizer, lively_mod
     for autocast in (False, True):
         assert [s["response_ids"] for s in draws[autocast, True]] == [s["response_ids"] for s in draws[autocast, False]]
     assert len({len(s["response_ids"]) for s in draws[False, False]}) > 2      # rows stopped at different steps
+
+
+def test_greedy_decoding_in_two_processes_gives_one_process_answers(tiny_tokenizer, lively_model, monkeypatch,
+                                                                    tmp_path):
+    """On a CPU of two threads greedy batches are split over a forked process (one thread each): the answers are a
+    one-thread single process's, in the caller's order; a child that fails has its batches decoded by the parent;
+    at one thread nothing is forked."""
+    parent, log, real = os.getpid(), tmp_path / "pids", generation.left_padded
+
+    def logged(*args, fail_in_child=False):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if fail_in_child and os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return real(*args)
+
+    decode = lambda: generation.generate_responses(lively_model, tiny_tokenizer, PROMPTS, batch_size=1,
+                                                   max_new_tokens=8, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(generation, "left_padded", logged)
+        alone = decode()
+        assert set(log.read_text().split()) == {str(parent)}          # one thread: no second process
+        torch.set_num_threads(2)
+        log.unlink()
+        assert decode() == alone
+        pids = log.read_text().split()
+        assert len(set(pids)) == 2 and pids.count(str(parent)) == 3      # 6 batches: 3 here, 3 in the child
+        assert torch.get_num_threads() == 2                            # restored
+        monkeypatch.setattr(generation, "left_padded", lambda *a: logged(*a, fail_in_child=True))
+        assert decode() == alone                                       # the child's batches decoded here
+    finally:
+        torch.set_num_threads(threads)

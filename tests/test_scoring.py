@@ -79,3 +79,19 @@ def test_base_copying_reads_the_equation_a_base_model_continues_with(output_dir,
     monkeypatch.setattr(generation, "merged_adapters", lambda model: __import__("contextlib").nullcontext())
     got = scoring.base_copying(Model(1, 1), Tokenizer(), cfg)
     assert got == {"copies": 2 / 3, "solves": 1 / 3}
+
+
+def test_a_stage_evaluation_decodes_the_curve_rows_in_a_call_of_their_own(tiny_tokenizer, lively_model, monkeypatch):
+    """RLOO's and RFT's curves score the first `curve_rows` Countdown tasks; a stage's evaluation reuses its first
+    answers as the curve's last point, so it decodes them batched exactly as a curve point does."""
+    cfg = config.get_config("smoke", eval__countdown_rows=8, eval__curve_rows=3)
+    tasks = [{"prompt": [{"role": "user", "content": "make " + "1 " * (i % 4) + f"{i} from {i} and {i + 1}"}],
+              "target": i, "nums": [i, i + 1]} for i in range(8)]       # prompts of several lengths
+    monkeypatch.setattr(scoring, "countdown_tasks", lambda c, split, rows: tasks[:rows])
+    calls, real = [], scoring.generate_eval
+    monkeypatch.setattr(scoring, "generate_eval", lambda m, t, prompts, e: calls.append(len(prompts)) or
+                        real(m, t, prompts, e))
+    tasks, answers, _ = scoring.greedy_countdown(lively_model, tiny_tokenizer, cfg)
+    assert calls == [3, 5] and len(answers) == 8
+    assert scoring.greedy_countdown(lively_model, tiny_tokenizer, cfg, rows=3)[1] == answers[:3]
+    assert calls[-1] == 3
