@@ -21,7 +21,7 @@
 # **Run time.** minutes on a laptop CPU in tiny (sampling is most of it); hours on one GPU in qwen.
 # `make demo` prints each notebook's elapsed time, and estimates the rest from the times in the notebooks' metadata.
 #
-# In `tiny`, Countdown gives **two numbers ≤ 30** (three were beyond the tiny model; docs/LOG.md). The
+# In `tiny`, Countdown gives **two numbers ≤ 50** (three were beyond the tiny model; docs/LOG.md). The
 # checks of this notebook: `final` (= RLOO) reaches exact match ≥ 0.75 and Countdown accuracy ≥ 0.30 at once, RLOO
 # loses at most 2 points of the exact match DPO had, and it raises Countdown above DPO's — each printed as met or not
 # below, with where this run falls among the committed base models.
@@ -146,7 +146,7 @@ for example in faith["examples"]:
 # ## Rejection-sampling fine-tuning at the same number of samples
 #
 # From the same start (DPO), RFT draws `cfg.rft.sample_share` of the completions RLOO drew (tiny: half, in 2 rounds
-# that end where RLOO was evaluated, at 3,200 and 6,400 samples; qwen: all of them, in 4 rounds). Each round takes
+# that end where RLOO was evaluated, at 3,200 and 6,400 samples; qwen: half as well, in 2 rounds). Each round takes
 # fresh prompts from the same mixture, k per prompt at RLOO's temperature, keeps the best of each prompt's k if it
 # passes (a correct Countdown answer, the exact instruction answer; with a reward model, the best of k), and
 # fine-tunes on what it kept. The comparison is made where both have drawn the same number of samples.
