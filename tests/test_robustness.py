@@ -114,7 +114,8 @@ def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys, monkeyp
     other = config.replace_sections(seeded, dpo=config.replace_config(seeded.dpo, beta=0.5))
     assert robustness.held_run(other, "robustness/seed_1/dpo", "dpo", "robustness/seed_1/sft_masked") is None
     # RFT samples at RLOO's settings: another RLOO temperature trains RFT again too (it used to refuse the old run)
-    hotter = config.replace_sections(seeded, rloo=config.replace_config(seeded.rloo, temperature=1.2))
+    hotter = config.replace_sections(seeded, rloo=config.replace_config(seeded.rloo,
+                                                                        temperature=seeded.rloo.temperature + 0.3))
     assert robustness.held_run(seeded, "robustness/seed_1/rft", ("rft", "rloo"), "robustness/seed_1/dpo") == "finished"
     assert robustness.held_run(hotter, "robustness/seed_1/rft", ("rft", "rloo"), "robustness/seed_1/dpo") is None
     restarts = {}
@@ -126,7 +127,7 @@ def test_the_whole_chain_runs_and_is_kept_on_a_rerun(output_dir, capsys, monkeyp
                         "run_rft": False}
     monkeypatch.setattr(robustness, "run_progress", lambda folder: {"step": 100, "finished": True})
     restarts.clear()
-    robustness.run_chain(config.replace_sections(cfg, rloo=config.replace_config(cfg.rloo, temperature=1.2)), 1,
+    robustness.run_chain(config.replace_sections(cfg, rloo=config.replace_config(cfg.rloo, temperature=0.9)), 1,
                          progress=lambda *_: None)
     assert restarts == {"run_rloo": True, "run_rft": True}          # only what the change touches, from scratch
 

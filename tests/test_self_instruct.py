@@ -10,9 +10,11 @@ from helpers import modeling, scoring, self_instruct
 
 def test_the_committed_seed_library_loads_whole_and_keeps_its_test_statements_apart():
     seeds, held_out, skips = self_instruct.load_seed_library()
-    assert skips.total == 0 and len(seeds) >= 8 and len(held_out) >= 4
+    assert skips.total == 0 and len(seeds) >= 8 and len(held_out) >= 40
     assert {t["type"] for t in seeds} == {"judgmental", "open"} == {t["type"] for t in held_out}
     assert not {t["instruction"] for t in seeds} & {t["instruction"] for t in held_out}
+    judged = [t["output"] for t in held_out if t["type"] == "judgmental"]
+    assert min(judged.count("yes"), judged.count("no")) >= 10      # both classes: precision and recall readable
 
 
 def test_malformed_seed_rows_are_skipped_and_counted(tmp_path):
