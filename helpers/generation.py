@@ -10,7 +10,9 @@ import contextlib
 import functools
 import json
 import os
+import select
 import signal
+import time
 
 import torch
 from transformers import DynamicCache
@@ -195,12 +197,17 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
     return [tokenizer.decode(tokens[i], skip_special_tokens=True).strip() for i in range(len(prompts))]
 
 
+# how long the parent waits for the child once its own half is done: this many seconds plus this multiple of the time
+# its half took; past that the child counts as stuck, is killed, and its batches are decoded by the parent
+CHILD_PATIENCE = (60.0, 10.0)
+
+
 def in_two_processes(decode, batches: list) -> dict:
     """`decode(batches)` with the odd batches in a forked process, both processes at one thread — on a CPU of two or
     more threads. A 1.8M-parameter model's decoding steps are too small to split over threads (a second thread
     gains 1.1×), so two one-thread processes decode ~1.6× as many rows (docs/LOG.md). Each batch is the one a single
     process decodes, so the answers are a one-thread run's. Greedy only: a sample would draw from another random
-    stream. Where the child fails, its batches are decoded here."""
+    stream. Where the child fails or is stuck (`CHILD_PATIENCE`), its batches are decoded here: never a hang."""
     threads = torch.get_num_threads()
     if threads < 2 or not hasattr(os, "fork"):
         return decode(batches)
@@ -218,22 +225,33 @@ def in_two_processes(decode, batches: list) -> dict:
     os.close(write)
     torch.set_num_threads(1)
     try:
-        with os.fdopen(read, "rb") as pipe:
-            out = decode(batches[0::2])
-            received = pipe.read()
-        os.waitpid(pid, 0)
-        pid = None
+        started = time.monotonic()
+        out = decode(batches[0::2])
+        wait, times = CHILD_PATIENCE
+        received = read_until(read, time.monotonic() + wait + times * (time.monotonic() - started))
+        try:
+            out.update({int(i): tokens for i, tokens in json.loads(received)})
+        except ValueError:                          # nothing or a part came: the child failed or is stuck
+            pass
+        missing = [idx for idx in batches[1::2] if any(i not in out for i in idx)]
+        return {**out, **decode(missing)} if missing else out
     finally:
+        os.close(read)
         torch.set_num_threads(threads)
-        if pid is not None:                         # interrupted here: the child goes too
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    try:
-        out.update({int(i): tokens for i, tokens in json.loads(received)})
-    except ValueError:
-        pass
-    missing = [idx for idx in batches[1::2] if any(i not in out for i in idx)]
-    return {**out, **decode(missing)} if missing else out
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)            # gone already (it exits once it has written), or stuck
+        os.waitpid(pid, 0)
+
+
+def read_until(fd: int, deadline: float) -> bytes:
+    """All a pipe holds until its writer closes it — or b"" if that has not happened by `deadline` (monotonic)."""
+    chunks = []
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    return b""
 
 
 def continue_texts(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, top_p: float,

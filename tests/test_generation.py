@@ -1,5 +1,6 @@
 """Generation: batched greedy equals one at a time, stops at <|im_end|>, restores modes; exact sampled ids."""
 import os
+import time
 
 import torch
 
@@ -256,8 +257,8 @@ def test_static_cache_sampling_draws_the_same_samples(tiny_tokenizer, lively_mod
 def test_greedy_decoding_in_two_processes_gives_one_process_answers(tiny_tokenizer, lively_model, monkeypatch,
                                                                     tmp_path):
     """On a CPU of two threads greedy batches are split over a forked process (one thread each): the answers are a
-    one-thread single process's, in the caller's order; a child that fails has its batches decoded by the parent;
-    at one thread nothing is forked."""
+    one-thread single process's, in the caller's order; a child that fails, or is stuck past `CHILD_PATIENCE`, has its
+    batches decoded by the parent; at one thread nothing is forked."""
     parent, log, real = os.getpid(), tmp_path / "pids", generation.left_padded
 
     def logged(*args, fail_in_child=False):
@@ -283,5 +284,14 @@ def test_greedy_decoding_in_two_processes_gives_one_process_answers(tiny_tokeniz
         assert torch.get_num_threads() == 2                            # restored
         monkeypatch.setattr(generation, "left_padded", lambda *a: logged(*a, fail_in_child=True))
         assert decode() == alone                                       # the child's batches decoded here
+
+        def stuck_child(*args):
+            if os.getpid() != parent:
+                time.sleep(60)
+            return real(*args)
+        monkeypatch.setattr(generation, "left_padded", stuck_child)
+        monkeypatch.setattr(generation, "CHILD_PATIENCE", (0.5, 0.0))
+        started = time.monotonic()
+        assert decode() == alone and time.monotonic() - started < 30   # a stuck child is killed, not waited for
     finally:
         torch.set_num_threads(threads)
