@@ -188,7 +188,7 @@ def generate_responses(model, tokenizer, conversations, batch_size: int = 32, ma
                                            past_key_values=shared_prompt_cache(model, enc) or new_cache(model),
                                            **sampling)
                 tokens = generated[:, enc["input_ids"].shape[1]:].tolist()
-            out.update({i: list(tokens[row]) for row, i in enumerate(idx)})
+            out.update(zip(idx, tokens))              # both paths give a list of token-id lists, in idx's order
         return out
 
     with generation_mode(model):
